@@ -1,0 +1,1 @@
+"""Tokenizer training, corpus sources, shard preparation and the packed token loader."""

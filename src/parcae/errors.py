@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every error a user can cause with bad input (a config, a checkpoint, a data file, a prompt) is one
+of these. The CLI catches `ParcaeError` once and prints it as a single line with exit code 2;
+library callers receive the exception itself.
+"""
+
+
+class ParcaeError(Exception):
+    """Base class of every user-facing parcae error."""
+
+
+class ConfigError(ParcaeError, ValueError):
+    """A model, training or data configuration value is invalid."""
+
+
+class CheckpointError(ParcaeError):
+    """A checkpoint directory or file is missing, unreadable or does not match the model."""
+
+
+class DataError(ParcaeError):
+    """An input corpus, tokenizer or prepared shard is missing, malformed or inconsistent."""
+
+
+class PromptError(ParcaeError, ValueError):
+    """A generation prompt or request is invalid (empty, too long, out-of-vocabulary ids)."""
