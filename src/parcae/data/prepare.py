@@ -1,16 +1,13 @@
 """Tokenise a corpus once into binary shards (see `parcae.data.shards` for the format).
 
-Each document is assigned to `val` when `u(doc) < val_fraction`, with `u` the first 64 bits of
-sha256(UTF-8 text) / 2^64: deterministic, independent of order and sharding, and duplicates of a
-document always land in the same split. Documents are tokenised in batches in parallel on all
-cores; every time `shard_tokens` tokens are buffered, both splits' buffers become shards and
+Each document goes to `train` or `val` by `parcae.data.split.split_of` (a hash of its text).
+Documents are tokenised in batches in parallel on all cores; every time `shard_tokens` tokens are buffered, both splits' buffers become shards and
 `progress.json` records them, so an interrupted run resumes from its last shard. The manifest is
 written last; re-running a finished preparation with the same arguments is a no-op.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator
@@ -25,20 +22,14 @@ from parcae.data.shards import (
     token_dtype, write_shard,
 )
 from parcae.data.sources import iter_documents
+from parcae.data.split import DEFAULT_VAL_FRACTION, check_val_fraction, split_of
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import ConfigError, DataError
 
-__all__ = ["prepare_dataset", "load_manifest", "split_of"]
+__all__ = ["prepare_dataset", "load_manifest"]
 
-DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_SHARD_TOKENS = 1 << 25
 BATCH_CHARS = 1 << 22
-
-
-def split_of(text: str, val_fraction: float) -> str:
-    """`"val"` if the document's hash falls below `val_fraction`, else `"train"`."""
-    u = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
-    return "val" if u < val_fraction else "train"
 
 
 def _batches(documents: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
@@ -125,8 +116,7 @@ def prepare_dataset(
     Returns the manifest: per split `documents`, `tokens` (BOS included), `bytes` (UTF-8 bytes of
     the documents) and `shards`, plus the source, tokenizer hash, vocab size, BOS id and dtype.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     if shard_tokens <= 0:
         raise ConfigError(f"shard tokens must be positive, got {shard_tokens}")
     tokenizer = Tokenizer.load(tokenizer_dir)

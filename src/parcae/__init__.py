@@ -1,0 +1,24 @@
+"""parcae: stable looped language models (Parcae, arXiv 2604.12946) and their baselines."""
+
+from parcae.errors import CheckpointError, ConfigError, DataError, ParcaeError, PromptError
+from parcae.model import (
+    GPT,
+    CausalLMOutput,
+    DepthPlan,
+    GPTConfig,
+    Parcae,
+    ParcaeConfig,
+    TransformerConfig,
+    create_model,
+    list_presets,
+    preset_config,
+)
+from parcae.pretrained import from_pretrained, save_pretrained
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPT", "CausalLMOutput", "CheckpointError", "ConfigError", "DataError", "DepthPlan",
+    "GPTConfig", "Parcae", "ParcaeConfig", "ParcaeError", "PromptError", "TransformerConfig",
+    "create_model", "from_pretrained", "list_presets", "preset_config", "save_pretrained",
+]

@@ -1,0 +1,133 @@
+"""The official implementation's `config.json` (SPEC §3) mapped to and from `ParcaeConfig`.
+
+The official file is a flat dump of its config dataclass. We accept exactly the values whose
+math we implement and refuse every other value by field name, rather than loading a model that
+silently computes something else. Fields that only choose an implementation (attention kernel,
+activation checkpointing, distributed strategy, fused head, initial-weight recipe) do not change
+what a checkpoint computes and are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parcae.errors import ConfigError
+from parcae.model.config import ParcaeConfig
+
+# official field -> our field, for values copied as they are
+RENAMED = {
+    "block_size": "context_length",
+    "n_embd": "d_model",
+    "intermediate_size": "ffn_dim",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "vocab_size": "vocab_size",
+    "padding_multiple": "padding_multiple",
+    "padded_vocab_size": "padded_vocab_size",
+    "norm_eps": "norm_eps",
+    "qk_norm": "qk_norm",
+    "logit_softcap": "logit_softcap",
+    "tie_embeddings": "tie_embeddings",
+    "init_orthogonal": "init_orthogonal",
+    "injection_type": "injection",
+    "n_layers_in_prelude": "n_prelude",
+    "n_layers_in_recurrent_block": "n_core",
+    "n_layers_in_coda": "n_coda",
+    "state_init": "state_init",
+    "prelude_norm": "prelude_norm",
+    "sampling_scheme": "sampling_scheme",
+    "mean_recurrence": "mean_recurrence",
+    "mean_backprop_depth": "mean_backprop_depth",
+    "recurrent_iteration_method": "depth_granularity",
+    "lockstep_n": "lockstep_no_grad",
+    "lockstep_k": "lockstep_grad",
+    "curriculum_target": "curriculum_target",
+}
+
+# official field -> the only value(s) whose math we implement
+FIXED = {
+    "model_class_name": ("Parcae",),
+    "use_abacus": (False,),
+    "randomize_positions_from": (None,),
+    "block_class_name": ("TransformerPreNormBlock",),
+    "norm_class_name": ("RMSNorm",),
+    "mlp_class_name": ("BaseMLP",),
+    "nonlin_name": ("ReLU2",),
+    "bias": (False,),
+    "qk_bias": (False,),
+    "debias_attention": (False,),
+    "center_attention": (False,),
+    "clip_qkv": (None,),
+    "mup_model_scaling_factor": (1, 1.0),
+    "recurrent_num_attention_heads": (None,),
+}
+
+# fields that choose an implementation or an initial-weight recipe, not what a model computes
+IGNORED = {
+    "name", "hf_config", "attn_impl", "init_strategy", "skip_initialization", "use_fused_head",
+    "activation_checkpoint_impl", "simple_ops", "strategy", "_is_recurrent_block_config",
+}
+
+ROPE_DEFAULTS = {"use_rope": True, "rope_condense_ratio": 1}
+
+
+def _refuse(field_name: str, value: Any, reason: str) -> ConfigError:
+    return ConfigError(f"official config field '{field_name}' = {value!r}: {reason}")
+
+
+def from_official(data: dict[str, Any]) -> ParcaeConfig:
+    """Map an official `config.json` dict to a `ParcaeConfig`, refusing what we cannot honour."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"official config must be a JSON object, got {type(data).__name__}")
+    known = set(RENAMED) | set(FIXED) | IGNORED | {
+        "rope_settings", "recurrent_embedding_dimension",
+        "recurrent_intermediation_embedding_dimension"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"official config has field(s) this version cannot honour: "
+                          f"{', '.join(unknown)}")
+    for name, allowed in FIXED.items():
+        if name in data and data[name] not in allowed:
+            raise _refuse(name, data[name], f"only {allowed[0]!r} is supported")
+
+    rope = data.get("rope_settings") or {}
+    for name, allowed in ROPE_DEFAULTS.items():
+        if rope.get(name, allowed) != allowed:
+            raise _refuse(f"rope_settings.{name}", rope[name], f"only {allowed!r} is supported")
+    fields: dict[str, Any] = {ours: data[theirs] for theirs, ours in RENAMED.items()
+                              if theirs in data}
+    if "rope_base" in rope:
+        fields["rope_theta"] = float(rope["rope_base"])
+
+    width, ffn = data.get("n_embd"), data.get("intermediate_size")
+    for name, expected in (("recurrent_embedding_dimension", width),
+                           ("recurrent_intermediation_embedding_dimension", ffn)):
+        if data.get(name) not in (None, expected):
+            raise _refuse(name, data[name], f"a recurrent width different from the model's "
+                                            f"({expected}) is not supported")
+    return ParcaeConfig(**fields)
+
+
+def to_official(config: ParcaeConfig) -> dict[str, Any]:
+    """The official `config.json` dict for `config` (inverse of `from_official`)."""
+    if not isinstance(config, ParcaeConfig):
+        raise ConfigError("only Parcae models have an official config format")
+    inexpressible = {
+        "discretization": (config.discretization, "euler"),
+        "value_embeddings": (config.value_embeddings, True),
+        "curriculum_steps": (config.curriculum_steps, 0),
+    }
+    for name, (value, required) in inexpressible.items():
+        if value != required:
+            raise ConfigError(f"config field '{name}' = {value!r} has no official equivalent "
+                              f"(the official format requires {required!r})")
+    data: dict[str, Any] = {"name": "parcae", "hf_config": {}}
+    data.update({theirs: getattr(config, ours) for theirs, ours in RENAMED.items()})
+    data["rope_settings"] = {**ROPE_DEFAULTS, "rope_base": config.rope_theta}
+    data.update({name: allowed[0] for name, allowed in FIXED.items()})
+    data["recurrent_embedding_dimension"] = config.d_model
+    data["recurrent_intermediation_embedding_dimension"] = config.ffn_dim
+    data.update(init_strategy="scaled-zero", attn_impl="sdpa", skip_initialization=False,
+                use_fused_head="pytorch", activation_checkpoint_impl="per-iteration",
+                simple_ops=False, strategy="single", _is_recurrent_block_config=False)
+    return data

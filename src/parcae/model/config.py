@@ -1,0 +1,212 @@
+"""Model configurations: one dataclass per architecture, validated in one place.
+
+`GPTConfig` describes the fixed-depth baseline (`wte -> L blocks -> ln_f -> head`);
+`ParcaeConfig` adds the looped structure (prelude / recurrent core / coda), the injection that
+makes the loop a stable linear system, and how training samples the loop depth (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from parcae.errors import ConfigError
+
+INJECTIONS = ("diagonal", "linear", "add")
+DISCRETIZATIONS = ("euler", "zoh")
+STATE_INITS = ("zero", "like-init", "normal", "embed", "unit")
+SAMPLING_SCHEMES = ("poisson-truncated-full", "poisson-full", "poisson", "fixed")
+GRANULARITIES = ("per-batch", "per-sequence", "per-token")
+CURRICULUM_TARGETS = ("forward", "backward", "both")
+CURRICULUM_SHAPES = ("linear", "sqrt")
+VALUE_EMBED_GATE_CHANNELS = 32
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid config field '{field_name}': {message}")
+
+
+def _require_choice(value: Any, field_name: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, field_name, f"{value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class TransformerConfig:
+    """What every model shares: vocabulary, width, attention and block settings.
+
+    Blocks are `x + Attn(RMSNorm(x))`, `x + MLP(RMSNorm(x))` with no biases; attention has
+    interleaved RoPE, optional QK-norm, GQA and gated value embeddings (SPEC §1.2-1.3).
+    """
+
+    architecture: ClassVar[str] = ""
+
+    vocab_size: int = 32768
+    padded_vocab_size: int | None = None  # rounded up to padding_multiple when None
+    padding_multiple: int = 64
+    context_length: int = 2048
+    d_model: int = 768
+    ffn_dim: int = 3072
+    n_heads: int = 6
+    n_kv_heads: int | None = None  # = n_heads when None
+    rope_theta: float = 50000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = True
+    value_embeddings: bool = True
+    tie_embeddings: bool = True
+    logit_softcap: float | None = None
+    init_orthogonal: bool = False
+
+    def __post_init__(self) -> None:
+        self._validate_transformer()
+
+    def _validate_transformer(self) -> None:
+        for name in ("vocab_size", "padding_multiple", "context_length", "d_model", "ffn_dim",
+                     "n_heads"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value > 0, name,
+                     f"must be a positive integer, got {value!r}")
+        if self.padded_vocab_size is None:
+            multiple = self.padding_multiple
+            self.padded_vocab_size = multiple * math.ceil(self.vocab_size / multiple)
+        _require(self.padded_vocab_size >= self.vocab_size, "padded_vocab_size",
+                 f"{self.padded_vocab_size} is smaller than vocab_size {self.vocab_size}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        _require(self.d_model % self.n_heads == 0, "n_heads",
+                 f"{self.n_heads} heads do not divide d_model {self.d_model}")
+        _require(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
+                 f"{self.n_kv_heads} kv heads must be positive and divide n_heads {self.n_heads}")
+        _require(self.head_dim % 2 == 0, "n_heads",
+                 f"head dim {self.head_dim} must be even for rotary embeddings")
+        _require(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
+        _require(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
+        _require(self.logit_softcap is None or self.logit_softcap > 0, "logit_softcap",
+                 f"must be positive or None, got {self.logit_softcap}")
+        if self.value_embeddings:
+            _require(self.d_model >= VALUE_EMBED_GATE_CHANNELS, "d_model",
+                     f"value-embedding gates read {VALUE_EMBED_GATE_CHANNELS} channels; "
+                     f"d_model {self.d_model} is too small (set value_embeddings=False)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def total_layers(self) -> int:
+        """Distinct blocks (a looped core counts once)."""
+        raise NotImplementedError
+
+    def has_value_embedding(self, layer_index: int) -> bool:
+        """Whether distinct layer `layer_index` owns a value-embedding table (SPEC §1.3)."""
+        return self.value_embeddings and layer_index % 2 == (self.total_layers - 1) % 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TransformerConfig":
+        """Build from `to_dict()` output (the `architecture` key selects the class)."""
+        data = dict(data)
+        architecture = data.pop("architecture", cls.architecture)
+        config_class = CONFIG_CLASSES.get(architecture)
+        if config_class is None:
+            raise ConfigError(f"invalid config field 'architecture': {architecture!r} is not one "
+                              f"of {', '.join(CONFIG_CLASSES)}")
+        known = {f.name for f in dataclasses.fields(config_class)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) for {architecture}: {', '.join(unknown)}")
+        try:
+            return config_class(**data)
+        except TypeError as error:
+            raise ConfigError(f"invalid config: {error}") from None
+
+    def replace(self, **overrides: Any) -> "TransformerConfig":
+        """A copy with `overrides` applied (unknown names are refused)."""
+        return self.from_dict({**self.to_dict(), **overrides})
+
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    """The fixed-depth baseline: `wte -> n_layers blocks -> ln_f -> head`."""
+
+    architecture: ClassVar[str] = "gpt"
+
+    n_layers: int = 6
+
+    def __post_init__(self) -> None:
+        self._validate_transformer()
+        _require(isinstance(self.n_layers, int) and self.n_layers > 0, "n_layers",
+                 f"must be a positive integer, got {self.n_layers!r}")
+
+    @property
+    def total_layers(self) -> int:
+        return self.n_layers
+
+
+@dataclass
+class ParcaeConfig(TransformerConfig):
+    """A looped transformer: prelude -> (inject, core) x T -> C -> coda -> head (SPEC §1)."""
+
+    architecture: ClassVar[str] = "parcae"
+
+    n_prelude: int = 2
+    n_core: int = 2
+    n_coda: int = 2
+    injection: str = "diagonal"
+    discretization: str = "euler"  # how B is discretised (A always uses zero-order hold)
+    prelude_norm: bool = True
+    state_init: str = "like-init"
+    mean_recurrence: int = 8
+    mean_backprop_depth: int = 4
+    sampling_scheme: str = "poisson-truncated-full"
+    depth_granularity: str = "per-sequence"
+    lockstep_no_grad: bool = False  # one no-grad depth for every row of a micro-batch
+    lockstep_grad: bool = False  # one grad depth for every row of a micro-batch
+    curriculum_steps: int = 0  # 0 disables the depth curriculum
+    curriculum_target: str = "forward"
+    curriculum_shape: str = "linear"
+    state_init_seed: int = 0  # seed of the deterministic eval-mode state noise
+
+    def __post_init__(self) -> None:
+        self._validate_transformer()
+        for name in ("n_prelude", "n_core", "n_coda", "curriculum_steps"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and value >= 0, name,
+                     f"must be a non-negative integer, got {value!r}")
+        _require(self.n_core > 0, "n_core", "the recurrent block needs at least one layer")
+        _require(isinstance(self.mean_recurrence, int) and self.mean_recurrence > 0,
+                 "mean_recurrence", f"must be a positive integer, got {self.mean_recurrence!r}")
+        _require(isinstance(self.mean_backprop_depth, int) and self.mean_backprop_depth > 0,
+                 "mean_backprop_depth",
+                 f"must be a positive integer, got {self.mean_backprop_depth!r}")
+        _require_choice(self.injection, "injection", INJECTIONS)
+        _require_choice(self.discretization, "discretization", DISCRETIZATIONS)
+        _require_choice(self.state_init, "state_init", STATE_INITS)
+        _require_choice(self.sampling_scheme, "sampling_scheme", SAMPLING_SCHEMES)
+        _require_choice(self.depth_granularity, "depth_granularity", GRANULARITIES)
+        _require_choice(self.curriculum_target, "curriculum_target", CURRICULUM_TARGETS)
+        _require_choice(self.curriculum_shape, "curriculum_shape", CURRICULUM_SHAPES)
+
+    @property
+    def total_layers(self) -> int:
+        return self.n_prelude + self.n_core + self.n_coda
+
+    @classmethod
+    def from_official(cls, data: dict[str, Any]) -> "ParcaeConfig":
+        """From the official implementation's `config.json` dict (see `parcae.hf.official`)."""
+        from parcae.hf.official import from_official
+
+        return from_official(data)
+
+    def to_official(self) -> dict[str, Any]:
+        """The official `config.json` dict for this config."""
+        from parcae.hf.official import to_official
+
+        return to_official(self)
+
+
+CONFIG_CLASSES: dict[str, type[TransformerConfig]] = {"gpt": GPTConfig, "parcae": ParcaeConfig}

@@ -1,0 +1,115 @@
+"""Transformer building blocks shared by Parcae and the GPT baseline (SPEC §1.2-1.3).
+
+A block is pre-norm with no biases:
+
+    x = x + Attn(RMSNorm_1(x))
+    x = x + MLP(RMSNorm_2(x)),        MLP(x) = proj(relu(fc(x))^2 * 0.5)
+
+Attention projects q, k, v, adds a gated value embedding to v, applies interleaved rotary
+embeddings and QK-norm, then causal softmax attention with scale 1/sqrt(head_dim).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from parcae.model.config import VALUE_EMBED_GATE_CHANNELS, TransformerConfig
+
+
+class RMSNorm(nn.Module):
+    """`x / rms(x) * weight`, normalised in float32 and cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
+        return normed * self.weight
+
+
+def rotary_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (length, head_dim/2): angle[p, i] = p * theta^(-2i/head_dim)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64)
+                         / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved adjacent pairs (x[2i], x[2i+1]) of x (B, S, H, hd), in float32.
+
+    cos, sin: (S, hd/2). Pair i at position p is rotated by angle[p, i] (GPT-J layout).
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention with GQA, rotary embeddings, QK-norm and value embeddings."""
+
+    def __init__(self, config: TransformerConfig, has_value_embedding: bool) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.qk_norm = config.qk_norm
+        d = config.d_model
+        self.c_q = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.c_k = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.c_v = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.ve_gate = (nn.Linear(VALUE_EMBED_GATE_CHANNELS, self.n_kv_heads, bias=False)
+                        if has_value_embedding else None)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None) -> Tensor:
+        """x: (B, S, d) already normed; value_embed: (B, S, Hkv*hd) or None -> (B, S, d)."""
+        batch, seq, _ = x.shape
+        q = self.c_q(x).view(batch, seq, self.n_heads, self.head_dim)
+        k = self.c_k(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        v = self.c_v(x).view(batch, seq, self.n_kv_heads, self.head_dim)
+        if self.ve_gate is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VALUE_EMBED_GATE_CHANNELS]))
+            v = v + gate.unsqueeze(-1) * value_embed.view_as(v)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if self.qk_norm:
+            q = F.rms_norm(q, (self.head_dim,))
+            k = F.rms_norm(k, (self.head_dim,))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.n_kv_heads != self.n_heads:
+            repeats = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    """`proj(relu(fc(x))^2 * 0.5)`."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        self.proj = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.relu(self.fc(x)).square() * 0.5)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: `x + Attn(norm_1(x))`, then `x + MLP(norm_2(x))`."""
+
+    def __init__(self, config: TransformerConfig, has_value_embedding: bool) -> None:
+        super().__init__()
+        self.norm_1 = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = CausalSelfAttention(config, has_value_embedding)
+        self.norm_2 = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None) -> Tensor:
+        x = x + self.attn(self.norm_1(x), rope, value_embed)
+        return x + self.mlp(self.norm_2(x))
