@@ -16,6 +16,8 @@ from parcae.errors import ParcaeError
 COMMAND_MODULES = (
     "parcae.model.commands",
     "parcae.data.commands",
+    "parcae.train.commands",
+    "parcae.infer.commands",
 )
 
 

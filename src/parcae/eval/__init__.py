@@ -1,0 +1,1 @@
+"""Evaluation: loss and bits-per-byte, depth sweeps, benchmarks."""
