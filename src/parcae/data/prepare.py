@@ -1,7 +1,7 @@
 """Tokenise a corpus once into binary shards (see `parcae.data.shards` for the format).
 
 Each document goes to `train` or `val` by `parcae.data.split.split_of` (a hash of its text).
-Documents are tokenised in batches in parallel on all cores; every time `shard_tokens` tokens are buffered, both splits' buffers become shards and
+Documents are tokenised in batches in parallel on all cores; as soon as `shard_tokens` tokens are buffered (at a document end), both splits' buffers become shards and
 `progress.json` records them, so an interrupted run resumes from its last shard. The manifest is
 written last; re-running a finished preparation with the same arguments is a no-op.
 """
@@ -140,9 +140,9 @@ def prepare_dataset(
         for batch in _batches(documents, BATCH_CHARS):
             for text, ids in zip(batch, tokenizer.encode_batch(batch)):
                 buffers[split_of(text, val_fraction)].add(np.concatenate([bos, ids]), len(text.encode()))
-            state["documents_read"] += len(batch)
-            if sum(buffer.tokens for buffer in buffers.values()) >= shard_tokens:
-                _flush(out_dir, state, buffers)
+                state["documents_read"] += 1
+                if sum(buffer.tokens for buffer in buffers.values()) >= shard_tokens:
+                    _flush(out_dir, state, buffers)
             bar.update(len(batch))
             bar.set_postfix(tokens=state["splits"]["train"]["tokens"] + state["splits"]["val"]["tokens"]
                             + sum(buffer.tokens for buffer in buffers.values()))
