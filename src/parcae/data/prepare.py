@@ -136,7 +136,8 @@ def prepare_dataset(
     bos = np.array([tokenizer.bos_id], dtype=np.int64)
     buffers = {split: _SplitBuffer() for split in SPLITS}
     documents = itertools.islice(iter_documents(input_spec, text_field), state["documents_read"], None)
-    with tqdm(desc="prepare", unit="doc", initial=state["documents_read"], disable=not progress) as bar:
+    with tqdm(desc="prepare", unit="doc", initial=state["documents_read"], delay=1.0,
+              disable=not progress) as bar:
         for batch in _batches(documents, BATCH_CHARS):
             for text, ids in zip(batch, tokenizer.encode_batch(batch)):
                 buffers[split_of(text, val_fraction)].add(np.concatenate([bos, ids]), len(text.encode()))

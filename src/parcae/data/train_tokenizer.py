@@ -47,7 +47,7 @@ class _Partition:
         self.first_train = ""
 
     def __iter__(self) -> Iterator[str]:
-        for text in tqdm(iter_documents(*self.source), desc="tokenizer", unit="doc", disable=not self.progress):
+        for text in tqdm(iter_documents(*self.source), desc="tokenizer", unit="doc", delay=1.0, disable=not self.progress):
             if split_of(text, self.val_fraction) == "val":
                 self.heldout_documents += 1
                 if self.heldout_chars < HELDOUT_CHARS:
