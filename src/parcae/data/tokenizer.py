@@ -36,16 +36,11 @@ MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 
 def _byte_decoder() -> dict[str, int]:
-    """The inverse of the GPT-2 byte-to-unicode map used by byte-level BPE (one char per byte)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
-    chars = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    """Inverse of the GPT-2 byte-to-unicode map of byte-level BPE: printable bytes map to
+    themselves, the other 68 bytes to chr(256), chr(257), ... in byte order (one char per byte)."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)}
+    shifted = [byte for byte in range(256) if byte not in printable]
+    return {chr(byte): byte for byte in printable} | {chr(256 + i): byte for i, byte in enumerate(shifted)}
 
 
 class Tokenizer:
