@@ -23,6 +23,10 @@ from torch import Tensor, nn
 
 # Init [compat]: Δ = ln √5 = ½ ln 5 and A = -1, so Ā = exp(-Δ) = √(1/5) ≈ 0.4472.
 INITIAL_DELTA = 0.5 * math.log(5.0)
+# Floating point would round Ā = exp(-Δ·exp(A_log)) to exactly 1 once Δ·exp(A_log) < 6e-8;
+# bounding the decay rate keeps Ā <= exp(-1e-6) < 1 for every finite parameter value.
+MIN_DECAY_RATE = 1e-6
+MAX_LOG_A = 80.0  # exp(80) is finite in float32, so the rate is never inf * 0 = nan
 
 
 def softplus_inverse(y: float) -> float:
@@ -49,17 +53,25 @@ class DiagonalInjection(nn.Module):
         else:
             nn.init.orthogonal_(self.B)
 
+    def decay_rate(self) -> Tensor:
+        """-ΔA = softplus(dt_bias) * exp(A_log), (d_r,), bounded below by MIN_DECAY_RATE."""
+        rate = F.softplus(self.dt_bias.float()) * self._a()
+        return rate.clamp_min(MIN_DECAY_RATE)
+
+    def _a(self) -> Tensor:
+        """-A = exp(A_log), (d_r,)."""
+        return torch.exp(self.A_log.float().clamp(max=MAX_LOG_A))
+
     def transition(self) -> Tensor:
-        """Ā = exp(-softplus(dt_bias) * exp(A_log)), shape (d_r,), every entry in (0, 1)."""
-        return torch.exp(-F.softplus(self.dt_bias.float()) * torch.exp(self.A_log.float()))
+        """Ā = exp(ΔA) = exp(-softplus(dt_bias) * exp(A_log)), (d_r,), every entry in [0, 1)."""
+        return torch.exp(-self.decay_rate())
 
     def prepare(self, e: Tensor) -> Tensor:
         """B̄ e: (B, S, d) -> (B, S, d_r)."""
-        delta = F.softplus(self.dt_bias.float())
         if self.discretization == "zoh":
-            scale = (1 - self.transition()) / torch.exp(self.A_log.float())
+            scale = (1 - self.transition()) / self._a()
         else:
-            scale = delta
+            scale = F.softplus(self.dt_bias.float())
         return scale.type_as(e) * F.linear(e, self.B)
 
     def step(self, h: Tensor, prepared: Tensor) -> Tensor:
@@ -69,7 +81,7 @@ class DiagonalInjection(nn.Module):
 class LinearInjection(nn.Module):
     """`W [h; e]` (Huginn-style concatenation adapter), computed as `W_h h + W_e e`."""
 
-    def __init__(self, state_dim: int, input_dim: int) -> None:
+    def __init__(self, state_dim: int, input_dim: int, discretization: str = "euler") -> None:
         super().__init__()
         self.state_dim = state_dim
         self.adapter = nn.Linear(state_dim + input_dim, state_dim, bias=False)
@@ -84,6 +96,9 @@ class LinearInjection(nn.Module):
 class AdditiveInjection(nn.Module):
     """`h + e` (no parameters)."""
 
+    def __init__(self, state_dim: int, input_dim: int, discretization: str = "euler") -> None:
+        super().__init__()
+
     def prepare(self, e: Tensor) -> Tensor:
         return e
 
@@ -91,10 +106,13 @@ class AdditiveInjection(nn.Module):
         return h + prepared
 
 
+INJECTIONS: dict[str, type[nn.Module]] = {
+    "diagonal": DiagonalInjection,
+    "linear": LinearInjection,
+    "add": AdditiveInjection,
+}
+
+
 def build_injection(kind: str, state_dim: int, input_dim: int, discretization: str) -> nn.Module:
     """The injection module named by `ParcaeConfig.injection`."""
-    if kind == "diagonal":
-        return DiagonalInjection(state_dim, input_dim, discretization)
-    if kind == "linear":
-        return LinearInjection(state_dim, input_dim)
-    return AdditiveInjection()
+    return INJECTIONS[kind](state_dim, input_dim, discretization)
