@@ -11,7 +11,16 @@ class ParcaeError(Exception):
 
 
 class ConfigError(ParcaeError, ValueError):
-    """A model, training or data configuration value is invalid."""
+    """A model, training or data configuration value is invalid.
+
+    `field` and `reason` are set when one field is at fault, so that callers that know the
+    field under another name (an official config, a YAML key) can restate the error.
+    """
+
+    def __init__(self, message: str, field: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
 
 
 class CheckpointError(ParcaeError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             state = load_file(weights_file)
         else:
             state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, SafetensorError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, SafetensorError, EOFError, ValueError,
+            pickle.UnpicklingError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{weights_file}: unreadable weights ({message})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):

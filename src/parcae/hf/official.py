@@ -105,7 +105,13 @@ def from_official(data: dict[str, Any]) -> ParcaeConfig:
         if data.get(name) not in (None, expected):
             raise _refuse(name, data[name], f"a recurrent width different from the model's "
                                             f"({expected}) is not supported")
-    return ParcaeConfig(**fields)
+    try:
+        return ParcaeConfig(**fields)
+    except ConfigError as error:
+        theirs = {ours: theirs for theirs, ours in RENAMED.items()}.get(error.field)
+        if theirs is None or theirs not in data:
+            raise
+        raise _refuse(theirs, data[theirs], error.reason) from None
 
 
 def to_official(config: ParcaeConfig) -> dict[str, Any]:

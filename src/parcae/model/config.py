@@ -26,7 +26,7 @@ VALUE_EMBED_GATE_CHANNELS = 32
 
 def _require(condition: bool, field_name: str, message: str) -> None:
     if not condition:
-        raise ConfigError(f"invalid config field '{field_name}': {message}")
+        raise ConfigError(f"invalid config field '{field_name}': {message}", field_name, message)
 
 
 def _require_choice(value: Any, field_name: str, choices: tuple[str, ...]) -> None:

@@ -69,7 +69,7 @@ class DiagonalInjection(nn.Module):
     def prepare(self, e: Tensor) -> Tensor:
         """B̄ e: (B, S, d) -> (B, S, d_r)."""
         if self.discretization == "zoh":
-            scale = (1 - self.transition()) / self._a()
+            scale = -torch.expm1(-self.decay_rate()) / self._a()  # (1 - Ā) / exp(A_log)
         else:
             scale = F.softplus(self.dt_bias.float())
         return scale.type_as(e) * F.linear(e, self.B)

@@ -1,0 +1,113 @@
+"""Saving and strict loading of model directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import parcae
+from parcae.errors import CheckpointError
+
+FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/official/parcae-a"
+SMALL = dict(vocab_size=128, d_model=64, ffn_dim=128, n_heads=2, context_length=32)
+
+
+@pytest.mark.parametrize("preset", ["parcae-tiny", "gpt-tiny", "rdm-tiny"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_save_pretrained_round_trip_is_exact(tmp_path, preset, tied):
+    model = parcae.create_model(preset, tie_embeddings=tied, **SMALL).eval()
+    model.save_pretrained(tmp_path)
+    loaded = parcae.from_pretrained(tmp_path)
+    assert loaded.config == model.config and not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    if tied:
+        assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    ids = torch.randint(0, 128, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def _copy_fixture(tmp_path: Path) -> Path:
+    target = tmp_path / "ckpt"
+    shutil.copytree(FIXTURE, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+def _edit_weights(directory: Path, edit) -> None:
+    state = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    edit(state)
+    torch.save(state, directory / "pytorch_model.bin")
+
+
+def _assert_one_line(error, *needles):
+    message = str(error.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_missing_key_is_named(tmp_path):
+    directory = _copy_fixture(tmp_path)
+    _edit_weights(directory, lambda s: s.pop("transformer.adapter.A_log"))
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(directory)
+    _assert_one_line(error, "missing keys", "transformer.adapter.A_log")
+
+
+def test_unexpected_and_misshaped_keys_are_all_named(tmp_path):
+    directory = _copy_fixture(tmp_path)
+
+    def edit(state):
+        state["transformer.extra.weight"] = torch.zeros(3)
+        state["transformer.C.weight"] = torch.zeros(64, 32)
+
+    _edit_weights(directory, edit)
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(directory)
+    _assert_one_line(error, "unexpected keys: transformer.extra.weight",
+                     "transformer.C.weight has shape (64, 32)")
+
+
+def test_missing_weights_file(tmp_path):
+    directory = _copy_fixture(tmp_path)
+    (directory / "pytorch_model.bin").unlink()
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(directory)
+    _assert_one_line(error, "no weights file", "model.safetensors")
+
+
+def test_unreadable_config_and_corrupt_weights(tmp_path):
+    directory = _copy_fixture(tmp_path)
+    (directory / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(directory)
+    _assert_one_line(error, "config.json", "unreadable config")
+    directory = _copy_fixture(tmp_path / "b")
+    (directory / "pytorch_model.bin").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(directory)
+    _assert_one_line(error, "pytorch_model.bin", "unreadable weights")
+
+
+def test_missing_directory_and_missing_config(tmp_path):
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        parcae.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        parcae.from_pretrained(tmp_path)
+
+
+def test_official_config_refusal_surfaces_as_checkpoint_error(tmp_path):
+    directory = _copy_fixture(tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config["nonlin_name"] = "GELU"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(directory)
+    _assert_one_line(error, "nonlin_name")
