@@ -62,6 +62,7 @@ class Parcae(LanguageModel):
 
     # ---------------------------------------------------------------- loop diagnostics
 
+    @torch.no_grad()
     def spectral_radius(self) -> float | None:
         """ρ(Ā) = max(Ā) for the diagonal injection (< 1 by construction); None otherwise."""
         adapter = self.transformer.adapter
