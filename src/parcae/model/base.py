@@ -107,6 +107,18 @@ class LanguageModel(nn.Module):
                 total += self.lm_head.weight.numel()
         return total
 
+    def generate(self, input_ids, max_new_tokens: int, num_steps: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 eos_token_id: int | None = None, seed: int | None = None, streamer=None,
+                 **options) -> Tensor:
+        """Continue prompts with the KV cache; returns (B, P + N) prompt then new tokens.
+        See `parcae.infer.generate.generate` (temperature 0 is greedy; `options`: attention_mask,
+        pad_token_id, adaptive, cache_sharing, use_cache, stats)."""
+        from parcae.infer.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, num_steps, temperature, top_k, top_p,
+                        eos_token_id, seed, streamer, **options)
+
     def save_pretrained(self, path: str | Path) -> None:
         """Write `config.json` + `model.safetensors` (our format; see `parcae.pretrained`)."""
         from parcae.pretrained import save_pretrained

@@ -42,11 +42,12 @@ def rotary_tables(head_dim: int, length: int, theta: float, device=None) -> tupl
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved adjacent pairs (x[2i], x[2i+1]) of x (B, S, H, hd), in float32.
 
-    cos, sin: (S, hd/2). Pair i at position p is rotated by angle[p, i] (GPT-J layout).
+    cos, sin: (S, hd/2), or (B, S, hd/2) for per-row positions. Pair i at position p is rotated
+    by angle[p, i] (GPT-J layout).
     """
     pairs = x.float().unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).type_as(x)
 
@@ -69,6 +70,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None) -> Tensor:
         """x: (B, S, d) already normed; value_embed: (B, S, Hkv*hd) or None -> (B, S, d)."""
+        return self.attend(*self.project(x, rope, value_embed))
+
+    def project(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, H, S, hd) and k, v (B, Hkv, S, hd): projected, value embedding added to v,
+        rotated (rope: cos, sin of the positions of x) and QK-normed."""
         batch, seq, _ = x.shape
         q = self.c_q(x).view(batch, seq, self.n_heads, self.head_dim)
         k = self.c_k(x).view(batch, seq, self.n_kv_heads, self.head_dim)
@@ -80,11 +87,20 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             q = F.rms_norm(q, (self.head_dim,))
             k = F.rms_norm(k, (self.head_dim,))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Softmax attention of q (B, H, S, hd) over k, v (B, Hkv, L, hd), then c_proj ->
+        (B, S, d). mask: bool, broadcastable to (B, H, S, L), True where a query may attend;
+        None means causal with S == L."""
+        batch, _, seq, _ = q.shape
         if self.n_kv_heads != self.n_heads:
             repeats = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.c_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 

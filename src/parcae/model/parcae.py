@@ -91,6 +91,15 @@ class Parcae(LanguageModel):
             noise = noise.expand(batch, seq, d)
         return noise.to(device=device, dtype=dtype)
 
+    def eval_state_table(self, device=None, dtype=None) -> Tensor | None:
+        """The eval-mode h_0 of every position, (context_length, d), or None for `zero` init:
+        row p is the initial state of a token at position p (`initial_state` in eval mode
+        takes rows 0..S-1; inference indexes it with per-row positions)."""
+        if self.config.state_init == "zero":
+            return None
+        table = self._noise(self.config.context_length, self.config.state_init_seed)
+        return table.to(device=device, dtype=dtype)
+
     def _noise(self, seq: int, seed: int) -> Tensor:
         d = self.config.d_model
         generator = torch.Generator().manual_seed(seed)

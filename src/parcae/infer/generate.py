@@ -1,0 +1,227 @@
+"""Autoregressive generation with the KV cache: prompt checks, left padding, sampling.
+
+Policy for prompts (each violation is one `PromptError`): a prompt must hold at least one token,
+every id must lie in [0, vocab_size), and it must be shorter than the model's context_length.
+Generation stops after `max_new_tokens`, when every row has produced `eos_token_id`, or when the
+context is full (prompt + generated = context_length), whichever comes first.
+
+Batches of prompts of different lengths are left-padded; per-row positions and a padding mask
+make every row generate what it generates alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from parcae.errors import PromptError
+from parcae.infer.cache import CacheSharing, KVCache
+from parcae.infer.engine import cached_forward
+from parcae.model.base import LanguageModel
+from parcae.model.parcae import Parcae
+
+
+@dataclass
+class GenerationStats:
+    """What a `generate` call did: loop steps per generated token (mean), tokens generated per
+    row, and the cache's size in bytes."""
+
+    mean_steps: float = 0.0
+    new_tokens: list[int] = field(default_factory=list)
+    cache_bytes: int = 0
+
+
+def prepare_prompts(model: LanguageModel, input_ids, attention_mask: Tensor | None = None,
+                    pad_token_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Validate prompts and left-pad them: ids int64 (B, P) and valid bool (B, P).
+
+    input_ids: a list of ints, a list of lists of ints (any lengths), or a tensor (P,) or
+    (B, P); with a tensor, `attention_mask` (B, P) marks real tokens (left padding only).
+    """
+    device = next(model.parameters()).device
+    if isinstance(input_ids, Tensor):
+        ids = input_ids.to(device=device, dtype=torch.long)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2:
+            raise PromptError(f"input_ids must be (P,) or (B, P), got shape {tuple(ids.shape)}")
+        if attention_mask is None:
+            valid = torch.ones_like(ids, dtype=torch.bool)
+        else:
+            valid = attention_mask.to(device=device).bool()
+            if valid.shape != ids.shape:
+                raise PromptError(f"attention_mask has shape {tuple(valid.shape)}, input_ids "
+                                  f"{tuple(ids.shape)}")
+            if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
+                raise PromptError("attention_mask must be left padding (0s, then 1s)")
+        ids = torch.where(valid, ids, pad_token_id)
+        rows = [ids[b][valid[b]].tolist() for b in range(ids.shape[0])]
+    else:
+        rows = _as_rows(input_ids)
+        ids = valid = None
+    if not rows:
+        raise PromptError("no prompts given")
+    config = model.config
+    for b, row in enumerate(rows):
+        label = "prompt" if len(rows) == 1 else f"prompt {b}"
+        if not row:
+            raise PromptError(f"{label} is empty: give at least one token")
+        bad = [token for token in row if not 0 <= token < config.vocab_size]
+        if bad:
+            raise PromptError(f"{label} has token id {bad[0]} outside the vocabulary "
+                              f"[0, {config.vocab_size})")
+        if len(row) >= config.context_length:
+            raise PromptError(f"{label} has {len(row)} tokens; the model's context holds "
+                              f"{config.context_length}, so prompts must be shorter")
+    if ids is None:
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for b, row in enumerate(rows):
+            ids[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            valid[b, width - len(row):] = True
+        ids, valid = ids.to(device), valid.to(device)
+    return ids, valid
+
+
+def _as_rows(input_ids) -> list[list[int]]:
+    if not isinstance(input_ids, Sequence) or isinstance(input_ids, (str, bytes)):
+        raise PromptError(f"input_ids must be token ids (a tensor or lists of ints), "
+                          f"got {type(input_ids).__name__}")
+    if len(input_ids) == 0 or not isinstance(input_ids[0], (Sequence, Tensor)):
+        input_ids = [input_ids]
+    rows = []
+    for row in input_ids:
+        row = row.tolist() if isinstance(row, Tensor) else list(row)
+        if not all(isinstance(token, int) and not isinstance(token, bool) for token in row):
+            raise PromptError("token ids must be integers")
+        rows.append(row)
+    return rows
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> Tensor:
+    """Next token per row from logits (B, V): argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        threshold = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+        drop = before >= top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                    max_new_tokens: int) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise PromptError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if not temperature >= 0:
+        raise PromptError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise PromptError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise PromptError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: int | None = None,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             eos_token_id: int | None = None, seed: int | None = None, streamer=None, *,
+             attention_mask: Tensor | None = None, pad_token_id: int | None = None,
+             adaptive: float | None = None, cache_sharing: str | CacheSharing | None = None,
+             use_cache: bool = True, stats: GenerationStats | None = None) -> Tensor:
+    """Continue each prompt by up to `max_new_tokens` tokens; returns int64 (B, P + N): the
+    left-padded prompts then the new tokens (after a row's EOS, `pad_token_id`).
+
+    num_steps: loop steps T (default the config's mean_recurrence; ignored by a GPT).
+    temperature 0 is greedy; top_k / top_p restrict sampling; seed makes sampling reproducible.
+    streamer: an object with `put(tokens)` and `end()` (transformers' streamer protocol): it
+    receives the prompt ids (B, P) once, then each step's new tokens (B,).
+    adaptive: per-token early-exit threshold eps on ‖h_{t+1} - h_t‖ / ‖h_t‖ (T stays the max).
+    cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M` (see `parcae.infer.cache`).
+    use_cache=False recomputes the whole sequence for every token (the uncached baseline).
+    stats: filled with what the call did.
+    """
+    _check_sampling(temperature, top_k, top_p, max_new_tokens)
+    if pad_token_id is None:
+        pad_token_id = eos_token_id if eos_token_id is not None else 0
+    ids, valid = prepare_prompts(model, input_ids, attention_mask, pad_token_id)
+    config = model.config
+    if isinstance(model, Parcae):
+        num_steps = config.mean_recurrence if num_steps is None else num_steps
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise PromptError(f"num_steps must be a positive integer, got {num_steps!r}")
+        state_table = model.eval_state_table(ids.device, next(model.parameters()).dtype)
+    else:
+        num_steps, state_table, adaptive = 0, None, None
+    if adaptive is not None and not adaptive >= 0:
+        raise PromptError(f"the adaptive-depth threshold must be >= 0, got {adaptive}")
+    batch, prompt_len = ids.shape
+    max_new_tokens = min(max_new_tokens, config.context_length - prompt_len)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=ids.device).manual_seed(seed)
+    if streamer is not None:
+        streamer.put(ids.cpu())
+
+    def new_cache(length: int) -> KVCache:
+        return KVCache(model, batch, length, num_steps, cache_sharing)
+
+    total = prompt_len + max_new_tokens
+    cache = new_cache(max(total - 1, prompt_len))
+    out = cached_forward(model, ids, valid, cache, state_table, adaptive, last_only=True)
+    generated, steps_used = [], [out.steps[:, -1]]
+    finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    sequence, sequence_valid = ids, valid
+    for index in range(max_new_tokens):
+        token = sample_next(out.logits[:, -1, :config.vocab_size], temperature, top_k, top_p,
+                            generator)
+        token = torch.where(finished, pad_token_id, token)
+        generated.append(token)
+        if streamer is not None:
+            streamer.put(token.cpu())
+        if eos_token_id is not None:
+            finished = finished | (token == eos_token_id)
+        if index == max_new_tokens - 1 or bool(finished.all()):
+            break
+        step_valid = torch.ones(batch, 1, dtype=torch.bool, device=ids.device)
+        if use_cache:
+            out = cached_forward(model, token[:, None], step_valid, cache, state_table,
+                                 adaptive, last_only=True)
+        else:
+            sequence = torch.cat([sequence, token[:, None]], dim=1)
+            sequence_valid = torch.cat([sequence_valid, step_valid], dim=1)
+            out = cached_forward(model, sequence, sequence_valid, new_cache(sequence.shape[1]),
+                                 state_table, adaptive, last_only=True)
+        steps_used.append(torch.where(finished, 0, out.steps[:, -1]))
+    if streamer is not None:
+        streamer.end()
+    new = torch.stack(generated, dim=1) if generated else ids[:, :0]
+    if stats is not None:
+        counted = torch.stack(steps_used[:len(generated)], dim=1) if generated else None
+        produced = ~_after_eos(new, eos_token_id)
+        stats.new_tokens = produced.sum(dim=1).tolist()
+        stats.mean_steps = (float(counted[produced].float().mean())
+                            if counted is not None and bool(produced.any()) else 0.0)
+        stats.cache_bytes = cache.nbytes
+    return torch.cat([ids, new], dim=1)
+
+
+def _after_eos(new: Tensor, eos_token_id: int | None) -> Tensor:
+    """bool (B, N): positions strictly after the row's first EOS (padding filler)."""
+    if eos_token_id is None:
+        return torch.zeros_like(new, dtype=torch.bool)
+    is_eos = (new == eos_token_id).long()
+    return (is_eos.cumsum(dim=1) - is_eos) > 0

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random Parcae / GPT and the official parity fixture (read in place)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import parcae
+
+OFFICIAL_FIXTURE = Path("/work/shared/fixtures/official/parcae-a")
+
+TINY = dict(vocab_size=300, d_model=64, n_heads=2, ffn_dim=128, context_length=64)
+
+
+def tiny_model(preset: str = "parcae-tiny", **overrides):
+    torch.manual_seed(0)
+    model = parcae.create_model(preset, **{**TINY, **overrides})
+    with torch.no_grad():  # identity-init blocks would make every token's keys alike
+        for name, parameter in model.named_parameters():
+            if name.endswith(("c_proj.weight", "mlp.proj.weight")):
+                parameter.normal_(std=0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def parcae_model():
+    return tiny_model("parcae-tiny")
+
+
+@pytest.fixture(scope="session")
+def gpt_model():
+    return tiny_model("gpt-tiny")
+
+
+@pytest.fixture(scope="session")
+def official():
+    if not OFFICIAL_FIXTURE.is_dir():
+        pytest.skip("official fixture not available")
+    from safetensors.torch import load_file
+
+    return parcae.from_pretrained(OFFICIAL_FIXTURE), load_file(OFFICIAL_FIXTURE /
+                                                                "expected.safetensors")
