@@ -1,5 +1,57 @@
-"""`parcae` subcommands of the train package."""
+"""`parcae train` and `parcae plot`."""
+
+from __future__ import annotations
+
+import argparse
+
+from parcae.errors import ConfigError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from parcae.train.config import load_config
+    from parcae.train.loop import format_eval, train
+
+    path, overrides = None, list(args.items)
+    if overrides and "=" not in overrides[0]:
+        path = overrides.pop(0)
+    stray = [item for item in overrides if "=" not in item]
+    if stray:
+        raise ConfigError(f"expected key=value overrides after the config file, got {stray[0]!r}")
+    result = train(load_config(path, overrides))
+    if result.interrupted_by is not None:
+        return 128 + int(result.interrupted_by)
+    if result.final_eval:
+        print(f"final validation after {result.steps} steps ({result.tokens:,} tokens"
+              f"{f', {result.skipped_steps} skipped' if result.skipped_steps else ''}):")
+        for line in format_eval(result.final_eval).split("  "):
+            print(f"  {line}")
+        print(f"model saved to {result.out_dir / 'model'}")
+    if result.sample is not None:
+        print(f"sample: {result.sample!r}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from parcae.train.plot import plot_runs
+
+    for path in plot_runs(args.runs, args.out):
+        print(path)
+    return 0
 
 
 def register(subparsers) -> None:
     """Add this package's subcommands to the top-level parser."""
+    train = subparsers.add_parser(
+        "train", help="train a model (default: parcae-tiny on Shakespeare, ~7 CPU minutes)",
+        description="Train from an optional YAML config plus key=value overrides (dotted keys "
+                    "set nested fields, e.g. model_overrides.d_model=128). Without arguments: "
+                    "parcae-tiny on the built-in Shakespeare corpus. Distributed: "
+                    "torchrun --nproc_per_node=N -m parcae train ...")
+    train.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    train.set_defaults(func=_train)
+
+    plot = subparsers.add_parser("plot", help="plot training runs (PNG files)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
+    plot.add_argument("--out", default=None,
+                      help="directory for the PNGs (default: the first run's plots/)")
+    plot.set_defaults(func=_plot)

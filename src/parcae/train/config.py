@@ -1,0 +1,238 @@
+"""The training configuration: one dataclass, read from YAML plus dotted `key=value` overrides.
+
+    parcae train run.yaml lr=0.01 model_overrides.d_model=128 eval_depths=[1,4]
+
+Values are parsed as YAML (`true`, `1e-3`, `[1, 2]`); a dotted key sets one entry of a dict
+field. Unknown keys are refused with the closest valid names. Every check lives in
+`TrainConfig.__post_init__`; the resolved config is written to `OUT_DIR/config.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from parcae.errors import ConfigError
+
+OPTIMIZERS = ("muon", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_MAX_STEPS = 320
+BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the defaults are the embedded default run (README)."""
+
+    # model: a preset name (`parcae list-presets`) and field overrides (vocab_size is the
+    # tokenizer's and is set automatically)
+    model: str = "parcae-tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # data: a recipe ("shakespeare"), a corpus (file, directory, hf:NAME) or a prepared
+    # directory (holding manifest.json); corpora are tokenised once into `data_dir`
+    data: str = "shakespeare"
+    data_dir: str | None = None  # default: $PARCAE_CACHE/prepared/<name>-v<vocab_size>
+    vocab_size: int = 4096  # of the tokenizer trained when `data` is not prepared yet
+    val_fraction: float = 0.05
+    out_dir: str = "runs/parcae-tiny"
+    seed: int = 0
+    # budget: training stops at the first one reached; none given = DEFAULT_MAX_STEPS
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_flops: float | None = None
+    tokens_per_param: float | None = None
+    # batch: `batch_size` sequences per optimizer step over all processes (the global batch,
+    # whatever the number of processes); each process runs micro-batches of `micro_batch_size`
+    batch_size: int = 12
+    micro_batch_size: int | None = None  # default: the whole per-process batch at once
+    seq_len: int = 256
+    # optimizer (SPEC §4)
+    optimizer: str = "muon"
+    lr: float = 0.02  # Muon lr (or the AdamW lr of matrices with optimizer=adamw)
+    adam_lr: float = 0.006  # embeddings, head, norms, injection and C
+    adam_betas: tuple[float, float] = (0.8, 0.95)
+    adam_eps: float = 1e-10
+    weight_decay: float = 0.2  # Muon (cautious) or AdamW matrices; decays linearly to 0
+    muon_momentum: float = 0.95
+    muon_momentum_start: float = 0.85
+    muon_momentum_warmup_steps: int = 300
+    ns_steps: int = 5
+    grad_clip: float = 1.0  # global grad-norm clip; 0 disables
+    # schedule: linear warmup, constant, linear decay to final_lr_fraction over decay_fraction
+    warmup_steps: int = 10
+    decay_fraction: float = 0.5
+    final_lr_fraction: float = 0.0
+    # numerics
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: str = "auto"  # auto: bf16 autocast where bf16 is fast, else fp32
+    compile: bool = False
+    activation_checkpointing: bool = False
+    # evaluation
+    eval_every: int = 100
+    eval_batches: int | None = 8  # per depth during training; None = the whole val split
+    eval_batch_size: int = 16
+    eval_depths: list[int] | None = None  # default: 1, 2, 4, μ_rec (a GPT: its own depth)
+    final_eval_batches: int | None = None
+    # checkpoints
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = False
+    # logging
+    log_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "parcae"
+    # the sample printed at the end
+    sample_prompt: str = "ROMEO:"
+    sample_tokens: int = 48
+    sample_temperature: float = 0.8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adam_betas, list):
+            self.adam_betas = tuple(self.adam_betas)
+        _choice(self.optimizer, "optimizer", OPTIMIZERS)
+        _choice(self.precision, "precision", PRECISIONS)
+        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "keep_checkpoints",
+                     "log_every", "eval_batch_size", "ns_steps", "vocab_size"):
+            _positive_int(getattr(self, name), name)
+        for name in ("micro_batch_size", "max_steps", "max_tokens", "eval_batches",
+                     "final_eval_batches"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        for name in ("warmup_steps", "muon_momentum_warmup_steps", "sample_tokens", "seed"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
+                   f"must be a non-negative integer, got {value!r}")
+        for name in ("max_flops", "tokens_per_param"):
+            value = getattr(self, name)
+            _check(value is None or (_is_number(value) and value > 0), name,
+                   f"must be a positive number, got {value!r}")
+        if all(getattr(self, key) is None for key in BUDGET_KEYS):
+            self.max_steps = DEFAULT_MAX_STEPS
+        for name in ("lr", "adam_lr", "adam_eps"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value > 0, name, f"must be positive, got {value!r}")
+        for name in ("weight_decay", "grad_clip", "sample_temperature"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value >= 0, name, f"must be >= 0, got {value!r}")
+        for name in ("decay_fraction", "final_lr_fraction", "muon_momentum",
+                     "muon_momentum_start"):
+            value = getattr(self, name)
+            _check(_is_number(value) and 0 <= value <= 1, name,
+                   f"must be in [0, 1], got {value!r}")
+        _check(_is_number(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
+               f"must be in (0, 1), got {self.val_fraction!r}")
+        _check(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+               "adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas!r}")
+        _check(isinstance(self.model_overrides, dict), "model_overrides",
+               f"must be a mapping of model config fields, got {self.model_overrides!r}")
+        if self.eval_depths is not None:
+            _check(isinstance(self.eval_depths, list) and len(self.eval_depths) > 0
+                   and all(isinstance(t, int) and t > 0 for t in self.eval_depths),
+                   "eval_depths", f"must be a list of positive integers, got {self.eval_depths!r}")
+        if self.micro_batch_size is not None:
+            _check(self.batch_size % self.micro_batch_size == 0, "micro_batch_size",
+                   f"{self.micro_batch_size} does not divide batch_size {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["adam_betas"] = list(self.adam_betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        unknown = [key for key in data if key not in FIELDS]
+        if unknown:
+            raise ConfigError(_unknown_key_message(unknown[0]))
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ConfigError(f"invalid training config: {error}") from None
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(condition: bool, name: str, reason: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid training config '{name}': {reason}", name, reason)
+
+
+def _positive_int(value: Any, name: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
+           f"must be a positive integer, got {value!r}")
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else \
+        f"; valid keys: {', '.join(FIELDS)}"
+    return f"unknown training config key {key!r}{hint}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], yaml-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"expected key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set `data[path[0]][path[1]]... = value`, refusing unknown top-level keys."""
+    if path[0] not in FIELDS:
+        raise ConfigError(_unknown_key_message(path[0]))
+    if len(path) > 1:
+        default = FIELDS[path[0]].default_factory if \
+            FIELDS[path[0]].default_factory is not dataclasses.MISSING else None
+        if default is None:
+            raise ConfigError(f"training config key {path[0]!r} is not a mapping; "
+                              f"write {path[0]}=VALUE")
+        node = data.setdefault(path[0], default())
+        for part in path[1:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    else:
+        data[path[0]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> TrainConfig:
+    """The defaults, updated by the YAML file at `path` (if any), then by `overrides`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config file at {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of training config keys")
+        for key, value in (loaded or {}).items():
+            apply_override(data, [str(key)], value)
+    for text in overrides:
+        apply_override(data, *parse_override(text))
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,175 @@
+"""Optimizers (SPEC §4): MuonAdamW, plain AdamW, and the parameter groups they share.
+
+Groups:
+- `adam`: token and value embeddings, the (tied) head, norms, every 1-D parameter, and the
+  injection and C (`transformer.adapter.*`, `transformer.C.*`): AdamW, betas (0.8, 0.95),
+  eps 1e-10, no weight decay.
+- `matrix`: every other 2-D weight (attention, MLP, value-embedding gates): Muon.
+
+Muon step for a matrix W (rows × cols) with gradient G:
+
+    M  = lerp(M, G, 1 - μ);  U = lerp(G, M, μ)                 Nesterov momentum
+    O  = PolarExpress(U)                                        ≈ U (UᵀU)^-½, 5 steps
+    v  = lerp(v, mean(O², reduced dim), 1 - β₂)                 per-row/column 2nd moment
+    O' = O · v^-½ · ‖O‖/‖O · v^-½‖                              (norm preserved)
+    W -= lr·√max(1, rows/cols) · (O' + wd · W · [O'·W ≥ 0])     cautious weight decay
+
+The orthogonalisation runs in bf16 where bf16 matmuls are fast, else in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Polar Express (Amsel et al. 2025) coefficients of the 5 odd degree-5 polynomials; the first
+# steps are aggressive, the last ones converge the singular values to 1.
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+SECOND_MOMENT_BETA = 0.95
+
+
+def orthogonalize(update: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Polar Express: the nearest semi-orthogonal matrix to `update` (rows, cols), in `dtype`.
+
+    Each step applies X <- aX + b(XXᵀ)X + c(XXᵀ)²X (on the Gram matrix of the smaller side).
+    """
+    x = update.to(dtype)
+    x = x / (x.norm() * 1.02 + 1e-6)  # singular values in [0, 1) with a safety margin
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = x.mT
+    for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:steps]:
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return (x.mT if tall else x).to(update.dtype)
+
+
+@dataclass
+class ParamGroups:
+    """Parameters split by optimizer (each parameter once, a tied table included)."""
+
+    adam: list[tuple[str, nn.Parameter]]
+    matrix: list[tuple[str, nn.Parameter]]
+
+
+ADAM_PREFIXES = ("transformer.wte.", "value_embeds.", "lm_head.", "transformer.adapter.",
+                 "transformer.C.")
+
+
+def group_parameters(model: nn.Module) -> ParamGroups:
+    """Split `model`'s trainable parameters into the AdamW and matrix (Muon) groups."""
+    adam, matrix, seen = [], [], set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        if param.dim() != 2 or name.startswith(ADAM_PREFIXES):
+            adam.append((name, param))
+        else:
+            matrix.append((name, param))
+    return ParamGroups(adam, matrix)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the groups with `kind="muon"`, AdamW for those with `kind="adamw"`.
+
+    Group options: lr, weight_decay; Muon: momentum, ns_steps, ns_dtype; AdamW: betas, eps.
+    The training loop changes lr, weight_decay and momentum between steps (the schedule); each
+    group's `initial_lr` is its peak learning rate.
+    """
+
+    def __init__(self, groups: list[dict]) -> None:
+        defaults = dict(lr=1e-3, weight_decay=0.0, momentum=0.95, ns_steps=5,
+                        ns_dtype=torch.float32, betas=(0.8, 0.95), eps=1e-10)
+        for group in groups:
+            group.setdefault("initial_lr", group["lr"])
+            group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0))
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if group["kind"] == "muon":
+                self._muon(group)
+            else:
+                self._adamw(group)
+
+    def _muon(self, group: dict) -> None:
+        momentum, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            grad, state = param.grad, self.state[param]
+            rows, cols = param.shape
+            if not state:
+                state["momentum"] = torch.zeros_like(param)
+                reduced = (rows, 1) if rows >= cols else (1, cols)
+                state["second_moment"] = torch.zeros(reduced, dtype=torch.float32,
+                                                     device=param.device)
+            buffer = state["momentum"]
+            buffer.lerp_(grad, 1 - momentum)
+            update = grad.lerp(buffer, momentum)
+            update = orthogonalize(update, group["ns_steps"], group["ns_dtype"]).float()
+            update = _normalise_second_moment(update, state["second_moment"], rows >= cols)
+            scaled_lr = lr * max(1.0, rows / cols) ** 0.5
+            update = update.to(param.dtype)
+            if wd > 0:
+                mask = (update * param) >= 0
+                param.sub_(param * mask, alpha=scaled_lr * wd)
+            param.sub_(update, alpha=scaled_lr)
+
+    def _adamw(self, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            grad, state = param.grad, self.state[param]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
+            state["step"] += 1
+            step = float(state["step"])
+            state["exp_avg"].lerp_(grad, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denominator = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(eps)
+            if wd > 0:
+                param.mul_(1 - lr * wd)
+            param.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1**step))
+
+
+def _normalise_second_moment(update: Tensor, second_moment: Tensor, per_row: bool) -> Tensor:
+    """Divide each row (or column) by the root of its running mean square, keeping ‖update‖."""
+    dim = -1 if per_row else -2
+    mean_square = update.square().mean(dim=dim, keepdim=True)
+    second_moment.lerp_(mean_square, 1 - SECOND_MOMENT_BETA)
+    scale = second_moment.clamp_min(1e-10).rsqrt()
+    scaled = update * scale
+    return scaled * (update.norm() / scaled.norm().clamp_min(1e-10))
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, adam_lr: float,
+                    weight_decay: float, betas: tuple[float, float], eps: float,
+                    momentum: float, ns_steps: int, ns_dtype: torch.dtype) -> MuonAdamW:
+    """MuonAdamW (`name="muon"`) or AdamW for every parameter (`name="adamw"`; matrices at
+    `lr` with weight decay, the `adam` group at `adam_lr` without)."""
+    groups = group_parameters(model)
+    adam = dict(kind="adamw", params=[p for _, p in groups.adam], lr=adam_lr,
+                weight_decay=0.0, betas=betas, eps=eps)
+    if name == "muon":
+        matrices = dict(kind="muon", params=[p for _, p in groups.matrix], lr=lr,
+                        weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps,
+                        ns_dtype=ns_dtype)
+    else:
+        matrices = dict(kind="adamw", params=[p for _, p in groups.matrix], lr=lr,
+                        weight_decay=weight_decay, betas=betas, eps=eps)
+    return MuonAdamW([g for g in (adam, matrices) if g["params"]])
