@@ -40,3 +40,24 @@ def official():
 
     return parcae.from_pretrained(OFFICIAL_FIXTURE), load_file(OFFICIAL_FIXTURE /
                                                                 "expected.safetensors")
+
+
+TEXT = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+        "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles "
+        "and by opposing end them. ") * 20
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from parcae.data.tokenizer import Tokenizer
+
+    return Tokenizer.train([TEXT], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, parcae_model, tokenizer):
+    """A saved tiny model with its tokenizer beside it."""
+    path = tmp_path_factory.mktemp("model")
+    parcae_model.save_pretrained(path)
+    tokenizer.save(path)
+    return path

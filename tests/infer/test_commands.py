@@ -1,0 +1,58 @@
+"""`parcae generate` / `parcae chat`: streaming output, path resolution, one-line errors."""
+
+import io
+import shutil
+import sys
+
+import pytest
+import torch
+
+from parcae.cli import main
+
+
+def test_generate_streams_the_greedy_continuation(model_dir, parcae_model, tokenizer, capsys):
+    code = main(["generate", "--model", str(model_dir), "--prompt", "To be", "--temperature",
+                 "0", "--max-new-tokens", "6"])
+    assert code == 0
+    prompt = [tokenizer.bos_id, *tokenizer.encode("To be")]
+    ids = parcae_model.generate(prompt, 6, temperature=0, eos_token_id=tokenizer.eos_id)
+    expected = "To be" + tokenizer.decode([t for t in ids[0, len(prompt):].tolist()
+                                           if t != tokenizer.eos_id]) + "\n"
+    assert capsys.readouterr().out == expected
+
+
+def test_generate_accepts_a_run_directory_and_prompt_ids(tmp_path, model_dir, capsys):
+    shutil.copytree(model_dir, tmp_path / "run" / "model")
+    code = main(["generate", "--model", str(tmp_path / "run"), "--prompt-ids", "5,6,7",
+                 "--max-new-tokens", "3", "--seed", "0", "--adaptive", "0.01"])
+    assert code == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_text_prompt_without_tokenizer_is_one_error(tmp_path, parcae_model, capsys):
+    parcae_model.save_pretrained(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "--prompt-ids" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "/nonexistent/model", "--prompt", "x"], "no such model"),
+    (["--prompt-ids", "1,x"], "--prompt-ids"),
+    (["--prompt-ids", ""], "empty"),
+    (["--prompt-ids", "99999"], "outside the vocabulary"),
+])
+def test_generate_errors_are_one_line(model_dir, capsys, argv, message):
+    if "--model" not in argv:
+        argv = ["--model", str(model_dir), *argv]
+    assert main(["generate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("To be\n/reset\nor not\n/exit\n"))
+    code = main(["chat", "--model", str(model_dir), "--max-new-tokens", "4", "--temperature",
+                 "0"])
+    assert code == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 2
