@@ -1,0 +1,78 @@
+"""Training speed of `parcae train`: tokens/s and MFU of the real training loop (data loading,
+depth sampling, forward, backward, clipping, MuonAdamW), in float32 and bfloat16 autocast.
+
+    python benchmarks/train_speed.py [--steps 8] [--precisions fp32 bf16] [key=value ...]
+
+Each precision runs `parcae.train.loop.train` for `--steps` optimizer steps of the default
+training config (plus any `key=value` overrides, as on the `parcae train` command line) and
+reads the per-step records of `metrics.jsonl`. The first `--warmup` steps are left out of the
+figures. MFU = training FLOPs per token (`parcae.model.flops.training_flops_per_token`, SPEC §6)
+× tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from parcae.perf import bf16_is_fast
+from parcae.train.config import load_config
+from parcae.train.loop import resolve_device, train
+from parcae.train.metrics import read_metrics
+
+# what a speed measurement does not need: evaluation, samples, TensorBoard, progress bars
+QUIET = ["eval_every=1000000", "checkpoint_every=1000000", "final_eval_batches=1",
+         "sample_tokens=0", "tensorboard=false", "progress=false"]
+
+
+def measure(precision: str, steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
+    """Median tokens/s, MFU and step time over steps warmup+1..steps of one short run."""
+    with tempfile.TemporaryDirectory(prefix="parcae-speed-") as out_dir:
+        config = load_config(None, [*overrides, *QUIET, f"max_steps={steps}",
+                                    f"precision={precision}", f"out_dir={out_dir}"])
+        started = time.perf_counter()
+        train(config)
+        wall = time.perf_counter() - started
+        records = [r for r in read_metrics(out_dir) if r.get("kind") == "train"]
+    timed = records[warmup:] or records
+    return {
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
+        "mfu": statistics.median(r["mfu"] for r in timed),
+        "step_time": statistics.median(r["step_time"] for r in timed),
+        "wall": wall,
+        "tokens_per_step": config.batch_size * config.seq_len,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per precision")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        choices=["fp32", "bf16"])
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="training config overrides (as for `parcae train`)")
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error("--steps must exceed --warmup")
+
+    config = load_config(None, args.overrides)
+    device = resolve_device(config.device)
+    print(f"{config.model}, batch {config.batch_size} x {config.seq_len} tokens, "
+          f"optimizer {config.optimizer}, {device}; median of steps "
+          f"{args.warmup + 1}..{args.steps}")
+    for precision in args.precisions:
+        if precision == "bf16" and not bf16_is_fast(device):
+            print(f"  bf16: skipped, {device} has no native bf16 matmul")
+            continue
+        result = measure(precision, args.steps, args.warmup, args.overrides)
+        print(f"  {precision}: {result['tokens_per_s']:8,.0f} tokens/s  "
+              f"MFU {result['mfu']:6.1%}  {result['step_time']:.3f} s/step "
+              f"({result['tokens_per_step']:,} tokens)  run {result['wall']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
