@@ -5,8 +5,9 @@ depth sampling, forward, backward, clipping, MuonAdamW), in float32 and bfloat16
 
 Each precision runs `parcae.train.loop.train` for `--steps` optimizer steps of the default
 training config (plus any `key=value` overrides, as on the `parcae train` command line) and
-reads the per-step records of `metrics.jsonl`. The first `--warmup` steps are left out of the
-figures. MFU = training FLOPs per token (`parcae.model.flops.training_flops_per_token`, SPEC §6)
+reads the per-step records of `metrics.jsonl`; the first `--warmup` steps are left out of the
+figures. bf16 runs even where the CPU has no native bf16 (it is then emulated and slow, and its
+MFU is relative to the emulated bf16 matmul peak). MFU = training FLOPs per token (`parcae.model.flops.training_flops_per_token`, SPEC §6)
 × tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
 """
 
@@ -65,13 +66,13 @@ def main() -> None:
           f"optimizer {config.optimizer}, {device}; median of steps "
           f"{args.warmup + 1}..{args.steps}")
     for precision in args.precisions:
-        if precision == "bf16" and not bf16_is_fast(device):
-            print(f"  bf16: skipped, {device} has no native bf16 matmul")
-            continue
         result = measure(precision, args.steps, args.warmup, args.overrides)
+        note = ""
+        if precision == "bf16" and not bf16_is_fast(device):
+            note = f"  (no native bf16 on this {device.type}: emulated; `precision=auto` uses fp32)"
         print(f"  {precision}: {result['tokens_per_s']:8,.0f} tokens/s  "
               f"MFU {result['mfu']:6.1%}  {result['step_time']:.3f} s/step "
-              f"({result['tokens_per_step']:,} tokens)  run {result['wall']:.0f} s")
+              f"({result['tokens_per_step']:,} tokens)  run {result['wall']:.0f} s{note}")
 
 
 if __name__ == "__main__":
