@@ -7,8 +7,8 @@ Each precision runs `parcae.train.loop.train` for `--steps` optimizer steps of t
 training config (plus any `key=value` overrides, as on the `parcae train` command line) and
 reads the per-step records of `metrics.jsonl`; the first `--warmup` steps are left out of the
 figures. bf16 runs even where the CPU has no native bf16 (it is then emulated and slow, and its
-MFU is relative to the emulated bf16 matmul peak). MFU = training FLOPs per token (`parcae.model.flops.training_flops_per_token`, SPEC §6)
-× tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
+MFU is relative to the emulated bf16 matmul peak). MFU = training FLOPs per token
+(`parcae.model.flops.training_flops_per_token`, SPEC §6) × tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
 """
 
 from __future__ import annotations
