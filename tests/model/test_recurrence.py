@@ -132,15 +132,60 @@ def test_truncated_backprop_gives_no_gradient_through_the_first_steps():
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
-def test_per_token_depth_freezes_finished_tokens():
-    model = parcae.create_model("parcae-tiny", depth_granularity="per-token", state_init="zero",
-                                **SMALL).train()
+def _per_token(plan: DepthPlan, seq: int) -> DepthPlan:
+    return DepthPlan(plan.no_grad_steps[:, None].expand(-1, seq).contiguous(),
+                     plan.grad_steps[:, None].expand(-1, seq).contiguous(), plan.noise_seeds)
+
+
+def test_uniform_per_token_depth_equals_per_row_depth_with_gradients():
+    torch.manual_seed(0)
+    model = parcae.create_model("parcae-tiny", state_init="zero", **SMALL).train()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ids, labels = torch.randint(0, 64, (3, 8)), torch.randint(0, 64, (3, 8))
+    rows = DepthPlan(torch.tensor([0, 2, 1]), torch.tensor([2, 1, 3]), torch.zeros(3).long())
+    results = []
+    for plan in (rows, _per_token(rows, 8)):
+        model.zero_grad()
+        out = model(ids, labels, depth_plan=plan)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (row_out, row_grads), (token_out, token_grads) = results
+    torch.testing.assert_close(token_out.logits, row_out.logits, atol=1e-5, rtol=1e-5)
+    for name, grad in row_grads.items():
+        torch.testing.assert_close(token_grads[name], grad, atol=1e-5, rtol=1e-4)
+    assert token_out.loop.executed_steps == 8 * row_out.loop.executed_steps
+
+
+def test_per_token_depth_computes_only_active_tokens():
+    model = parcae.create_model("parcae-tiny", depth_granularity="per-token", **SMALL).train()
+    seen = []
+    model.transformer.core_block[0].mlp.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     plan = model.sample_depth_plan(4, 8, torch.Generator().manual_seed(0))
-    assert plan.no_grad_steps.shape == (4, 8)
+    assert plan.no_grad_steps.shape == (4, 8) and plan.total_steps.unique().numel() > 2
     out = model(torch.randint(0, 64, (4, 8)), torch.randint(0, 64, (4, 8)), depth_plan=plan)
     out.loss.backward()
+    assert sum(seen) == out.loop.executed_steps == out.loop.sampled_steps
     assert out.loop.sampled_steps == int(plan.total_steps.sum())
-    assert torch.isfinite(out.loss)
+    assert sum(seen) < 4 * 8 * int(plan.total_steps.max())
+
+
+def test_per_token_finished_tokens_keep_their_state():
+    torch.manual_seed(0)
+    model = parcae.create_model("parcae-tiny", state_init="zero", **SMALL).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    ids = torch.randint(0, 64, (1, 6))
+    steps = torch.tensor([[3, 3, 3, 1, 3, 3]])
+    plan = DepthPlan(torch.zeros_like(steps), steps, torch.zeros(1).long())
+    with torch.no_grad():
+        mixed = model(ids, depth_plan=plan).logits
+        three = model(ids, num_steps=3).logits
+    # causal attention: tokens before the early finisher are unaffected by it; it and the tokens
+    # after it (which read its last keys and values) are not
+    torch.testing.assert_close(mixed[:, :3], three[:, :3], atol=1e-5, rtol=0)
+    assert all(not torch.allclose(mixed[:, i], three[:, i], atol=1e-3) for i in (3, 4, 5))
 
 
 @settings(max_examples=200, deadline=None)

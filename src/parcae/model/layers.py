@@ -93,6 +93,10 @@ class CausalSelfAttention(nn.Module):
         """Softmax attention of q (B, H, S, hd) over k, v (B, Hkv, L, hd), then c_proj ->
         (B, S, d). mask: bool, broadcastable to (B, H, S, L), True where a query may attend;
         None means causal with S == L."""
+        return self.c_proj(self.mix(q, k, v, mask))
+
+    def mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`attend` before the output projection: heads concatenated, (B, S, H*hd)."""
         batch, _, seq, _ = q.shape
         if self.n_kv_heads != self.n_heads:
             repeats = self.n_heads // self.n_kv_heads
@@ -101,7 +105,7 @@ class CausalSelfAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.c_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        return out.transpose(1, 2).reshape(batch, seq, -1)
 
 
 class MLP(nn.Module):

@@ -21,6 +21,7 @@ from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
 from parcae.model.injection import DiagonalInjection, build_injection
 from parcae.model.layers import Block, RMSNorm
 from parcae.model.recurrence import DepthPlan, LoopStats, iterate, sample_depth_plan
+from parcae.model.token_loop import iterate_tokens
 
 
 class Parcae(LanguageModel):
@@ -157,7 +158,11 @@ class Parcae(LanguageModel):
             return x
 
         h = self.initial_state(batch, seq, plan, e.device, e.dtype)
-        h, loop_stats = iterate(loop_step, h, plan)
+        if plan.no_grad_steps.dim() == 2:
+            h, loop_stats = iterate_tokens(t.core_block, t.adapter, injected, h, plan, rope,
+                                           core_embeds)
+        else:
+            h, loop_stats = iterate(loop_step, h, plan)
 
         y = t.C(h)
         first_coda = config.n_prelude + config.n_core

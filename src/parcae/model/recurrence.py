@@ -11,9 +11,9 @@ depth, SPEC §1.5). With `t = max(μ_rec - μ_bwd, 0)` and `s = μ_bwd`:
 
 An optional curriculum scales t and/or s by `ramp(step / L)` with ramp(x) = x or 1 - sqrt(1 - x).
 
-`iterate` executes only the units still active at each step: rows are gathered, run and
-scattered back, so the loop work executed equals the work sampled (per-token depth runs every
-row that still has an active token and freezes the state of finished tokens).
+`iterate` executes only the rows still active at each step: they are gathered, run and
+scattered back, so the loop work executed equals the work sampled. Per-token depth has its own
+loop, `parcae.model.token_loop.iterate_tokens`, which computes only the active tokens.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ class LoopStats:
     state_norm: mean L2 norm of h_T over tokens, and residual: mean over rows of
     ‖h_T - h_{T-1}‖ / ‖h_T‖ (Frobenius over the row): detached 0-d tensors, so reading them
     is the caller's choice of when to synchronise. mean_steps: mean sampled depth.
-    executed_steps / sampled_steps: row-steps the core ran vs. the sum of sampled depths
-    (per-token depth counts token-steps; executed work is whole rows × seq_len).
+    executed_steps / sampled_steps: row-steps (token-steps for per-token depth) the core ran
+    vs. the sum of sampled depths.
     """
 
     state_norm: Tensor
@@ -127,40 +127,31 @@ StepFn = Callable[[Tensor, Tensor | None], Tensor]
 
 
 def _advance(step_fn: StepFn, h: Tensor, steps: Tensor, residual: Tensor) -> tuple[Tensor, int]:
-    """Run each row (or token) of h for its own number of `steps` (B,) or (B, S).
+    """Run each row of h for its own number of `steps` (B,).
 
     step_fn(h_rows, row_index) applies one loop step to the rows selected by `row_index`
-    (None = every row). Returns the new state and the executed work in units of `steps`.
-    `residual` (B,) receives each row's last relative update norm (no gradient).
+    (None = every row). Returns the new state and the executed row-steps. `residual` (B,)
+    receives each row's last relative update norm (no gradient).
     """
-    batch, seq = h.shape[0], h.shape[1]
+    batch = h.shape[0]
     executed = 0
     for t in range(int(steps.max()) if steps.numel() else 0):
-        active = steps > t
-        token_mask = None
-        if active.dim() == 2:
-            row_active = active.any(dim=1)
-            token_mask = active[row_active].unsqueeze(-1)
-        else:
-            row_active = active
-        rows = row_active.nonzero().squeeze(1)
+        rows = (steps > t).nonzero().squeeze(1)
         every_row = rows.numel() == batch
         h_rows = h if every_row else h.index_select(0, rows)
         h_new = step_fn(h_rows, None if every_row else rows)
-        if token_mask is not None:
-            h_new = torch.where(token_mask, h_new, h_rows)
         with torch.no_grad():
             delta = (h_new - h_rows).float().flatten(1).norm(dim=1)
             norm = h_new.float().flatten(1).norm(dim=1).clamp_min(1e-12)
             residual.index_copy_(0, rows, delta / norm)
         h = h_new if every_row else h.index_copy(0, rows, h_new)
-        executed += rows.numel() * (seq if token_mask is not None else 1)
+        executed += rows.numel()
     return h, executed
 
 
 def iterate(step_fn: StepFn, h: Tensor, plan: DepthPlan) -> tuple[Tensor, LoopStats]:
-    """Apply the loop to h (B, S, d_r): `plan.no_grad_steps` steps without gradient, then
-    `plan.grad_steps` steps with gradient (truncated backprop through depth)."""
+    """Apply the loop to h (B, S, d_r) with per-row depths: `plan.no_grad_steps` steps without
+    gradient, then `plan.grad_steps` steps with gradient (truncated backprop through depth)."""
     residual = torch.zeros(h.shape[0], device=h.device)
     executed = 0
     if torch.is_grad_enabled() and bool((plan.no_grad_steps > 0).any()):
