@@ -1,0 +1,206 @@
+"""Decoding benchmark: prefill and decode tokens/s with and without the KV cache, the cache's
+memory per sharing strategy, and (given a trained model) what each strategy and adaptive depth
+cost in loss.
+
+Speed (random weights; greedy; batch 1): prefill tokens/s = P / time(prompt -> first token);
+decode tokens/s = (N - 1) / (time(N new tokens) - time(1 new token)). The uncached baseline
+recomputes the whole sequence for every new token (`use_cache=False`); with
+`--uncached-tokens` it generates fewer tokens and reports the rate over those. Rates are given
+by the wall clock and by process CPU time: on a shared machine, run with `--threads 1` and read
+the CPU column (the time the work takes when it has a core to itself).
+
+Quality (`--model PATH --data-dir DIR`): on rows of the validation split, teacher-forced
+- sharing: prefill the first `--prefill` tokens, then feed the rest one by one through the cache
+  with each strategy; mean loss on the fed tokens (`full` equals the uncached forward);
+- adaptive depth: one cached pass per threshold eps with at most `--max-steps` loop steps per
+  token; mean loop steps per token and loss, against fixed T = 1 .. max.
+
+    python benchmarks/decode.py [--presets parcae-tiny parcae-140m] [--prompt-tokens 200]
+    python benchmarks/decode.py --presets --model runs/parcae-tiny \
+        --data-dir ~/.cache/parcae/prepared/shakespeare-v4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from parcae.infer.cache import KVCache
+from parcae.infer.engine import cached_forward
+from parcae.model import Parcae, create_model
+
+STRATEGIES = ("full", "last:4", "last:2", "ring:2", "shared")
+EPSILONS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+def timed(function, repeats: int = 1) -> "Seconds":
+    """Best wall and process CPU time of `repeats` calls."""
+    best = Seconds(float("inf"), float("inf"))
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        function()
+        best = Seconds(min(best.wall, time.perf_counter() - wall),
+                       min(best.cpu, time.process_time() - cpu))
+    return best
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """Wall-clock and process CPU seconds. On a shared machine with one thread, the CPU time
+    is the time the work would take alone (the wall time includes waiting for a core)."""
+
+    wall: float
+    cpu: float
+
+    def __sub__(self, other: "Seconds") -> "Seconds":
+        return Seconds(self.wall - other.wall, self.cpu - other.cpu)
+
+
+def rate(count: int, seconds: Seconds) -> str:
+    """`count` per second by the wall clock and by CPU time, as a table cell."""
+    return f"{count / seconds.wall:10.1f} {count / seconds.cpu:10.1f}"
+
+
+def bench_speed(preset: str, args: argparse.Namespace) -> None:
+    length = args.prompt_tokens + args.new_tokens
+    torch.manual_seed(0)
+    model = create_model(preset)
+    if model.config.context_length < length:  # parcae-tiny's context is 256 tokens
+        model = create_model(preset, context_length=length)
+    model.eval()
+    config = model.config
+    steps = config.mean_recurrence if isinstance(model, Parcae) else 0
+    params = model.num_params() / 1e6
+    prompt = torch.randint(config.vocab_size, (1, args.prompt_tokens),
+                           generator=torch.Generator().manual_seed(0))
+    model.generate(prompt[:, :8], 2, temperature=0)  # warm up
+
+    def run(new_tokens: int, **options) -> Seconds:
+        return timed(lambda: model.generate(prompt, new_tokens, temperature=0, **options),
+                     args.repeats)
+
+    prefill = run(1)
+    print(f"\n{preset} ({params:.1f}M parameters, T = {steps or '-'}, {torch.get_num_threads()} "
+          f"threads): prompt {args.prompt_tokens}, {args.new_tokens} new tokens")
+    print(f"  {'tokens/s':<20} {'wall':>10} {'cpu':>10}")
+    print(f"  prefill              {rate(args.prompt_tokens, prefill)}")
+    cached = run(args.new_tokens)
+    print(f"  decode, cached       {rate(args.new_tokens - 1, cached - prefill)}")
+    uncached_tokens = min(args.uncached_tokens or args.new_tokens, args.new_tokens)
+    if uncached_tokens > 1:
+        uncached = run(uncached_tokens, use_cache=False)
+        print(f"  decode, uncached     {rate(uncached_tokens - 1, uncached - prefill)} "
+              f"(over {uncached_tokens} new tokens)")
+    if not isinstance(model, Parcae):
+        cache = KVCache(model, 1, length)
+        print(f"  cache memory         {cache.nbytes / 2**20:10.2f} MiB")
+        return
+    print(f"  {'sharing':<10} {'cache MiB':>10} {'vs full':>8}"
+          + (f" {'decode tok/s wall, cpu':>22}" if args.strategy_speed else ""))
+    full_bytes = KVCache(model, 1, length, steps, "full").nbytes
+    for strategy in STRATEGIES:
+        nbytes = KVCache(model, 1, length, steps, strategy).nbytes
+        line = f"  {strategy:<10} {nbytes / 2**20:10.2f} {nbytes / full_bytes:8.2f}"
+        if args.strategy_speed:
+            seconds = run(args.new_tokens, cache_sharing=strategy)
+            line += f" {rate(args.new_tokens - 1, seconds - prefill)}"
+        print(line)
+
+
+def validation_rows(data_dir: str, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from parcae.data.loader import iter_eval_batches
+
+    batch = next(iter_eval_batches(data_dir, "val", rows, seq_len, max_batches=1))
+    return batch.inputs, batch.targets
+
+
+def mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()))
+
+
+@torch.no_grad()
+def teacher_forced_loss(model, inputs, targets, steps: int, sharing: str, prefill: int) -> float:
+    """Mean loss on tokens prefill.. fed one at a time through a cache with `sharing`."""
+    batch, seq = inputs.shape
+    cache = KVCache(model, batch, seq, steps, sharing)
+    table = model.eval_state_table(inputs.device, next(model.parameters()).dtype)
+    valid = torch.ones_like(inputs, dtype=torch.bool)
+    cached_forward(model, inputs[:, :prefill], valid[:, :prefill], cache, table)
+    logits = [cached_forward(model, inputs[:, i:i + 1], valid[:, i:i + 1], cache, table).logits
+              for i in range(prefill, seq)]
+    return mean_loss(torch.cat(logits, dim=1), targets[:, prefill:])
+
+
+@torch.no_grad()
+def depth_pass(model, inputs, targets, steps: int, eps: float | None) -> tuple[float, float]:
+    """(mean loop steps per token, mean loss) of one cached pass with at most `steps` steps."""
+    batch, seq = inputs.shape
+    cache = KVCache(model, batch, seq, steps)
+    table = model.eval_state_table(inputs.device, next(model.parameters()).dtype)
+    out = cached_forward(model, inputs, torch.ones_like(inputs, dtype=torch.bool), cache, table,
+                         adaptive_eps=eps)
+    return float(out.steps.float().mean()), mean_loss(out.logits, targets)
+
+
+def bench_quality(args: argparse.Namespace) -> None:
+    from parcae.infer.loading import load_for_inference
+
+    model, _ = load_for_inference(args.model)
+    if not isinstance(model, Parcae):
+        raise SystemExit("--model must be a Parcae model (a GPT has no loop)")
+    seq_len = min(args.seq_len, model.config.context_length)
+    inputs, targets = validation_rows(args.data_dir, args.rows, seq_len)
+    steps = model.config.mean_recurrence
+    tokens = inputs.numel()
+    print(f"\nquality: {args.model}, {inputs.shape[0]} validation rows x {seq_len} tokens")
+    print(f"  sharing (T = {steps}; prefill {args.prefill}, then one token at a time)")
+    reference = mean_loss(model(inputs, num_steps=steps).logits[:, args.prefill:],
+                          targets[:, args.prefill:])
+    print(f"  {'uncached forward':<16} loss {reference:.4f}")
+    for strategy in STRATEGIES:
+        loss = teacher_forced_loss(model, inputs, targets, steps, strategy, args.prefill)
+        print(f"  {strategy:<16} loss {loss:.4f}  ({loss - reference:+.4f})")
+    print(f"  depth ({tokens} tokens)")
+    for fixed in range(1, args.max_steps + 1):
+        mean_steps, loss = depth_pass(model, inputs, targets, fixed, None)
+        print(f"  fixed T = {fixed:<2}            steps {mean_steps:5.2f}  loss {loss:.4f}")
+    for eps in EPSILONS:
+        mean_steps, loss = depth_pass(model, inputs, targets, args.max_steps, eps)
+        print(f"  adaptive eps = {eps:<6} (<= {args.max_steps}) steps {mean_steps:5.2f}  "
+              f"loss {loss:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="*", default=["parcae-tiny", "parcae-140m"])
+    parser.add_argument("--prompt-tokens", type=int, default=200)
+    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--uncached-tokens", type=int, default=None,
+                        help="new tokens for the uncached baseline (default: --new-tokens)")
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many runs")
+    parser.add_argument("--strategy-speed", action="store_true",
+                        help="also time decoding with each cache-sharing strategy")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model", help="a trained Parcae (run or model directory) for quality")
+    parser.add_argument("--data-dir", help="prepared data directory with a val split")
+    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--prefill", type=int, default=32)
+    parser.add_argument("--max-steps", type=int, default=8, help="the most loop steps (depth)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for preset in args.presets:
+        bench_speed(preset, args)
+    if args.model:
+        if not args.data_dir:
+            parser.error("--model needs --data-dir")
+        bench_quality(args)
+
+
+if __name__ == "__main__":
+    main()
