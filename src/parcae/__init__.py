@@ -14,6 +14,9 @@ from parcae.model import (
     preset_config,
 )
 from parcae.pretrained import from_pretrained, save_pretrained
+from parcae.hf.registration import register_with_transformers
+
+register_with_transformers()  # AutoConfig / AutoModelForCausalLM, once transformers loads them
 
 __version__ = "0.1.0"
 

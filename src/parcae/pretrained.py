@@ -2,7 +2,9 @@
 
 Two formats are read by `from_pretrained(path)`:
 - ours (written by `save_pretrained`): `config.json` holding `{"architecture": ..., fields}` and
-  `model.safetensors` (a tied head is stored once and re-tied on load);
+  `model.safetensors` (a tied head is stored once and re-tied on load); transformers'
+  `save_pretrained` of `parcae.hf.transformers.ParcaeForCausalLM` writes the same plus its own
+  keys (`model_type`, ...; ignored here) and weights under the prefix `model.` (stripped);
 - the official implementation's (SPEC §3): its flat `config.json` and `pytorch_model.bin`,
   `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`, `model.` are stripped and
   the derived `freqs_cis` buffer dropped.
@@ -12,6 +14,7 @@ Loading is strict: every missing, unexpected or mis-shaped key is named in one e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -25,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from parcae.errors import CheckpointError, ParcaeError
-from parcae.model.config import TransformerConfig
+from parcae.model.config import CONFIG_CLASSES, TransformerConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -49,10 +52,23 @@ def read_config(path: Path) -> TransformerConfig:
     try:
         if "architecture" in data:
             data.pop("parcae_format_version", None)
+            if "model_type" in data:  # written by transformers: our fields plus its own
+                data = _parcae_fields(data)
             return TransformerConfig.from_dict(data)
         return from_official(data)
     except ParcaeError as error:
         raise CheckpointError(f"{config_file}: {error}") from None
+
+
+def _parcae_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The architecture and its config fields from a transformers `config.json` (which adds
+    model_type, architectures, transformers_version, dtype, ...)."""
+    config_class = CONFIG_CLASSES.get(data["architecture"])
+    if config_class is None:
+        return data  # from_dict names the unknown architecture
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {"architecture": data["architecture"],
+            **{key: value for key, value in data.items() if key in names}}
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:

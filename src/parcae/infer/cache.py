@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from parcae.errors import PromptError
@@ -160,6 +161,19 @@ class KVCache:
             start, end = self.length, self.length + seq
             self.keys[target, :, :, start:end] = self.keys[source, :, :, start:end]
             self.values[target, :, :, start:end] = self.values[source, :, :, start:end]
+
+    def reserve(self, seq: int) -> None:
+        """Make room for S more columns, doubling the capacity when it runs out (for callers
+        that do not know the final length, such as transformers' `generate`)."""
+        needed = self.length + seq
+        if needed <= self.max_length:
+            return
+        pad = max(needed, 2 * self.max_length) - self.max_length
+        self.keys = F.pad(self.keys, (0, 0, 0, pad))
+        self.values = F.pad(self.values, (0, 0, 0, pad))
+        self.valid = F.pad(self.valid, (0, pad))
+        self.positions = F.pad(self.positions, (0, pad))
+        self.max_length += pad
 
     def advance(self, seq: int) -> None:
         """Commit the S columns written by the forward that just ran."""
