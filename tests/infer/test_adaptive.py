@@ -1,0 +1,75 @@
+"""Adaptive test-time depth: per-token early exit, bounded by T, exact at eps = 0, and the same
+whether tokens are computed in one pass or one by one through the cache."""
+
+import pytest
+import torch
+
+from parcae.infer.cache import KVCache
+from parcae.infer.engine import cached_forward
+from parcae.infer.generate import GenerationStats
+
+IDS = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
+
+
+def run(model, ids, num_steps, eps, prefill=None, sharing="full"):
+    """Logits and loop steps per token, in one pass (prefill=None) or prefill + one by one."""
+    batch, seq = ids.shape
+    cache = KVCache(model, batch, seq, num_steps, sharing)
+    table = model.eval_state_table()
+    every = torch.ones(batch, seq, dtype=torch.bool)
+    cuts = [0, seq] if prefill is None else [0, *range(prefill, seq + 1)]
+    outs = [cached_forward(model, ids[:, a:b], every[:, a:b], cache, table, eps)
+            for a, b in zip(cuts, cuts[1:])]
+    return torch.cat([o.logits for o in outs], 1), torch.cat([o.steps for o in outs], 1)
+
+
+def test_eps_zero_equals_fixed_depth(parcae_model):
+    fixed, steps = run(parcae_model, IDS, 6, None)
+    adaptive, adaptive_steps = run(parcae_model, IDS, 6, 0.0)
+    assert torch.equal(adaptive, fixed)
+    assert bool((adaptive_steps == 6).all()) and bool((steps == 6).all())
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2, 1e9])
+def test_exit_never_exceeds_max_depth(parcae_model, eps):
+    _, steps = run(parcae_model, IDS, 5, eps)
+    assert bool((steps >= 1).all()) and bool((steps <= 5).all())
+
+
+def test_huge_eps_exits_after_one_step(parcae_model):
+    logits, steps = run(parcae_model, IDS, 5, 1e9)
+    assert bool((steps == 1).all())
+    assert (logits - parcae_model(IDS, num_steps=1).logits).abs().max() < 1e-5
+
+
+def test_some_tokens_exit_early_at_a_moderate_eps(parcae_model):
+    _, full = run(parcae_model, IDS, 8, 0.0)
+    _, steps = run(parcae_model, IDS, 8, 0.2)
+    assert steps.float().mean() < full.float().mean()
+
+
+def test_incremental_adaptive_equals_one_pass(parcae_model):
+    """Tokens that exited hand their last keys/values to later steps in both paths."""
+    one_pass, steps = run(parcae_model, IDS, 6, 0.2)
+    incremental, incremental_steps = run(parcae_model, IDS, 6, 0.2, prefill=5)
+    assert 1 < steps.float().mean() < 6  # a mix of early and late exits
+    assert torch.equal(steps, incremental_steps)
+    assert (one_pass - incremental).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("sharing", ["ring:2", "last:2", "shared"])
+def test_adaptive_depth_works_with_shared_slots(parcae_model, sharing):
+    logits, steps = run(parcae_model, IDS, 6, 0.2, prefill=5, sharing=sharing)
+    assert torch.isfinite(logits).all()
+    assert bool((steps >= 1).all()) and bool((steps <= 6).all())
+
+
+def test_generate_with_adaptive_depth_reports_steps(parcae_model):
+    stats = GenerationStats()
+    parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0, adaptive=0.2,
+                          stats=stats)
+    assert 1 <= stats.mean_steps <= 6
+    assert stats.new_tokens == [8]
+    fixed = parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0)
+    assert torch.equal(parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0,
+                                             adaptive=0.0), fixed)
