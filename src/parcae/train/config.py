@@ -150,6 +150,7 @@ class TrainConfig:
         unknown = [key for key in data if key not in FIELDS]
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0]))
+        data = {key: _as_number(key, value) for key, value in data.items()}
         try:
             return cls(**data)
         except TypeError as error:
@@ -164,6 +165,18 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_number(key: str, value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` as a string: read it as a number where the field is numeric."""
+    annotation = str(FIELDS[key].type)
+    if isinstance(value, str) and ("float" in annotation or "int" in annotation):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if "int" in annotation and number.is_integer() else number
+    return value
 
 
 def _check(condition: bool, name: str, reason: str) -> None:
@@ -182,7 +195,8 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
 
 def _unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(close)}?" if close else \
+    hint = f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}" \
+        f"{close[-1]}?" if close else \
         f"; valid keys: {', '.join(FIELDS)}"
     return f"unknown training config key {key!r}{hint}"
 

