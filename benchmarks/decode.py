@@ -136,16 +136,18 @@ def teacher_forced_loss(model, inputs, targets, steps: int, sharing: str, prefil
 
 
 @torch.no_grad()
-def depth_pass(model, inputs, targets, steps: int, eps: float | None) -> tuple[float, float]:
-    """(mean loop steps per token, mean loss) of one cached pass with at most `steps` steps."""
+def depth_pass(model, inputs, targets, steps: int, eps: float | None
+               ) -> tuple[torch.Tensor, float]:
+    """(loop steps of each token, mean loss) of one cached pass with at most `steps` steps."""
     batch, seq = inputs.shape
     cache = KVCache(model, batch, seq, steps)
     table = model.eval_state_table(inputs.device, next(model.parameters()).dtype)
     out = cached_forward(model, inputs, torch.ones_like(inputs, dtype=torch.bool), cache, table,
                          adaptive_eps=eps)
-    return float(out.steps.float().mean()), mean_loss(out.logits, targets)
+    return out.steps, mean_loss(out.logits, targets)
 
 
+@torch.no_grad()
 def bench_quality(args: argparse.Namespace) -> None:
     from parcae.infer.loading import load_for_inference
 
@@ -160,18 +162,19 @@ def bench_quality(args: argparse.Namespace) -> None:
     print(f"  sharing (T = {steps}; prefill {args.prefill}, then one token at a time)")
     reference = mean_loss(model(inputs, num_steps=steps).logits[:, args.prefill:],
                           targets[:, args.prefill:])
-    print(f"  {'uncached forward':<16} loss {reference:.4f}")
+    print(f"  {'uncached forward':<16} loss {reference:.5f}")
     for strategy in STRATEGIES:
         loss = teacher_forced_loss(model, inputs, targets, steps, strategy, args.prefill)
-        print(f"  {strategy:<16} loss {loss:.4f}  ({loss - reference:+.4f})")
+        print(f"  {strategy:<16} loss {loss:.5f}  ({loss - reference:+.5f})")
     print(f"  depth ({tokens} tokens)")
     for fixed in range(1, args.max_steps + 1):
-        mean_steps, loss = depth_pass(model, inputs, targets, fixed, None)
-        print(f"  fixed T = {fixed:<2}            steps {mean_steps:5.2f}  loss {loss:.4f}")
+        _, loss = depth_pass(model, inputs, targets, fixed, None)
+        print(f"  fixed T = {fixed:<2}              steps {fixed:5.2f}  loss {loss:.5f}")
     for eps in EPSILONS:
-        mean_steps, loss = depth_pass(model, inputs, targets, args.max_steps, eps)
-        print(f"  adaptive eps = {eps:<6} (<= {args.max_steps}) steps {mean_steps:5.2f}  "
-              f"loss {loss:.4f}")
+        steps, loss = depth_pass(model, inputs, targets, args.max_steps, eps)
+        exits = torch.bincount(steps.flatten(), minlength=args.max_steps + 1)[1:].tolist()
+        print(f"  adaptive eps = {eps:<6} (<= {args.max_steps}) steps {steps.float().mean():5.2f}  "
+              f"loss {loss:.5f}  (tokens exiting at steps 1..{args.max_steps}: {exits})")
 
 
 def main() -> None:
