@@ -73,15 +73,15 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
         model = create_model(preset, context_length=length)
     model.eval()
     config = model.config
-    steps = config.mean_recurrence if isinstance(model, Parcae) else 0
+    steps = (args.num_steps or config.mean_recurrence) if isinstance(model, Parcae) else 0
     params = model.num_params() / 1e6
     prompt = torch.randint(config.vocab_size, (1, args.prompt_tokens),
                            generator=torch.Generator().manual_seed(0))
     model.generate(prompt[:, :8], 2, temperature=0)  # warm up
 
     def run(new_tokens: int, **options) -> Seconds:
-        return timed(lambda: model.generate(prompt, new_tokens, temperature=0, **options),
-                     args.repeats)
+        return timed(lambda: model.generate(prompt, new_tokens, num_steps=steps or None,
+                                            temperature=0, **options), args.repeats)
 
     prefill = run(1)
     print(f"\n{preset} ({params:.1f}M parameters, T = {steps or '-'}, {torch.get_num_threads()} "
@@ -156,7 +156,7 @@ def bench_quality(args: argparse.Namespace) -> None:
         raise SystemExit("--model must be a Parcae model (a GPT has no loop)")
     seq_len = min(args.seq_len, model.config.context_length)
     inputs, targets = validation_rows(args.data_dir, args.rows, seq_len)
-    steps = model.config.mean_recurrence
+    steps = args.num_steps or model.config.mean_recurrence
     tokens = inputs.numel()
     print(f"\nquality: {args.model}, {inputs.shape[0]} validation rows x {seq_len} tokens")
     print(f"  sharing (T = {steps}; prefill {args.prefill}, then one token at a time)")
@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--prefill", type=int, default=32)
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="loop steps T for speed and sharing (default: mean_recurrence)")
     parser.add_argument("--max-steps", type=int, default=8, help="the most loop steps (depth)")
     args = parser.parse_args()
     if args.threads:
