@@ -21,7 +21,7 @@ from parcae.errors import ConfigError
 
 OPTIMIZERS = ("muon", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
-DEFAULT_MAX_STEPS = 320
+DEFAULT_MAX_STEPS = 300
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
 
 
@@ -74,7 +74,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     # evaluation
     eval_every: int = 100
-    eval_batches: int | None = 8  # per depth during training; None = the whole val split
+    eval_batches: int | None = 4  # per depth during training; None = the whole val split
     eval_batch_size: int = 16
     eval_depths: list[int] | None = None  # default: 1, 2, 4, μ_rec (a GPT: its own depth)
     final_eval_batches: int | None = None
