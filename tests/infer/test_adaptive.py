@@ -4,6 +4,7 @@ whether tokens are computed in one pass or one by one through the cache."""
 import pytest
 import torch
 
+from parcae.errors import PromptError
 from parcae.infer.cache import KVCache
 from parcae.infer.engine import cached_forward
 from parcae.infer.generate import GenerationStats
@@ -11,14 +12,15 @@ from parcae.infer.generate import GenerationStats
 IDS = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
 
 
-def run(model, ids, num_steps, eps, prefill=None, sharing="full"):
+def run(model, ids, num_steps, eps, prefill=None, sharing="full", criterion="residual"):
     """Logits and loop steps per token, in one pass (prefill=None) or prefill + one by one."""
     batch, seq = ids.shape
     cache = KVCache(model, batch, seq, num_steps, sharing)
     table = model.eval_state_table()
     every = torch.ones(batch, seq, dtype=torch.bool)
     cuts = [0, seq] if prefill is None else [0, *range(prefill, seq + 1)]
-    outs = [cached_forward(model, ids[:, a:b], every[:, a:b], cache, table, eps)
+    outs = [cached_forward(model, ids[:, a:b], every[:, a:b], cache, table, eps,
+                           criterion=criterion)
             for a, b in zip(cuts, cuts[1:])]
     return torch.cat([o.logits for o in outs], 1), torch.cat([o.steps for o in outs], 1)
 
@@ -73,3 +75,21 @@ def test_generate_with_adaptive_depth_reports_steps(parcae_model):
     fixed = parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0)
     assert torch.equal(parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0,
                                              adaptive=0.0), fixed)
+
+
+def test_kl_criterion_eps_zero_equals_fixed_depth(parcae_model):
+    fixed, _ = run(parcae_model, IDS, 4, None)
+    adaptive, steps = run(parcae_model, IDS, 4, 0.0, criterion="kl")
+    assert (adaptive - fixed).abs().max() < 1e-5
+    assert bool((steps == 4).all())
+
+
+def test_kl_criterion_compares_two_steps_before_exiting(parcae_model):
+    logits, steps = run(parcae_model, IDS, 5, 1e9, prefill=6, criterion="kl")
+    assert bool((steps == 2).all())
+    assert (logits - parcae_model(IDS, num_steps=2).logits).abs().max() < 1e-5
+
+
+def test_unknown_criterion_is_one_error(parcae_model):
+    with pytest.raises(PromptError, match="criterion"):
+        parcae_model.generate([1, 2], 2, adaptive=0.1, adaptive_criterion="entropy")

@@ -42,6 +42,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adaptive", type=float, default=None, metavar="EPS",
                         help="per-token early exit once ||h_t+1 - h_t|| / ||h_t|| < EPS "
                              "(T stays the maximum)")
+    parser.add_argument("--adaptive-criterion", choices=("residual", "kl"), default="residual",
+                        help="exit on the state's relative update (residual) or on the KL "
+                             "between successive steps' next-token distributions (kl)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=None)
@@ -57,6 +60,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def _generation_options(args: argparse.Namespace, tokenizer) -> dict:
     return dict(num_steps=args.num_steps, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, seed=args.seed, adaptive=args.adaptive,
+                adaptive_criterion=args.adaptive_criterion,
                 cache_sharing=args.cache_sharing,
                 eos_token_id=tokenizer.eos_id if tokenizer is not None else None)
 

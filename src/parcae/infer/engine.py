@@ -5,10 +5,17 @@ registered in the cache, every attention site writes its keys and values into it
 attends over the slot's columns so far. Inference runs a fixed number of loop steps T (no depth
 sampling) from the deterministic eval-mode initial state at each token's position.
 
-Adaptive depth (per token): after loop step t a token whose relative update
-‖h_{t+1} - h_t‖ / ‖h_t‖ falls below `eps` exits: its state is frozen and, at every later step,
-the cache receives its last keys and values (so later tokens attend to what it last computed).
-T stays the maximum; eps = 0 never exits and equals the fixed-depth forward.
+Adaptive depth (per token): after loop step t a token exits when its criterion falls below
+`eps`: its state is frozen and, at every later step, the cache receives its last keys and values
+(so later tokens attend to what it last computed). T stays the maximum; eps = 0 never exits and
+equals the fixed-depth forward. Criteria (`EXIT_CRITERIA`):
+
+- `residual`: ‖h_{t+1} - h_t‖ / ‖h_t‖ (free: no extra compute);
+- `kl`: KL(p_t || p_{t+1}) between the next-token distributions of successive steps, each from
+  a coda + head pass over C h_t (costs a coda and head per step; intermediate coda passes attend
+  to the cached final coda keys of earlier tokens). With `kl`, a prefill in one pass and token by
+  token differ slightly (tokens of one pass see each other's intermediate coda keys); with
+  `residual` they are identical.
 """
 
 from __future__ import annotations
@@ -18,10 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from parcae.errors import PromptError
 from parcae.infer.cache import KVCache
 from parcae.model.base import LanguageModel
 from parcae.model.layers import Block
 from parcae.model.parcae import Parcae
+
+EXIT_CRITERIA = ("residual", "kl")
 
 
 @dataclass
@@ -52,12 +62,12 @@ def _relative_update(new: Tensor, old: Tensor) -> Tensor:
 @torch.no_grad()
 def cached_forward(model: LanguageModel, input_ids: Tensor, valid: Tensor, cache: KVCache,
                    state_table: Tensor | None = None, adaptive_eps: float | None = None,
-                   last_only: bool = False) -> ForwardOutput:
+                   last_only: bool = False, criterion: str = "residual") -> ForwardOutput:
     """Run S new tokens input_ids (B, S) through `model`, reading and extending `cache`.
 
     valid: bool (B, S), False at left padding. state_table: the Parcae's eval-mode h_0 per
     position (`Parcae.eval_state_table`), None for zero init. The loop runs `cache.num_steps`
-    steps, fewer per token with `adaptive_eps`.
+    steps, fewer per token with `adaptive_eps` (exit `criterion`: residual or kl).
     """
     batch, seq = input_ids.shape
     start_positions = cache.next_positions()
@@ -80,17 +90,22 @@ def cached_forward(model: LanguageModel, input_ids: Tensor, valid: Tensor, cache
         e = t.ln_prelude(x) if config.prelude_norm else x
         prepared = t.adapter.prepare(e)
         core_embeds = [value_embeds.get(config.n_prelude + j) for j in range(config.n_core)]
-        if state_table is None:
-            h = torch.zeros_like(e)
-        else:
-            h = state_table[positions].to(e.dtype)
-        h, steps = _loop(model, h, prepared, core_embeds, rope, mask, cache, adaptive_eps)
-        y = t.C(h)
-        first_coda = config.n_prelude + config.n_core
-        for j, block in enumerate(t.coda):
-            y = _block(block, y, rope, value_embeds.get(first_coda + j), mask, cache,
-                       cache.coda_slot(j))
-        x = y
+        h = torch.zeros_like(e) if state_table is None else state_table[positions].to(e.dtype)
+
+        def coda(h: Tensor) -> Tensor:
+            y = t.C(h)
+            first_coda = config.n_prelude + config.n_core
+            for j, block in enumerate(t.coda):
+                y = _block(block, y, rope, value_embeds.get(first_coda + j), mask, cache,
+                           cache.coda_slot(j))
+            return y
+
+        exit_score = None
+        if adaptive_eps is not None:
+            exit_score = _exit_score(model, coda, criterion)
+        h, steps = _loop(model, h, prepared, core_embeds, rope, mask, cache, adaptive_eps,
+                         exit_score)
+        x = coda(h)
     cache.advance(seq)
     if last_only:
         x = x[:, -1:]
@@ -98,8 +113,31 @@ def cached_forward(model: LanguageModel, input_ids: Tensor, valid: Tensor, cache
     return ForwardOutput(logits=logits, steps=steps)
 
 
+def _exit_score(model: Parcae, coda, criterion: str):
+    """score(h_new, h_old) -> (B, S) float, exit when below eps (+inf: not yet comparable)."""
+    if criterion not in EXIT_CRITERIA:
+        raise PromptError(f"unknown adaptive-depth criterion {criterion!r}; use "
+                          f"{' or '.join(EXIT_CRITERIA)}")
+    if criterion == "residual":
+        return _relative_update
+    vocab = model.config.vocab_size
+    previous: list[Tensor] = []
+
+    def kl(new: Tensor, old: Tensor) -> Tensor:
+        logits, _ = model.head(coda(new), None)
+        log_p = torch.log_softmax(logits[..., :vocab], dim=-1)
+        if not previous:
+            previous.append(log_p)
+            return torch.full(log_p.shape[:-1], float("inf"), device=log_p.device)
+        before = previous[0]
+        previous[0] = log_p
+        return (before.exp() * (before - log_p)).sum(dim=-1)
+
+    return kl
+
+
 def _loop(model: Parcae, h: Tensor, prepared: Tensor, core_embeds, rope, mask: Tensor,
-          cache: KVCache, adaptive_eps: float | None) -> tuple[Tensor, Tensor]:
+          cache: KVCache, adaptive_eps: float | None, exit_score) -> tuple[Tensor, Tensor]:
     """T = cache.num_steps loop steps over h (B, S, d); returns h_T and steps per token."""
     t = model.transformer
     batch, seq = h.shape[:2]
@@ -124,7 +162,8 @@ def _loop(model: Parcae, h: Tensor, prepared: Tensor, core_embeds, rope, mask: T
             continue
         active = ~frozen
         steps += active.long()
-        converged = _relative_update(x, h) < adaptive_eps
-        h = torch.where(active[..., None], x, h)
+        x = torch.where(active[..., None], x, h)
+        converged = exit_score(x, h) < adaptive_eps
+        h = x
         frozen = frozen | (active & converged)
     return h, steps

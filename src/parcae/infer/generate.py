@@ -19,7 +19,7 @@ from torch import Tensor
 
 from parcae.errors import PromptError
 from parcae.infer.cache import CacheSharing, KVCache
-from parcae.infer.engine import cached_forward
+from parcae.infer.engine import EXIT_CRITERIA, cached_forward
 from parcae.model.base import LanguageModel
 from parcae.model.parcae import Parcae
 
@@ -140,7 +140,8 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              eos_token_id: int | None = None, seed: int | None = None, streamer=None, *,
              attention_mask: Tensor | None = None, pad_token_id: int | None = None,
-             adaptive: float | None = None, cache_sharing: str | CacheSharing | None = None,
+             adaptive: float | None = None, adaptive_criterion: str = "residual",
+             cache_sharing: str | CacheSharing | None = None,
              use_cache: bool = True, stats: GenerationStats | None = None) -> Tensor:
     """Continue each prompt by up to `max_new_tokens` tokens; returns int64 (B, P + N): the
     left-padded prompts then the new tokens (after a row's EOS, `pad_token_id`).
@@ -149,7 +150,9 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
     temperature 0 is greedy; top_k / top_p restrict sampling; seed makes sampling reproducible.
     streamer: an object with `put(tokens)` and `end()` (transformers' streamer protocol): it
     receives the prompt ids (B, P) once, then each step's new tokens (B,).
-    adaptive: per-token early-exit threshold eps on ‖h_{t+1} - h_t‖ / ‖h_t‖ (T stays the max).
+    adaptive: per-token early-exit threshold eps (T stays the max) on `adaptive_criterion`:
+    `residual` ‖h_{t+1} - h_t‖ / ‖h_t‖ or `kl` between successive steps' next-token
+    distributions (see `parcae.infer.engine`).
     cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M` (see `parcae.infer.cache`).
     use_cache=False recomputes the whole sequence for every token (the uncached baseline).
     stats: filled with what the call did.
@@ -168,6 +171,9 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
         num_steps, state_table, adaptive = 0, None, None
     if adaptive is not None and not adaptive >= 0:
         raise PromptError(f"the adaptive-depth threshold must be >= 0, got {adaptive}")
+    if adaptive_criterion not in EXIT_CRITERIA:
+        raise PromptError(f"unknown adaptive-depth criterion {adaptive_criterion!r}; use "
+                          f"{' or '.join(EXIT_CRITERIA)}")
     batch, prompt_len = ids.shape
     max_new_tokens = min(max_new_tokens, config.context_length - prompt_len)
     generator = None
@@ -181,7 +187,11 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
 
     total = prompt_len + max_new_tokens
     cache = new_cache(max(total - 1, prompt_len))
-    out = cached_forward(model, ids, valid, cache, state_table, adaptive, last_only=True)
+    def forward(tokens: Tensor, tokens_valid: Tensor, into: KVCache):
+        return cached_forward(model, tokens, tokens_valid, into, state_table, adaptive,
+                              last_only=True, criterion=adaptive_criterion)
+
+    out = forward(ids, valid, cache)
     generated, steps_used = [], [out.steps[:, -1]]
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     sequence, sequence_valid = ids, valid
@@ -198,13 +208,11 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
             break
         step_valid = torch.ones(batch, 1, dtype=torch.bool, device=ids.device)
         if use_cache:
-            out = cached_forward(model, token[:, None], step_valid, cache, state_table,
-                                 adaptive, last_only=True)
+            out = forward(token[:, None], step_valid, cache)
         else:
             sequence = torch.cat([sequence, token[:, None]], dim=1)
             sequence_valid = torch.cat([sequence_valid, step_valid], dim=1)
-            out = cached_forward(model, sequence, sequence_valid, new_cache(sequence.shape[1]),
-                                 state_table, adaptive, last_only=True)
+            out = forward(sequence, sequence_valid, new_cache(sequence.shape[1]))
         steps_used.append(torch.where(finished, 0, out.steps[:, -1]))
     if streamer is not None:
         streamer.end()
