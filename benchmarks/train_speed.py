@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from parcae.perf import bf16_is_fast
 from parcae.train.config import load_config
 from parcae.train.loop import resolve_device, train
@@ -54,9 +56,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                         choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, one per core); 1 "
+                             "avoids OpenMP spin-waiting on a machine shared with other jobs")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="training config overrides (as for `parcae train`)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
 
