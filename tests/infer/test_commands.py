@@ -56,3 +56,14 @@ def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):
                  "0"])
     assert code == 0
     assert len(capsys.readouterr().out.strip().splitlines()) >= 2
+
+
+def test_generate_from_an_official_checkpoint_with_prompt_ids(official, capsys):
+    model, expected = official
+    prompt = expected["greedy_prompt"][0].tolist()
+    code = main(["generate", "--model", "/work/shared/fixtures/official/parcae-a",
+                 "--prompt-ids", ",".join(map(str, prompt)), "--temperature", "0",
+                 "--num-steps", "4", "--max-new-tokens", "8"])
+    assert code == 0
+    printed = [int(token) for token in capsys.readouterr().out.split()]
+    assert printed == expected["greedy_tokens"][0, len(prompt):].tolist()
