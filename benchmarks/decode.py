@@ -12,8 +12,9 @@ the CPU column (the time the work takes when it has a core to itself).
 Quality (`--model PATH --data-dir DIR`): on rows of the validation split, teacher-forced
 - sharing: prefill the first `--prefill` tokens, then feed the rest one by one through the cache
   with each strategy; mean loss on the fed tokens (`full` equals the uncached forward);
-- adaptive depth: one cached pass per threshold eps with at most `--max-steps` loop steps per
-  token; mean loop steps per token and loss, against fixed T = 1 .. max.
+- adaptive depth: one cached pass per exit criterion (residual, kl) and threshold eps with at
+  most `--max-steps` loop steps per token; mean loop steps per token and loss, against fixed
+  T = 1 .. max.
 
     python benchmarks/decode.py [--presets parcae-tiny parcae-140m] [--prompt-tokens 200]
     python benchmarks/decode.py --presets --model runs/parcae-tiny \
@@ -34,7 +35,10 @@ from parcae.infer.engine import cached_forward
 from parcae.model import Parcae, create_model
 
 STRATEGIES = ("full", "last:4", "last:2", "ring:2", "shared")
-EPSILONS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3)
+EPSILONS = {  # exit criterion -> thresholds swept
+    "residual": (0.0, 0.003, 0.01, 0.03, 0.1, 0.3),
+    "kl": (0.0, 1e-4, 1e-3, 1e-2, 0.1),
+}
 
 
 def timed(function, repeats: int = 1) -> "Seconds":
@@ -136,14 +140,14 @@ def teacher_forced_loss(model, inputs, targets, steps: int, sharing: str, prefil
 
 
 @torch.no_grad()
-def depth_pass(model, inputs, targets, steps: int, eps: float | None
-               ) -> tuple[torch.Tensor, float]:
+def depth_pass(model, inputs, targets, steps: int, eps: float | None,
+               criterion: str = "residual") -> tuple[torch.Tensor, float]:
     """(loop steps of each token, mean loss) of one cached pass with at most `steps` steps."""
     batch, seq = inputs.shape
     cache = KVCache(model, batch, seq, steps)
     table = model.eval_state_table(inputs.device, next(model.parameters()).dtype)
     out = cached_forward(model, inputs, torch.ones_like(inputs, dtype=torch.bool), cache, table,
-                         adaptive_eps=eps)
+                         adaptive_eps=eps, criterion=criterion)
     return out.steps, mean_loss(out.logits, targets)
 
 
@@ -169,12 +173,13 @@ def bench_quality(args: argparse.Namespace) -> None:
     print(f"  depth ({tokens} tokens)")
     for fixed in range(1, args.max_steps + 1):
         _, loss = depth_pass(model, inputs, targets, fixed, None)
-        print(f"  fixed T = {fixed:<2}              steps {fixed:5.2f}  loss {loss:.5f}")
-    for eps in EPSILONS:
-        steps, loss = depth_pass(model, inputs, targets, args.max_steps, eps)
-        exits = torch.bincount(steps.flatten(), minlength=args.max_steps + 1)[1:].tolist()
-        print(f"  adaptive eps = {eps:<6} (<= {args.max_steps}) steps {steps.float().mean():5.2f}  "
-              f"loss {loss:.5f}  (tokens exiting at steps 1..{args.max_steps}: {exits})")
+        print(f"  fixed T = {fixed:<2}          steps {fixed:5.2f}  loss {loss:.5f}")
+    for criterion, epsilons in EPSILONS.items():
+        for eps in epsilons:
+            steps, loss = depth_pass(model, inputs, targets, args.max_steps, eps, criterion)
+            exits = torch.bincount(steps.flatten(), minlength=args.max_steps + 1)[1:].tolist()
+            print(f"  {criterion:<8} eps = {eps:<6} steps {steps.float().mean():5.2f}  loss "
+                  f"{loss:.5f}  (tokens exiting at steps 1..{args.max_steps}: {exits})")
 
 
 def main() -> None:
