@@ -131,7 +131,9 @@ def _exit_score(model: Parcae, coda, criterion: str):
             return torch.full(log_p.shape[:-1], float("inf"), device=log_p.device)
         before = previous[0]
         previous[0] = log_p
-        return (before.exp() * (before - log_p)).sum(dim=-1)
+        # KL >= 0; rounding can make a converged token's KL a hair negative (and eps = 0
+        # must never exit)
+        return (before.exp() * (before - log_p)).sum(dim=-1).clamp_min(0)
 
     return kl
 
