@@ -6,10 +6,11 @@ loop) vs rdm-tiny (Huginn-style linear injection, no prelude norm) on Shakespear
 Every model trains with `parcae.train.loop.train` on the same data, token budget, batch,
 learning rate and seed (the default training config plus any `key=value` overrides, as on the
 `parcae train` command line); only `model` differs. Printed per model: parameters, tokens
-seen, wall time and the final validation loss and bits per byte on the whole val split, at
-μ_rec for a looped model (every evaluated depth is listed) and at its own depth for a GPT. A
-run that stops on a non-finite loss is reported as diverged. With `--out`, each run lives in
-`OUT/<model>` and a finished run is not trained again (it is resumed at its last step and only
+seen, wall time and the final validation loss and bits per byte on the val split (its first
+`final_eval_batches` batches when set), at μ_rec for a looped model (every evaluated depth is
+listed) and at its own depth for a GPT. A run that stops on a non-finite loss is reported as
+diverged, one stopped by a signal as interrupted (checkpointed: the same `--out` resumes it
+exactly). With `--out`, each run lives in `OUT/<model>` and a finished run is not trained again (it is resumed at its last step and only
 evaluated), so the table can be reprinted cheaply.
 """
 
@@ -38,7 +39,12 @@ def run(model: str, out_root: Path, overrides: list[str]) -> dict:
     try:
         result = train(config)
     except ParcaeError as error:  # a diverged run: report it, keep going
-        return {"model": model, "error": str(error), "wall": time.perf_counter() - started}
+        return {"model": model, "error": f"diverged ({error})",
+                "wall": time.perf_counter() - started}
+    if result.interrupted_by is not None:  # SIGINT/SIGTERM: checkpointed, resumable
+        return {"model": model, "error": f"interrupted by signal {result.interrupted_by} at "
+                f"step {result.steps}; rerun with --out {out_root} to continue",
+                "wall": time.perf_counter() - started}
     from parcae import from_pretrained  # the saved model, for its parameter count
 
     trained = from_pretrained(result.out_dir / "model")
@@ -79,7 +85,7 @@ def main() -> None:
             report = run(model, out_root, args.overrides)
             reports.append(report)
             if "error" in report:
-                print(f"  {model}: diverged ({report['error']})", flush=True)
+                print(f"  {model}: {report['error']}", flush=True)
             else:
                 depths = "  ".join(
                     f"T={'own' if r.depth is None else r.depth}: {r.bpb:.4f}"
@@ -90,7 +96,7 @@ def main() -> None:
           f"{'depth':>7}{'time':>8}")
     for report in reports:
         if "error" in report:
-            print(f"{report['model']:<14}{'diverged':>12}")
+            print(f"{report['model']:<14}  {report['error'].split(' (')[0]}")
             continue
         best = report["judged"]
         depth = "own" if best.depth is None else str(best.depth)
