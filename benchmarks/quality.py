@@ -10,8 +10,8 @@ seen, wall time and the final validation loss and bits per byte on the val split
 `final_eval_batches` batches when set), at μ_rec for a looped model (every evaluated depth is
 listed) and at its own depth for a GPT. A run that stops on a non-finite loss is reported as
 diverged, one stopped by a signal as interrupted (checkpointed: the same `--out` resumes it
-exactly). With `--out`, each run lives in `OUT/<model>` and a finished run is not trained again (it is resumed at its last step and only
-evaluated), so the table can be reprinted cheaply.
+exactly). With `--out`, each run lives in `OUT/<model>` and a finished run is not trained again
+(it is resumed at its last step and only evaluated), so the table can be reprinted cheaply.
 """
 
 from __future__ import annotations
