@@ -161,7 +161,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     """Write `config.json` and `model.safetensors` into `path`, atomically per file."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = {**model.config.to_dict(), "parcae_format_version": FORMAT_VERSION}
+    config = {**model.config.to_dict(), "model_type": "parcae",
+              "parcae_format_version": FORMAT_VERSION}
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
