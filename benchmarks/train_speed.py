@@ -7,7 +7,7 @@ Each precision runs `parcae.train.loop.train` for `--steps` optimizer steps of t
 training config (plus any `key=value` overrides, as on the `parcae train` command line) and
 reads the per-step records of `metrics.jsonl`; the first `--warmup` steps are left out of the
 figures. bf16 runs even where the CPU has no native bf16 (it is then emulated and slow, and its
-MFU is relative to the emulated bf16 matmul peak). MFU = training FLOPs per token
+MFU is also given against the fp32 peak, the emulated bf16 peak being meaningless). MFU = training FLOPs per token
 (`parcae.model.flops.training_flops_per_token`, SPEC §6) × tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
 """
 
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from parcae.perf import bf16_is_fast
+from parcae.model.flops import training_flops_per_token
+from parcae.perf import bf16_is_fast, matmul_peak_flops
 from parcae.train.config import load_config
-from parcae.train.loop import resolve_device, train
+from parcae.train.loop import build_model_config, resolve_device, train
 from parcae.train.metrics import read_metrics
 
 # what a speed measurement does not need: evaluation, samples, TensorBoard, progress bars
@@ -76,7 +77,11 @@ def main() -> None:
         result = measure(precision, args.steps, args.warmup, args.overrides)
         note = ""
         if precision == "bf16" and not bf16_is_fast(device):
-            note = f"  (no native bf16 on this {device.type}: emulated; `precision=auto` uses fp32)"
+            flops = training_flops_per_token(build_model_config(config, config.vocab_size),
+                                             config.seq_len)
+            vs_fp32 = result["tokens_per_s"] * flops / matmul_peak_flops(device=device)
+            note = (f"  (no native bf16 on this {device.type}: emulated, MFU {vs_fp32:.1%} of the "
+                    "fp32 peak; `precision=auto` uses fp32)")
         print(f"  {precision}: {result['tokens_per_s']:8,.0f} tokens/s  "
               f"MFU {result['mfu']:6.1%}  {result['step_time']:.3f} s/step "
               f"({result['tokens_per_step']:,} tokens)  run {result['wall']:.0f} s{note}")
