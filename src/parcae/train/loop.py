@@ -31,10 +31,11 @@ from parcae.eval.loss import EvalResult, default_depths, evaluate
 from parcae.model import Parcae, create_model, preset_config
 from parcae.model.config import TransformerConfig
 from parcae.model.flops import training_flops_per_token
+from parcae.model.injection import DiagonalInjection
 from parcae.perf import bf16_is_fast, matmul_peak_flops
 from parcae.train import checkpoint as ckpt
 from parcae.train import distributed as dist
-from parcae.train.config import TrainConfig
+from parcae.train.config import DEFAULT_MOMENTUM_WARMUP, TrainConfig
 from parcae.train.data import resolve_data_dir
 from parcae.train.metrics import MetricsLogger, truncate_metrics
 from parcae.train.optim import build_optimizer
@@ -145,8 +146,19 @@ class _StopSignals:
             signal.signal(signum, handler)
 
 
+def _loop_diagnostics(model: nn.Module) -> dict[str, float]:
+    """ρ(Ā) = max(Ā) and mean(Ā) of a diagonal injection; empty for other models."""
+    adapter = model.transformer["adapter"] if "adapter" in model.transformer else None
+    if not isinstance(adapter, DiagonalInjection):
+        return {}
+    with torch.no_grad():
+        transition = dist.full_tensor(adapter.transition())
+    return {"spectral_radius": float(transition.max()),
+            "transition_mean": float(transition.mean())}
+
+
 def _eval_record(results: list[EvalResult], step: int, tokens: int,
-                 model: nn.Module) -> dict:
+                 diagnostics: dict[str, float]) -> dict:
     record = {"kind": "eval", "step": step, "tokens": tokens,
               "val_loss": {_depth_key(r): r.loss for r in results},
               "val_bpb": {_depth_key(r): r.bpb for r in results}}
@@ -156,12 +168,7 @@ def _eval_record(results: list[EvalResult], step: int, tokens: int,
         record["state_norm"] = {_depth_key(r): r.state_norm for r in looped}
         record["residual"] = {_depth_key(r): r.residual for r in looped}
         record["state_norm_final"], record["residual_final"] = deepest.state_norm, deepest.residual
-    radius = model.spectral_radius() if hasattr(model, "spectral_radius") else None
-    if radius is not None:
-        record["spectral_radius"] = radius
-        with torch.no_grad():
-            record["transition_mean"] = float(model.transformer.adapter.transition().mean())
-    return record
+    return {**record, **diagnostics}
 
 
 def _depth_key(result: EvalResult) -> str:
@@ -210,30 +217,28 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     params = model.num_params()
     flops_per_token = training_flops_per_token(model_config, config.seq_len)
     steps_total = total_steps(config, params, flops_per_token)
+    momentum_warmup = config.muon_momentum_warmup_steps
+    if momentum_warmup is None:
+        momentum_warmup = min(DEFAULT_MOMENTUM_WARMUP, steps_total // 3)
     per_rank, micro = _batch_split(config, info)
     bf16 = use_bf16(config.precision, device)
-    optimizer = build_optimizer(
-        model, config.optimizer, config.lr, config.adam_lr, config.weight_decay,
-        config.adam_betas, config.adam_eps, config.muon_momentum, config.ns_steps,
-        torch.bfloat16 if bf16_is_fast(device) else torch.float32)
     loader = TokenLoader(data_dir, "train", per_rank, config.seq_len, config.seed,
                          info.rank, info.world_size)
     step, tokens, skipped = 0, 0, 0
     latest = ckpt.latest_checkpoint(out_dir) if config.resume else None
+    state = None
     if latest is not None:
         state = ckpt.load_checkpoint(latest)
         _check_resumable(state, config, latest)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])
-        ckpt.set_rng_state(state["rng"])
         step = state["step"]
         tokens, skipped = state["counters"]["tokens"], state["counters"]["skipped"]
         say(f"parcae: resumed from {latest} at step {step}")
     elif config.resume:
         say(f"parcae: resume=true but no checkpoint in {ckpt.checkpoint_dir(out_dir)}; "
             "starting fresh")
-    elif main and ckpt.latest_checkpoint(out_dir) is not None:
+    elif ckpt.latest_checkpoint(out_dir) is not None:
         raise CheckpointError(f"{out_dir} already holds checkpoints; pass resume=true to "
                               "continue that run or choose another out_dir")
 
@@ -244,7 +249,15 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         from parcae.model.layers import Block
 
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, Block))
-    runner = dist.wrap_model(model, info, device)
+    runner = dist.wrap_model(model, info, device, config.parallel)
+    optimizer = build_optimizer(  # after sharding: FSDP replaces the parameters
+        model, config.optimizer, config.lr, config.adam_lr, config.weight_decay,
+        config.adam_betas, config.adam_eps, config.muon_momentum, config.ns_steps,
+        torch.bfloat16 if bf16_is_fast(device) else torch.float32)
+    if state is not None:
+        dist.load_optimizer_state(model, optimizer, state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        del state
     if config.compile:
         runner = torch.compile(runner)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -269,15 +282,16 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         batches = iter_eval_batches(data_dir, "val", config.eval_batch_size, config.seq_len,
                                     max_batches)
         results = evaluate(model, batches, token_bytes, eval_depths, device, autocast)
+        diagnostics = _loop_diagnostics(model)  # on every rank: a collective under FSDP
         if logger is not None:
-            logger.log(_eval_record(results, at_step, tokens, model))
+            logger.log(_eval_record(results, at_step, tokens, diagnostics))
         return results
 
     def save(at_step: int) -> Path | None:
+        model_state, optimizer_state = dist.full_state_dicts(model, optimizer)
         if not main:
             return None
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": at_step, "loader": loader.state_dict(), "rng": ckpt.rng_state(),
+        state = {"model": model_state, "optimizer": optimizer_state, "step": at_step, "loader": loader.state_dict(), "rng": ckpt.rng_state(),
                  "counters": {"tokens": tokens, "skipped": skipped},
                  "train_config": config.to_dict(), "model_config": model_config.to_dict()}
         return ckpt.save_checkpoint(out_dir, at_step, state, config.keep_checkpoints)
@@ -294,7 +308,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
             lr_factor = apply_schedule(optimizer, step, steps_total, config.warmup_steps,
                                        config.decay_fraction, config.final_lr_fraction,
                                        config.muon_momentum_start, config.muon_momentum,
-                                       config.muon_momentum_warmup_steps)
+                                       momentum_warmup)
             batch = loader.next_batch()
             plan = None
             if looped:
@@ -311,7 +325,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                 if plan is not None:
                     offset = info.rank * per_rank + first
                     rows = plan.rows(offset, offset + micro)
-                with dist.no_sync(runner, index == accumulation - 1), autocast:
+                with dist.gradient_sync(runner, index == accumulation - 1), autocast:
                     output = runner(inputs, targets, depth_plan=rows)
                 (output.loss / accumulation).backward()
                 loss_sum += output.loss.detach() / accumulation
@@ -325,7 +339,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                 raise TrainingError(
                     f"loss is {loss} at step {step + 1}; training stopped (the last good "
                     f"checkpoint is {last or 'none'}; try a lower lr)")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip))
+            grad_norm = dist.clip_grad_norm(parameters, clip)
             step_skipped = not math.isfinite(grad_norm)
             if step_skipped:
                 skipped += 1
@@ -355,7 +369,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
             stop = dist.any_rank(signals.received is not None, info, device)
             if step % config.checkpoint_every == 0 or stop or step == steps_total:
                 save(step)
-            if stop:
+            if stop and step < steps_total:  # a signal during the last step: just finish
                 interrupted = signals.received or signal.SIGTERM
                 say(f"parcae: stopped by signal {interrupted} at step {step}; checkpoint "
                     f"saved, continue with resume=true")
@@ -365,16 +379,29 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     final, sample = [], None
     if interrupted is None:
         final = run_eval(step, config.final_eval_batches)
+        trained = _unsharded(model, model_config, device)
         if main:
-            model.save_pretrained(out_dir / "model")
+            trained.save_pretrained(out_dir / "model")
             tokenizer.save(out_dir / "model")
             if config.sample_tokens > 0:
-                sample = sample_text(model, tokenizer, config.sample_prompt,
+                sample = sample_text(trained, tokenizer, config.sample_prompt,
                                      config.sample_tokens, config.sample_temperature,
                                      config.seed, device)
     if logger is not None:
         logger.close()
     return TrainResult(out_dir, step, tokens, skipped, final, sample, interrupted)
+
+
+def _unsharded(model: nn.Module, model_config: TransformerConfig,
+               device: torch.device) -> nn.Module:
+    """`model` itself, or under FSDP a whole copy on the main rank (a collective)."""
+    if not dist.is_sharded(model):
+        return model
+    state = dist.full_model_state(model)
+    copy = create_model(model_config, device)
+    if state:  # only the main rank receives the tensors
+        copy.load_state_dict(state)
+    return copy
 
 
 def _check_resumable(state: dict, config: TrainConfig, path: Path) -> None:

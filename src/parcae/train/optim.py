@@ -14,7 +14,10 @@ Muon step for a matrix W (rows × cols) with gradient G:
     O' = O · v^-½ · ‖O‖/‖O · v^-½‖                              (norm preserved)
     W -= lr·√max(1, rows/cols) · (O' + wd · W · [O'·W ≥ 0])     cautious weight decay
 
-The orthogonalisation runs in bf16 where bf16 matmuls are fast, else in fp32.
+The orthogonalisation runs in bf16 where bf16 matmuls are fast, else in fp32. Under FSDP the
+parameters, gradients and momenta are DTensors sharded by rows; Muon gathers each whole update
+U, orthogonalises it on every rank and keeps the rows of its own shard (the per-row/column second
+moment is kept whole on every rank). AdamW is elementwise and runs on the shards.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 # Polar Express (Amsel et al. 2025) coefficients of the 5 odd degree-5 polynomials; the first
 # steps are aggressive, the last ones converge the singular values to 1.
@@ -81,14 +85,15 @@ def group_parameters(model: nn.Module) -> ParamGroups:
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for the groups with `kind="muon"`, AdamW for those with `kind="adamw"`.
 
-    Group options: lr, weight_decay; Muon: momentum, ns_steps, ns_dtype; AdamW: betas, eps.
+    Group options: lr, weight_decay; Muon: momentum, ns_steps, ns_dtype (a torch dtype's name,
+    "float32" or "bfloat16", so that state dicts hold only plain values); AdamW: betas, eps.
     The training loop changes lr, weight_decay and momentum between steps (the schedule); each
     group's `initial_lr` is its peak learning rate.
     """
 
     def __init__(self, groups: list[dict]) -> None:
         defaults = dict(lr=1e-3, weight_decay=0.0, momentum=0.95, ns_steps=5,
-                        ns_dtype=torch.float32, betas=(0.8, 0.95), eps=1e-10)
+                        ns_dtype="float32", betas=(0.8, 0.95), eps=1e-10)
         for group in groups:
             group.setdefault("initial_lr", group["lr"])
             group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0))
@@ -116,11 +121,11 @@ class MuonAdamW(torch.optim.Optimizer):
                                                      device=param.device)
             buffer = state["momentum"]
             buffer.lerp_(grad, 1 - momentum)
-            update = grad.lerp(buffer, momentum)
-            update = orthogonalize(update, group["ns_steps"], group["ns_dtype"]).float()
+            update = _whole(grad.lerp(buffer, momentum))
+            update = orthogonalize(update, group["ns_steps"], getattr(torch, group["ns_dtype"])).float()
             update = _normalise_second_moment(update, state["second_moment"], rows >= cols)
             scaled_lr = lr * max(1.0, rows / cols) ** 0.5
-            update = update.to(param.dtype)
+            update = _shard_like(update.to(param.dtype), param)
             if wd > 0:
                 mask = (update * param) >= 0
                 param.sub_(param * mask, alpha=scaled_lr * wd)
@@ -147,6 +152,19 @@ class MuonAdamW(torch.optim.Optimizer):
             param.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1**step))
 
 
+def _whole(tensor: Tensor) -> Tensor:
+    """The whole matrix behind a sharded DTensor (all-gathered), else the tensor itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _shard_like(whole: Tensor, param: Tensor) -> Tensor:
+    """`whole` split like `param`: this rank's shard when `param` is a DTensor (no
+    communication: every rank holds the same `whole`)."""
+    if not isinstance(param, DTensor):
+        return whole
+    return distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=None)
+
+
 def _normalise_second_moment(update: Tensor, second_moment: Tensor, per_row: bool) -> Tensor:
     """Divide each row (or column) by the root of its running mean square, keeping ‖update‖."""
     dim = -1 if per_row else -2
@@ -168,7 +186,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, adam_lr: float,
     if name == "muon":
         matrices = dict(kind="muon", params=[p for _, p in groups.matrix], lr=lr,
                         weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps,
-                        ns_dtype=ns_dtype)
+                        ns_dtype=str(ns_dtype).removeprefix("torch."))
     else:
         matrices = dict(kind="adamw", params=[p for _, p in groups.matrix], lr=lr,
                         weight_decay=weight_decay, betas=betas, eps=eps)
