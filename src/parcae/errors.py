@@ -33,3 +33,7 @@ class DataError(ParcaeError):
 
 class PromptError(ParcaeError, ValueError):
     """A generation prompt or request is invalid (empty, too long, out-of-vocabulary ids)."""
+
+
+class TrainingError(ParcaeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""

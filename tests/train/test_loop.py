@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from parcae import from_pretrained
+from parcae.errors import TrainingError
 from parcae.train.checkpoint import list_checkpoints
-from parcae.train.loop import TrainingError, train
+from parcae.train.loop import train
 from parcae.train.metrics import read_metrics
 
 from .conftest import tiny_config
@@ -156,3 +157,33 @@ def test_gradient_accumulation_matches_the_full_batch(data_dir, full_run, tmp_pa
 def test_max_tokens_sets_the_number_of_steps(data_dir, tmp_path):
     result = train(tiny_config(data_dir, tmp_path, max_steps=None, max_tokens=3 * 4 * 32 + 5))
     assert result.steps == 3
+
+
+def test_activation_checkpointing_gives_the_same_losses(data_dir, full_run, tmp_path):
+    _, reference = full_run
+    train(tiny_config(data_dir, tmp_path, activation_checkpointing=True))
+    checkpointed, expected = _losses(tmp_path), _losses(reference)
+    assert checkpointed.keys() == expected.keys()
+    for step in expected:
+        assert checkpointed[step] == pytest.approx(expected[step], abs=1e-6)
+
+
+def test_bf16_autocast_trains_close_to_fp32(data_dir, full_run, tmp_path):
+    _, reference = full_run
+    result = train(tiny_config(data_dir, tmp_path, precision="bf16"))
+    bf16, fp32 = _losses(tmp_path), _losses(reference)
+    assert bf16.keys() == fp32.keys()
+    for step in fp32:
+        assert bf16[step] == pytest.approx(fp32[step], abs=0.05)
+    assert bf16 != fp32  # autocast really ran in bf16
+    assert all(math.isfinite(r.loss) for r in result.final_eval)
+
+
+def test_compiled_blocks_give_the_same_losses(data_dir, full_run, tmp_path):
+    _, reference = full_run
+    # two steps: the first loss precedes any update, the second follows one identical step
+    train(tiny_config(data_dir, tmp_path, compile=True, max_steps=2, final_eval_batches=1))
+    compiled, expected = _losses(tmp_path), _losses(reference)
+    assert compiled.keys() == {1, 2}
+    for step in compiled:
+        assert compiled[step] == pytest.approx(expected[step], abs=1e-5)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from parcae.data.loader import TokenLoader, iter_eval_batches
 from parcae.data.tokenizer import Tokenizer
-from parcae.errors import CheckpointError, ConfigError, ParcaeError
+from parcae.errors import CheckpointError, ConfigError, TrainingError
 from parcae.eval.loss import EvalResult, default_depths, evaluate
 from parcae.model import Parcae, create_model, preset_config
 from parcae.model.config import TransformerConfig
@@ -43,10 +43,6 @@ from parcae.train.sample import sample_text
 from parcae.train.schedule import apply_schedule
 
 
-class TrainingError(ParcaeError):
-    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
-
-
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -56,6 +52,7 @@ class TrainResult:
     final_eval: list[EvalResult]
     sample: str | None
     interrupted_by: int | None = None  # the signal number that stopped the run early
+    is_main: bool = True  # False on every process of a distributed run but rank 0
 
 
 @functools.cache
@@ -259,7 +256,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         ckpt.set_rng_state(state["rng"])
         del state
     if config.compile:
-        runner = torch.compile(runner)
+        _compile_blocks(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     looped = isinstance(model, Parcae)
     eval_depths = config.eval_depths if config.eval_depths and looped else default_depths(model)
@@ -389,7 +386,17 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                                      config.seed, device)
     if logger is not None:
         logger.close()
-    return TrainResult(out_dir, step, tokens, skipped, final, sample, interrupted)
+    return TrainResult(out_dir, step, tokens, skipped, final, sample, interrupted, main)
+
+
+def _compile_blocks(model: nn.Module) -> None:
+    """torch.compile each transformer block, with dynamic shapes: the loop runs a block on a
+    varying number of rows (those still iterating), which would recompile a static graph."""
+    from parcae.model.layers import Block
+
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.compile(dynamic=True)
 
 
 def _unsharded(model: nn.Module, model_config: TransformerConfig,

@@ -9,6 +9,17 @@ from parcae.errors import DataError
 from parcae.train.metrics import read_metrics
 
 
+def run_labels(run_dirs: list[str | os.PathLike]) -> list[str]:
+    """The shortest trailing paths that tell the runs apart: `a/seed0` and `b/seed0` are
+    labelled so, `runs/gpt` and `runs/parcae` just `gpt` and `parcae`."""
+    paths = [Path(run_dir).resolve() for run_dir in run_dirs]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = ["/".join(p.parts[-depth:]).lstrip("/") or "/" for p in paths]
+        if len(set(labels)) == len(set(paths)):
+            return labels
+    return [str(p) for p in paths]
+
+
 def plot_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None
               ) -> list[Path]:
     """Write loss/bpb vs tokens (runs overlaid), val loss vs depth T and ρ(Ā) vs step."""
@@ -18,11 +29,11 @@ def plot_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | No
     import matplotlib.pyplot as plt
 
     runs = {}
-    for run_dir in run_dirs:
+    for run_dir, label in zip(run_dirs, run_labels(run_dirs)):
         records = read_metrics(run_dir)
         if not records:
             raise DataError(f"{run_dir}: no metrics.jsonl records to plot")
-        runs[Path(run_dir).name or str(run_dir)] = records
+        runs[label] = records
     out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
