@@ -23,7 +23,6 @@ OPTIMIZERS = ("muon", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 PARALLEL = ("ddp", "fsdp")
 DEFAULT_MAX_STEPS = 300
-DEFAULT_MOMENTUM_WARMUP = 300  # Muon momentum warmup steps, capped at a third of the run
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
 
 
@@ -62,7 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.2  # Muon (cautious) or AdamW matrices; decays linearly to 0
     muon_momentum: float = 0.95
     muon_momentum_start: float = 0.85
-    muon_momentum_warmup_steps: int | None = None  # default: min(300, a third of the run)
+    muon_momentum_warmup_steps: int = 300
     ns_steps: int = 5
     grad_clip: float = 1.0  # global grad-norm clip; 0 disables
     # schedule: linear warmup, constant, linear decay to final_lr_fraction over decay_fraction
@@ -112,8 +111,6 @@ class TrainConfig:
                 _positive_int(getattr(self, name), name)
         for name in ("warmup_steps", "muon_momentum_warmup_steps", "sample_tokens", "seed"):
             value = getattr(self, name)
-            if value is None and name == "muon_momentum_warmup_steps":
-                continue
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
                    f"must be a non-negative integer, got {value!r}")
         for name in ("max_flops", "tokens_per_param"):

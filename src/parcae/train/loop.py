@@ -35,7 +35,7 @@ from parcae.model.injection import DiagonalInjection
 from parcae.perf import bf16_is_fast, matmul_peak_flops
 from parcae.train import checkpoint as ckpt
 from parcae.train import distributed as dist
-from parcae.train.config import DEFAULT_MOMENTUM_WARMUP, TrainConfig
+from parcae.train.config import TrainConfig
 from parcae.train.data import resolve_data_dir
 from parcae.train.metrics import MetricsLogger, truncate_metrics
 from parcae.train.optim import build_optimizer
@@ -214,9 +214,6 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     params = model.num_params()
     flops_per_token = training_flops_per_token(model_config, config.seq_len)
     steps_total = total_steps(config, params, flops_per_token)
-    momentum_warmup = config.muon_momentum_warmup_steps
-    if momentum_warmup is None:
-        momentum_warmup = min(DEFAULT_MOMENTUM_WARMUP, steps_total // 3)
     per_rank, micro = _batch_split(config, info)
     bf16 = use_bf16(config.precision, device)
     loader = TokenLoader(data_dir, "train", per_rank, config.seq_len, config.seed,
@@ -305,7 +302,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
             lr_factor = apply_schedule(optimizer, step, steps_total, config.warmup_steps,
                                        config.decay_fraction, config.final_lr_fraction,
                                        config.muon_momentum_start, config.muon_momentum,
-                                       momentum_warmup)
+                                       config.muon_momentum_warmup_steps)
             batch = loader.next_batch()
             plan = None
             if looped:
