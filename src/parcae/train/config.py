@@ -22,7 +22,7 @@ from parcae.errors import ConfigError
 OPTIMIZERS = ("muon", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 PARALLEL = ("ddp", "fsdp")
-DEFAULT_MAX_STEPS = 300
+DEFAULT_MAX_STEPS = 270
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
 
 
