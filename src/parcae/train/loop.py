@@ -243,6 +243,8 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         from parcae.model.layers import Block
 
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, Block))
+    if config.compile:
+        _compile_blocks(model)
     runner = dist.wrap_model(model, info, device, config.parallel)
     optimizer = build_optimizer(  # after sharding: FSDP replaces the parameters
         model, config.optimizer, config.lr, config.adam_lr, config.weight_decay,
@@ -252,8 +254,6 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         dist.load_optimizer_state(model, optimizer, state["optimizer"])
         ckpt.set_rng_state(state["rng"])
         del state
-    if config.compile:
-        _compile_blocks(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     looped = isinstance(model, Parcae)
     eval_depths = config.eval_depths if config.eval_depths and looped else default_depths(model)
