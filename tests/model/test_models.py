@@ -78,3 +78,15 @@ def test_sequence_longer_than_the_context_is_refused():
     model = parcae.create_model("parcae-tiny", **SMALL)
     with pytest.raises(parcae.ConfigError, match="context_length"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_half_relu_squared_matches_autograd_of_its_formula():
+    from parcae.model.layers import HalfReluSquared
+
+    x = torch.randn(4, 7, 33, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(HalfReluSquared.apply, (x,))
+    grad = torch.randn_like(x)
+    fused = torch.autograd.grad(HalfReluSquared.apply(x), x, grad)[0]
+    plain = torch.autograd.grad(F.relu(x).square() * 0.5, x, grad)[0]
+    assert torch.equal(HalfReluSquared.apply(x), F.relu(x).square() * 0.5)
+    assert torch.equal(fused, plain)
