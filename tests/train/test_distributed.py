@@ -20,8 +20,13 @@ def _losses(run_dir) -> dict[int, float]:
 
 
 def _config(data_dir, out_dir, **overrides):
+    # three final eval batches: with two processes, one runs a padding batch in the last round
     return tiny_config(data_dir, out_dir, max_steps=STEPS, eval_every=100, checkpoint_every=2,
-                       **overrides)
+                       final_eval_batches=3, **overrides)
+
+
+def _final_eval(run_dir) -> dict:
+    return [r for r in read_metrics(run_dir) if r["kind"] == "eval"][-1]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +49,13 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, 
     assert two.keys() == one.keys() == set(range(1, STEPS + 1))
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-4)
+    # evaluation is split across the processes and summed: the same result as one process
+    split, whole = _final_eval(tmp_path / parallel), _final_eval(single_run)
+    assert split["val_loss"].keys() == whole["val_loss"].keys() == {"1", "2", "4"}
+    for depth, loss in whole["val_loss"].items():
+        assert split["val_loss"][depth] == pytest.approx(loss, abs=1e-4)
+        assert split["val_bpb"][depth] == pytest.approx(whole["val_bpb"][depth], abs=1e-4)
+    assert split["residual"] == pytest.approx(whole["residual"], abs=1e-4)
     # the saved model is whole (unsharded) and equals the one-process result
     distributed = from_pretrained(tmp_path / parallel / "model").state_dict()
     reference = from_pretrained(single_run / "model").state_dict()

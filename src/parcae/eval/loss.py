@@ -43,49 +43,85 @@ def default_depths(model: nn.Module) -> list[int | None]:
     return sorted({1, 2, 4, config.mean_recurrence})
 
 
+SUMS = ("nats", "tokens", "bytes", "norm", "residual", "batches")  # accumulated per depth
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, token_bytes: Tensor,
              depths: list[int | None], device: torch.device | str = "cpu",
-             autocast: contextlib.AbstractContextManager | None = None) -> list[EvalResult]:
+             autocast: contextlib.AbstractContextManager | None = None,
+             rank: int = 0, world_size: int = 1) -> list[EvalResult]:
     """Loss and bpb of `model` on `batches` (objects with `.inputs`/`.targets`, (B, S) int64)
     at every depth in `depths` (None: the model's default). `token_bytes`: (V,) int64 bytes
-    per token id. The data is read once; each batch runs once per depth."""
+    per token id. The data is read once; each batch runs once per depth.
+
+    With `world_size` > 1 (torch.distributed initialised), every process passes the same
+    `batches`; process `rank` evaluates batches rank, rank + world_size, ... and the sums are
+    all-reduced, so each process returns the result over all batches. Every process runs the
+    same number of forwards, as FSDP requires: in a last round with fewer batches than
+    processes, those without one repeat the round's first batch without counting it.
+    """
     was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(device)
-    sums = {depth: dict(nats=0.0, tokens=0, bytes=0, norm=0.0, residual=0.0, batches=0)
-            for depth in depths}
+    sums = torch.zeros(len(depths), len(SUMS), dtype=torch.float64)
     try:
-        for batch in batches:
+        for round_batches in _rounds(batches, world_size):
+            counted = rank < len(round_batches)
+            batch = round_batches[rank if counted else 0]
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-            target_bytes = token_bytes[targets]
-            counted = target_bytes > 0
-            for depth in depths:
+            for row, depth in enumerate(depths):
                 with autocast or contextlib.nullcontext():
                     output = model(inputs, num_steps=depth) if depth is not None \
                         else model(inputs)
-                nats = F.cross_entropy(output.logits.float().flatten(0, 1), targets.flatten(),
-                                       reduction="none").view_as(targets)
-                total = sums[depth]
-                total["nats"] += float(nats[counted].sum())
-                total["tokens"] += int(counted.sum())
-                total["bytes"] += int(target_bytes.sum())
-                total["batches"] += 1
-                if output.loop is not None:
-                    total["norm"] += float(output.loop.state_norm)
-                    total["residual"] += float(output.loop.residual)
+                if counted:
+                    sums[row] += _batch_sums(output, targets, token_bytes)
     finally:
         model.train(was_training)
-    results = []
-    for depth, total in sums.items():
-        tokens, n_bytes = max(total["tokens"], 1), max(total["bytes"], 1)
-        looped = model.config.architecture == "parcae" and total["batches"] > 0
-        results.append(EvalResult(
-            depth=depth if depth is not None or not looped else model.config.mean_recurrence,
-            loss=total["nats"] / tokens,
-            bpb=total["nats"] / (math.log(2) * n_bytes),
-            tokens=total["tokens"], bytes=total["bytes"],
-            state_norm=total["norm"] / total["batches"] if looped else None,
-            residual=total["residual"] / total["batches"] if looped else None,
-        ))
-    return results
+    if world_size > 1:
+        import torch.distributed as dist
+
+        reduced = sums.to(device)
+        dist.all_reduce(reduced)
+        sums = reduced.cpu()
+    return [_result(model, depth, dict(zip(SUMS, row.tolist())))
+            for depth, row in zip(depths, sums)]
+
+
+def _rounds(batches: Iterable, size: int) -> Iterable[list]:
+    """`batches` in consecutive groups of `size` (the last one may be shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _batch_sums(output, targets: Tensor, token_bytes: Tensor) -> Tensor:
+    """One batch's contribution to SUMS: summed nats, tokens and bytes over targets with
+    bytes (special tokens left out), the loop's state norm and residual, one batch."""
+    target_bytes = token_bytes[targets]
+    counted = target_bytes > 0
+    nats = F.cross_entropy(output.logits.float().flatten(0, 1), targets.flatten(),
+                           reduction="none").view_as(targets)
+    loop = output.loop
+    return torch.tensor([float(nats[counted].sum()), int(counted.sum()), int(target_bytes.sum()),
+                         float(loop.state_norm) if loop is not None else 0.0,
+                         float(loop.residual) if loop is not None else 0.0, 1.0],
+                        dtype=torch.float64)
+
+
+def _result(model: nn.Module, depth: int | None, total: dict[str, float]) -> EvalResult:
+    tokens, n_bytes, batches = int(total["tokens"]), int(total["bytes"]), total["batches"]
+    looped = model.config.architecture == "parcae" and batches > 0
+    return EvalResult(
+        depth=depth if depth is not None or not looped else model.config.mean_recurrence,
+        loss=total["nats"] / max(tokens, 1),
+        bpb=total["nats"] / (math.log(2) * max(n_bytes, 1)),
+        tokens=tokens, bytes=n_bytes,
+        state_norm=total["norm"] / batches if looped else None,
+        residual=total["residual"] / batches if looped else None,
+    )

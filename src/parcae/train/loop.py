@@ -5,6 +5,7 @@ One optimizer step consumes `batch_size` sequences over all processes. Each proc
 micro-batches of `micro_batch_size` (gradient accumulation). Depth plans are drawn for the
 global batch from a generator seeded by (seed, step), and each micro-batch takes its rows, so
 a run's losses do not depend on the number of processes, the micro-batch size or interruptions.
+Evaluation splits the validation batches across processes and sums their results.
 """
 
 from __future__ import annotations
@@ -275,7 +276,8 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     def run_eval(at_step: int, max_batches: int | None) -> list[EvalResult]:
         batches = iter_eval_batches(data_dir, "val", config.eval_batch_size, config.seq_len,
                                     max_batches)
-        results = evaluate(model, batches, token_bytes, eval_depths, device, autocast)
+        results = evaluate(model, batches, token_bytes, eval_depths, device, autocast,
+                           info.rank, info.world_size)
         diagnostics = _loop_diagnostics(model)  # on every rank: a collective under FSDP
         if logger is not None:
             logger.log(_eval_record(results, at_step, tokens, diagnostics))
