@@ -287,7 +287,8 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         model_state, optimizer_state = dist.full_state_dicts(model, optimizer)
         if not main:
             return None
-        state = {"model": model_state, "optimizer": optimizer_state, "step": at_step, "loader": loader.state_dict(), "rng": ckpt.rng_state(),
+        state = {"model": model_state, "optimizer": optimizer_state, "step": at_step,
+                 "loader": loader.state_dict(), "rng": ckpt.rng_state(),
                  "counters": {"tokens": tokens, "skipped": skipped},
                  "train_config": config.to_dict(), "model_config": model_config.to_dict()}
         return ckpt.save_checkpoint(out_dir, at_step, state, config.keep_checkpoints)
