@@ -48,7 +48,8 @@ def register(subparsers) -> None:
         description="Train from an optional YAML config plus key=value overrides (dotted keys "
                     "set nested fields, e.g. model_overrides.d_model=128). Without arguments: "
                     "parcae-tiny on the built-in Shakespeare corpus. Distributed: "
-                    "torchrun --nproc_per_node=N -m parcae train ...")
+                    "torchrun --nproc_per_node=N -m parcae train ... (DDP; parallel=fsdp "
+                    "shards the model with FSDP2)")
     train.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     train.set_defaults(func=_train)
 
