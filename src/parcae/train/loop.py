@@ -29,7 +29,7 @@ from parcae.data.loader import TokenLoader, iter_eval_batches
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import CheckpointError, ConfigError, TrainingError
 from parcae.eval.loss import EvalResult, default_depths, evaluate
-from parcae.model import Parcae, create_model, preset_config
+from parcae.model import DepthPlan, Parcae, create_model, preset_config
 from parcae.model.config import TransformerConfig
 from parcae.model.flops import training_flops_per_token
 from parcae.model.injection import DiagonalInjection
@@ -295,7 +295,6 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
 
     parameters = [p for p in model.parameters() if p.requires_grad]
     clip = config.grad_clip if config.grad_clip > 0 else math.inf
-    accumulation = per_rank // micro
     bar = tqdm(total=steps_total, initial=step, disable=not show, unit="step",
                dynamic_ncols=True, file=sys.stdout)
     interrupted = None
@@ -312,22 +311,8 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                 generator = torch.Generator().manual_seed(plan_seed(config.seed, step))
                 plan = model.sample_depth_plan(config.batch_size, config.seq_len, generator,
                                                step=step)
-            loss_sum = torch.zeros((), device=device)
-            depth_sum = 0.0
-            for index in range(accumulation):
-                first = index * micro
-                inputs = batch.inputs[first:first + micro].to(device, non_blocking=True)
-                targets = batch.targets[first:first + micro].to(device, non_blocking=True)
-                rows = None
-                if plan is not None:
-                    offset = info.rank * per_rank + first
-                    rows = plan.rows(offset, offset + micro)
-                with dist.gradient_sync(runner, index == accumulation - 1), autocast:
-                    output = runner(inputs, targets, depth_plan=rows)
-                (output.loss / accumulation).backward()
-                loss_sum += output.loss.detach() / accumulation
-                if output.loop is not None:
-                    depth_sum += output.loop.mean_steps / accumulation
+            loss_sum, depth_sum = _forward_backward(runner, batch, plan, info.rank * per_rank,
+                                                    micro, device, autocast)
             if after_backward is not None:
                 after_backward(model, step)
             loss = float(dist.all_reduce_mean(loss_sum, info))
@@ -387,6 +372,33 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     if logger is not None:
         logger.close()
     return TrainResult(out_dir, step, tokens, skipped, final, sample, interrupted, main)
+
+
+def _forward_backward(runner: nn.Module, batch, plan: DepthPlan | None, first_row: int,
+                      micro: int, device: torch.device, autocast) -> tuple[torch.Tensor, float]:
+    """Forward and backward over this process's rows of a step in micro-batches of `micro`
+    rows, gradients summed with each micro-batch's loss divided by their number (so the
+    gradient is that of the mean loss) and reduced across processes on the last one.
+
+    `first_row`: this process's first row in the global batch, where its depth plan rows
+    start. Returns (mean loss, mean executed loop depth; 0 for a GPT).
+    """
+    rows = batch.inputs.shape[0]
+    accumulation = rows // micro
+    loss_sum, depth_sum = torch.zeros((), device=device), 0.0
+    for first in range(0, rows, micro):
+        inputs = batch.inputs[first:first + micro].to(device, non_blocking=True)
+        targets = batch.targets[first:first + micro].to(device, non_blocking=True)
+        depth_plan = None
+        if plan is not None:
+            depth_plan = plan.rows(first_row + first, first_row + first + micro)
+        with dist.gradient_sync(runner, first + micro == rows), autocast:
+            output = runner(inputs, targets, depth_plan=depth_plan)
+        (output.loss / accumulation).backward()
+        loss_sum += output.loss.detach() / accumulation
+        if output.loop is not None:
+            depth_sum += output.loop.mean_steps / accumulation
+    return loss_sum, depth_sum
 
 
 def _compile_blocks(model: nn.Module) -> None:
