@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +11,9 @@ import torch
 import yaml
 
 from parcae import from_pretrained
-from parcae.errors import TrainingError
+from parcae.errors import ConfigError, TrainingError
 from parcae.train.checkpoint import list_checkpoints
-from parcae.train.loop import train
+from parcae.train.loop import cpp_compiler, train
 from parcae.train.metrics import read_metrics
 
 from .conftest import tiny_config
@@ -179,6 +180,7 @@ def test_bf16_autocast_trains_close_to_fp32(data_dir, full_run, tmp_path):
     assert all(math.isfinite(r.loss) for r in result.final_eval)
 
 
+@pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_blocks_give_the_same_losses(data_dir, full_run, tmp_path):
     _, reference = full_run
     # two steps: the first loss precedes any update, the second follows one identical step
@@ -187,3 +189,9 @@ def test_compiled_blocks_give_the_same_losses(data_dir, full_run, tmp_path):
     assert compiled.keys() == {1, 2}
     for step in compiled:
         assert compiled[step] == pytest.approx(expected[step], abs=1e-5)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_clearly(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        train(tiny_config(data_dir, tmp_path, compile=True))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import shutil
 import signal
 import sys
 import time
@@ -245,7 +247,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
 
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, Block))
     if config.compile:
-        _compile_blocks(model)
+        _compile_blocks(model, device)
     runner = dist.wrap_model(model, info, device, config.parallel)
     optimizer = build_optimizer(  # after sharding: FSDP replaces the parameters
         model, config.optimizer, config.lr, config.adam_lr, config.weight_decay,
@@ -374,6 +376,14 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     return TrainResult(out_dir, step, tokens, skipped, final, sample, interrupted, main)
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile would use on the CPU ($CXX, g++, clang++ or c++)."""
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
 def _forward_backward(runner: nn.Module, batch, plan: DepthPlan | None, first_row: int,
                       micro: int, device: torch.device, autocast) -> tuple[torch.Tensor, float]:
     """Forward and backward over this process's rows of a step in micro-batches of `micro`
@@ -401,10 +411,15 @@ def _forward_backward(runner: nn.Module, batch, plan: DepthPlan | None, first_ro
     return loss_sum, depth_sum
 
 
-def _compile_blocks(model: nn.Module) -> None:
+def _compile_blocks(model: nn.Module, device: torch.device) -> None:
     """torch.compile each transformer block, with dynamic shapes: the loop runs a block on a
     varying number of rows (those still iterating), which would recompile a static graph."""
     from parcae.model.layers import Block
+
+    if device.type == "cpu" and cpp_compiler() is None:
+        raise ConfigError("compile=true on the CPU needs a C++ compiler for torch.compile's "
+                          "inductor backend (g++ or clang++, or $CXX); install one or set "
+                          "compile=false")
 
     for module in model.modules():
         if isinstance(module, Block):
