@@ -64,12 +64,15 @@ class Parcae(LanguageModel):
     # ---------------------------------------------------------------- loop diagnostics
 
     @torch.no_grad()
+    def transition(self) -> Tensor | None:
+        """Ā (d_r,) of the diagonal injection, every entry in (0, 1); None for the others."""
+        adapter = self.transformer.adapter
+        return adapter.transition() if isinstance(adapter, DiagonalInjection) else None
+
     def spectral_radius(self) -> float | None:
         """ρ(Ā) = max(Ā) for the diagonal injection (< 1 by construction); None otherwise."""
-        adapter = self.transformer.adapter
-        if not isinstance(adapter, DiagonalInjection):
-            return None
-        return float(adapter.transition().max())
+        transition = self.transition()
+        return None if transition is None else float(transition.max())
 
     def sample_depth_plan(self, batch_size: int, seq_len: int,
                           generator: torch.Generator | None = None, step: int = 0) -> DepthPlan:

@@ -34,7 +34,6 @@ from parcae.eval.loss import EvalResult, default_depths, evaluate
 from parcae.model import DepthPlan, Parcae, create_model, preset_config
 from parcae.model.config import TransformerConfig
 from parcae.model.flops import training_flops_per_token
-from parcae.model.injection import DiagonalInjection
 from parcae.perf import bf16_is_fast, matmul_peak_flops
 from parcae.train import checkpoint as ckpt
 from parcae.train import distributed as dist
@@ -148,11 +147,10 @@ class _StopSignals:
 
 def _loop_diagnostics(model: nn.Module) -> dict[str, float]:
     """ρ(Ā) = max(Ā) and mean(Ā) of a diagonal injection; empty for other models."""
-    adapter = model.transformer["adapter"] if "adapter" in model.transformer else None
-    if not isinstance(adapter, DiagonalInjection):
+    transition = model.transition() if isinstance(model, Parcae) else None
+    if transition is None:
         return {}
-    with torch.no_grad():
-        transition = dist.full_tensor(adapter.transition())
+    transition = dist.full_tensor(transition)  # a collective under FSDP
     return {"spectral_radius": float(transition.max()),
             "transition_mean": float(transition.mean())}
 
@@ -280,7 +278,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                                     max_batches)
         results = evaluate(model, batches, token_bytes, eval_depths, device, autocast,
                            info.rank, info.world_size)
-        diagnostics = _loop_diagnostics(model)  # on every rank: a collective under FSDP
+        diagnostics = _loop_diagnostics(model)  # on every rank (FSDP)
         if logger is not None:
             logger.log(_eval_record(results, at_step, tokens, diagnostics))
         return results

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from parcae.train.distributed import full_tensor
+
 # Polar Express (Amsel et al. 2025) coefficients of the 5 odd degree-5 polynomials; the first
 # steps are aggressive, the last ones converge the singular values to 1.
 POLAR_EXPRESS_COEFFICIENTS = (
@@ -121,8 +123,9 @@ class MuonAdamW(torch.optim.Optimizer):
                                                      device=param.device)
             buffer = state["momentum"]
             buffer.lerp_(grad, 1 - momentum)
-            update = _whole(grad.lerp(buffer, momentum))
-            update = orthogonalize(update, group["ns_steps"], getattr(torch, group["ns_dtype"])).float()
+            update = full_tensor(grad.lerp(buffer, momentum))  # all-gathered under FSDP
+            ns_dtype = getattr(torch, group["ns_dtype"])
+            update = orthogonalize(update, group["ns_steps"], ns_dtype).float()
             update = _normalise_second_moment(update, state["second_moment"], rows >= cols)
             scaled_lr = lr * max(1.0, rows / cols) ** 0.5
             update = _shard_like(update.to(param.dtype), param)
@@ -150,11 +153,6 @@ class MuonAdamW(torch.optim.Optimizer):
             if wd > 0:
                 param.mul_(1 - lr * wd)
             param.addcdiv_(state["exp_avg"], denominator, value=-lr / (1 - beta1**step))
-
-
-def _whole(tensor: Tensor) -> Tensor:
-    """The whole matrix behind a sharded DTensor (all-gathered), else the tensor itself."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def _shard_like(whole: Tensor, param: Tensor) -> Tensor:
