@@ -60,8 +60,10 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, 
     distributed = from_pretrained(tmp_path / parallel / "model").state_dict()
     reference = from_pretrained(single_run / "model").state_dict()
     assert distributed.keys() == reference.keys()
+    # gradients summed in another order differ in the last bits, and Muon's polar iteration
+    # can amplify that to ~3e-4 in a few entries after four steps (seen on AVX-512 CPUs)
     for name, tensor in reference.items():
-        torch.testing.assert_close(distributed[name], tensor, atol=1e-4, rtol=1e-3, msg=name)
+        torch.testing.assert_close(distributed[name], tensor, atol=1e-3, rtol=1e-3, msg=name)
 
     # checkpoints hold whole tensors and name-keyed optimizer state: one process continues a
     # distributed run (model, optimizer and data position) as if it had never stopped

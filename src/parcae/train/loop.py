@@ -250,7 +250,7 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
     optimizer = build_optimizer(  # after sharding: FSDP replaces the parameters
         model, config.optimizer, config.lr, config.adam_lr, config.weight_decay,
         config.adam_betas, config.adam_eps, config.muon_momentum, config.ns_steps,
-        torch.bfloat16 if bf16_is_fast(device) else torch.float32)
+        torch.bfloat16 if bf16 else torch.float32)
     if state is not None:
         dist.load_optimizer_state(model, optimizer, state["optimizer"])
         ckpt.set_rng_state(state["rng"])

@@ -14,7 +14,8 @@ Muon step for a matrix W (rows × cols) with gradient G:
     O' = O · v^-½ · ‖O‖/‖O · v^-½‖                              (norm preserved)
     W -= lr·√max(1, rows/cols) · (O' + wd · W · [O'·W ≥ 0])     cautious weight decay
 
-The orthogonalisation runs in bf16 where bf16 matmuls are fast, else in fp32. Under FSDP the
+The orthogonalisation runs in the training precision: bf16 when training in bf16 (the
+recipe), fp32 when training in fp32 (so an fp32 run is reproducible across batch layouts). Under FSDP the
 parameters, gradients and momenta are DTensors sharded by rows; Muon gathers each whole update
 U, orthogonalises it on every rank and keeps the rows of its own shard (the per-row/column second
 moment is kept whole on every rank). AdamW is elementwise and runs on the shards.
