@@ -5,9 +5,9 @@ Two formats are read by `from_pretrained(path)`:
   `model.safetensors` (a tied head is stored once and re-tied on load); transformers'
   `save_pretrained` of `parcae.hf.transformers.ParcaeForCausalLM` writes the same plus its own
   keys (`model_type`, ...; ignored here) and weights under the prefix `model.` (stripped);
-- the official implementation's (SPEC §3): its flat `config.json` and `pytorch_model.bin`,
-  `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`, `model.` are stripped and
-  the derived `freqs_cis` buffer dropped.
+- the official implementation's (ARCHITECTURE §3): its flat `config.json` and
+  `pytorch_model.bin`, `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`,
+  `model.` are stripped and the derived `freqs_cis` buffer dropped.
 
 Loading is strict: every missing, unexpected or mis-shaped key is named in one error.
 """
@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from parcae.errors import CheckpointError, ParcaeError
-from parcae.model.config import CONFIG_CLASSES, TransformerConfig
+from parcae.model.config import CONFIG_CLASSES, ParcaeConfig, TransformerConfig
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -38,8 +38,6 @@ FORMAT_VERSION = 1
 
 def read_config(path: Path) -> TransformerConfig:
     """The model config stored in directory `path` (ours or the official one)."""
-    from parcae.hf.official import from_official
-
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (not a model directory)")
@@ -55,7 +53,7 @@ def read_config(path: Path) -> TransformerConfig:
             if "model_type" in data:  # written by transformers: our fields plus its own
                 data = _parcae_fields(data)
             return TransformerConfig.from_dict(data)
-        return from_official(data)
+        return ParcaeConfig.from_official(data)
     except ParcaeError as error:
         raise CheckpointError(f"{config_file}: {error}") from None
 
@@ -78,7 +76,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if weights_file.is_file():
             break
     else:
-        raise CheckpointError(f"{path}: no weights file (expected one of {', '.join(WEIGHT_FILES)})")
+        raise CheckpointError(f"{path}: no weights file "
+                              f"(expected one of {', '.join(WEIGHT_FILES)})")
     try:
         if weights_file.suffix == ".safetensors":
             state = load_file(weights_file)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from parcae.errors import ConfigError
+from parcae.model.official import fields_to_official, official_to_fields, restate_error
 
 INJECTIONS = ("diagonal", "linear", "add")
 DISCRETIZATIONS = ("euler", "zoh")
@@ -197,16 +198,17 @@ class ParcaeConfig(TransformerConfig):
 
     @classmethod
     def from_official(cls, data: dict[str, Any]) -> "ParcaeConfig":
-        """From the official implementation's `config.json` dict (see `parcae.hf.official`)."""
-        from parcae.hf.official import from_official
-
-        return from_official(data)
+        """From the official implementation's `config.json` dict (see `parcae.model.official`);
+        a value we cannot honour is refused under its official field name."""
+        fields = official_to_fields(data)
+        try:
+            return cls(**fields)
+        except ConfigError as error:
+            raise restate_error(error, data) from None
 
     def to_official(self) -> dict[str, Any]:
         """The official `config.json` dict for this config."""
-        from parcae.hf.official import to_official
-
-        return to_official(self)
+        return fields_to_official(self.to_dict())
 
 
 CONFIG_CLASSES: dict[str, type[TransformerConfig]] = {"gpt": GPTConfig, "parcae": ParcaeConfig}
