@@ -6,15 +6,13 @@ import sys
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
 
-pytest.importorskip("transformers")
-
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
-
-import parcae  # noqa: E402
-from parcae.cli import main  # noqa: E402
-from parcae.hf.configuration import ParcaeHFConfig  # noqa: E402
-from parcae.hf.transformers import ParcaeForCausalLM, save_tokenizer  # noqa: E402
+import parcae
+from parcae.cli import main
+from parcae.hf.configuration import ParcaeHFConfig
+from parcae.hf.transformers import ParcaeForCausalLM, save_tokenizer
+from tests.conftest import OFFICIAL_FIXTURE
 
 PROMPT = torch.tensor([[338, 176, 74, 16, 230, 354, 244, 153]])
 
@@ -99,7 +97,7 @@ def test_convert_official_command(tmp_path, official_model, tokenizer, capsys):
     tokenizer_dir = tmp_path / "tok"
     tokenizer.save(tokenizer_dir)
     out = tmp_path / "converted"
-    assert main(["convert", "official", "/work/shared/fixtures/official/parcae-a", str(out),
+    assert main(["convert", "official", str(OFFICIAL_FIXTURE), str(out),
                  "--tokenizer", str(tokenizer_dir)]) == 0
     assert (out / "tokenizer_config.json").is_file()
     hf = AutoModelForCausalLM.from_pretrained(out)

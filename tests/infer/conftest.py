@@ -1,13 +1,10 @@
 """Shared fixtures: a tiny random Parcae / GPT and the official parity fixture (read in place)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import parcae
-
-OFFICIAL_FIXTURE = Path("/work/shared/fixtures/official/parcae-a")
+from tests.conftest import OFFICIAL_FIXTURE
 
 TINY = dict(vocab_size=300, d_model=64, n_heads=2, ffn_dim=128, context_length=64)
 
@@ -34,8 +31,6 @@ def gpt_model():
 
 @pytest.fixture(scope="session")
 def official():
-    if not OFFICIAL_FIXTURE.is_dir():
-        pytest.skip("official fixture not available")
     from safetensors.torch import load_file
 
     return parcae.from_pretrained(OFFICIAL_FIXTURE), load_file(OFFICIAL_FIXTURE /

@@ -5,9 +5,9 @@ import shutil
 import sys
 
 import pytest
-import torch
 
 from parcae.cli import main
+from tests.conftest import OFFICIAL_FIXTURE
 
 
 def test_generate_streams_the_greedy_continuation(model_dir, parcae_model, tokenizer, capsys):
@@ -61,7 +61,7 @@ def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):
 def test_generate_from_an_official_checkpoint_with_prompt_ids(official, capsys):
     model, expected = official
     prompt = expected["greedy_prompt"][0].tolist()
-    code = main(["generate", "--model", "/work/shared/fixtures/official/parcae-a",
+    code = main(["generate", "--model", str(OFFICIAL_FIXTURE),
                  "--prompt-ids", ",".join(map(str, prompt)), "--temperature", "0",
                  "--num-steps", "4", "--max-new-tokens", "8"])
     assert code == 0

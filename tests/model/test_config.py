@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import parcae
 from parcae.errors import ConfigError
+from tests.conftest import OFFICIAL_FIXTURE
 
-FIXTURE_CONFIG = (Path(__file__).resolve().parents[2].parent
-                  / "shared/fixtures/official/parcae-a/config.json")
+FIXTURE_CONFIG = OFFICIAL_FIXTURE / "config.json"
 
 PAPER_COUNTS = {
     "parcae-140m": 144_323_136, "parcae-370m": 388_003_328, "parcae-770m": 776_655_680,

@@ -10,22 +10,20 @@ import torch
 from safetensors.torch import load_file
 
 import parcae
+from tests.conftest import OFFICIAL_FIXTURE
 from tests.model.reference import freqs_cis, reference_logits
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/official/parcae-a"
 DEPTHS = (1, 2, 4, 8)
-
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="shared fixtures not present")
 
 
 @pytest.fixture(scope="module")
 def expected():
-    return load_file(FIXTURE / "expected.safetensors")
+    return load_file(OFFICIAL_FIXTURE / "expected.safetensors")
 
 
 @pytest.fixture(scope="module")
 def official_model():
-    return parcae.from_pretrained(FIXTURE)
+    return parcae.from_pretrained(OFFICIAL_FIXTURE)
 
 
 @pytest.mark.parametrize("depth", DEPTHS)
@@ -48,8 +46,9 @@ def test_fixture_greedy_decoding_by_full_forwards(official_model, expected):
 
 def test_reference_implementation_reproduces_fixture(expected):
     """Anchors the independent reference used below to the official outputs."""
-    config = json.loads((FIXTURE / "config.json").read_text())
-    state = torch.load(FIXTURE / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    config = json.loads((OFFICIAL_FIXTURE / "config.json").read_text())
+    state = torch.load(OFFICIAL_FIXTURE / "pytorch_model.bin", map_location="cpu",
+                       weights_only=True)
     for depth in DEPTHS:
         logits = reference_logits(config, state, expected["input_ids"], depth)
         torch.testing.assert_close(logits, expected[f"logits_T{depth}"], atol=1e-4, rtol=0)
@@ -92,7 +91,8 @@ CONFIG_SPACE = [
 ]
 
 
-@pytest.mark.parametrize("fields", CONFIG_SPACE, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize("fields", CONFIG_SPACE,
+                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
 def test_parity_across_official_config_space(tmp_path, fields):
     official, state = _official_checkpoint(tmp_path, **fields)
     model = parcae.from_pretrained(tmp_path)

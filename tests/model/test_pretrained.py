@@ -11,8 +11,8 @@ import torch
 
 import parcae
 from parcae.errors import CheckpointError
+from tests.conftest import OFFICIAL_FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/official/parcae-a"
 SMALL = dict(vocab_size=128, d_model=64, ffn_dim=128, n_heads=2, context_length=32)
 
 
@@ -34,9 +34,7 @@ def test_save_pretrained_round_trip_is_exact(tmp_path, preset, tied):
 
 def _copy_fixture(tmp_path: Path) -> Path:
     target = tmp_path / "ckpt"
-    shutil.copytree(FIXTURE, target)
-    for path in target.iterdir():
-        path.chmod(0o644)
+    shutil.copytree(OFFICIAL_FIXTURE, target)
     return target
 
 
