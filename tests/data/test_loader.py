@@ -1,4 +1,4 @@
-"""Token loader: packing, determinism, exact resume, rank partition, document ids, eval batches."""
+"""Token loader: packing, determinism, exact resume, rank partition, eval batches."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ def test_batch_shapes_and_shifted_targets(data_dir):
     assert batch.inputs.shape == batch.targets.shape == (4, SEQ_LEN)
     assert batch.inputs.dtype == batch.targets.dtype == torch.int64
     assert torch.equal(batch.inputs[:, 1:], batch.targets[:, :-1])
-    assert batch.document_ids is None and batch.positions is None
 
 
 def test_one_epoch_covers_every_row_once_without_padding(data_dir):
@@ -76,9 +75,10 @@ def test_resumed_stream_equals_the_uninterrupted_one(data_dir, steps, batch_size
 def test_ranks_are_disjoint_slices_of_the_single_process_batch(data_dir, world_size):
     batch_size = 3
     single = TokenLoader(data_dir, "train", batch_size * world_size, SEQ_LEN, seed=5)
-    ranks = [TokenLoader(data_dir, "train", batch_size, SEQ_LEN, seed=5, rank=r, world_size=world_size)
-             for r in range(world_size)]
-    for _ in range(2 * single.rows_per_epoch // (batch_size * world_size) + 1):  # more than two epochs
+    ranks = [TokenLoader(data_dir, "train", batch_size, SEQ_LEN, seed=5, rank=r,
+                         world_size=world_size) for r in range(world_size)]
+    steps = 2 * single.rows_per_epoch // (batch_size * world_size) + 1  # more than two epochs
+    for _ in range(steps):
         together = torch.cat([loader.next_batch().inputs for loader in ranks])
         assert torch.equal(together, single.next_batch().inputs)
     assert all(loader.state_dict() == single.state_dict() for loader in ranks)
@@ -86,28 +86,13 @@ def test_ranks_are_disjoint_slices_of_the_single_process_batch(data_dir, world_s
 
 def test_ranks_partition_each_epoch(data_dir):
     world_size, batch_size = 2, 2
-    ranks = [TokenLoader(data_dir, "train", batch_size, SEQ_LEN, rank=r, world_size=world_size) for r in range(2)]
+    ranks = [TokenLoader(data_dir, "train", batch_size, SEQ_LEN, rank=r, world_size=world_size)
+             for r in range(2)]
     n = ranks[0].rows_per_epoch
-    seen = [[ranks[r]._row(g) for g in range(n) if (g // batch_size) % world_size == r] for r in range(2)]
+    seen = [[ranks[r]._row(g) for g in range(n) if (g // batch_size) % world_size == r]
+            for r in range(2)]
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(n))
-
-
-def test_document_ids_and_positions_restart_at_each_bos(data_dir, tokenizer):
-    loader = TokenLoader(data_dir, "train", 1, SEQ_LEN, with_document_ids=True)
-    for _ in range(loader.rows_per_epoch):
-        batch = loader.next_batch()
-        inputs = batch.inputs[0]
-        bos = (inputs == tokenizer.bos_id).nonzero().flatten().tolist()
-        if bos and bos[0] > 0:
-            break
-    else:
-        pytest.fail("no row with a document boundary inside")
-    assert batch.document_ids.shape == batch.positions.shape == (1, SEQ_LEN)
-    expected_ids = torch.tensor([sum(b <= i for b in bos) for i in range(SEQ_LEN)])
-    expected_positions = torch.tensor([i - max([b for b in bos if b <= i], default=0) for i in range(SEQ_LEN)])
-    assert torch.equal(batch.document_ids[0], expected_ids)
-    assert torch.equal(batch.positions[0], expected_positions)
 
 
 def test_eval_batches_cover_the_split_in_order(data_dir):
@@ -115,8 +100,10 @@ def test_eval_batches_cover_the_split_in_order(data_dir):
     n_rows = (len(tokens) - 1) // SEQ_LEN
     batches = list(iter_eval_batches(data_dir, "val", batch_size=7, seq_len=SEQ_LEN))
     rows = torch.cat([rows_of(b) for b in batches]).numpy()
-    assert len(batches) == -(-n_rows // 7) and batches[-1].inputs.shape[0] == n_rows - 7 * (len(batches) - 1)
-    assert np.array_equal(rows, np.stack([tokens[k * SEQ_LEN: k * SEQ_LEN + SEQ_LEN + 1] for k in range(n_rows)]))
+    assert len(batches) == -(-n_rows // 7)
+    assert batches[-1].inputs.shape[0] == n_rows - 7 * (len(batches) - 1)
+    expected = np.stack([tokens[k * SEQ_LEN: k * SEQ_LEN + SEQ_LEN + 1] for k in range(n_rows)])
+    assert np.array_equal(rows, expected)
     assert len(list(iter_eval_batches(data_dir, "val", 7, SEQ_LEN, max_batches=2))) == 2
 
 
@@ -141,5 +128,6 @@ def test_unknown_split_and_bad_rank_are_refused(data_dir):
 
 
 def test_batch_moves_to_a_device(data_dir):
-    batch = TokenLoader(data_dir, "train", 2, SEQ_LEN, with_document_ids=True).next_batch().to("cpu")
-    assert batch.positions is not None and batch.inputs.device.type == "cpu"
+    batch = TokenLoader(data_dir, "train", 2, SEQ_LEN).next_batch().to("meta")
+    assert batch.inputs.device.type == batch.targets.device.type == "meta"
+    assert batch.inputs.shape == batch.targets.shape == (2, SEQ_LEN)

@@ -1,17 +1,17 @@
 """Packed, deterministic, resumable batches of token rows from a prepared split.
 
-A split is one token stream `x` of length T (its shards concatenated, a BOS before every document).
-Row k is `x[k·S : k·S + S + 1]` for S = seq_len: consecutive rows overlap by one token, so every
-token after the first is a target exactly once per epoch and nothing is padding. Rows per epoch:
-`R = (T - 1) // S`; only the tail of `T - 1 - R·S` targets is dropped, so
+A split is one token stream `x` of length T (its shards concatenated, a BOS before every
+document). Row k is `x[k·S : k·S + S + 1]` for S = seq_len: consecutive rows overlap by one
+token, so every token after the first is a target exactly once per epoch and nothing is padding.
+Rows per epoch: `R = (T - 1) // S`; only the tail of `T - 1 - R·S` targets is dropped, so
 
     packing_efficiency = R·S / (T - 1)        tokens_per_epoch = R·S.
 
 Training order: epoch e visits the rows in the permutation `default_rng((seed, e))`; epochs are
 concatenated into one infinite sequence of global rows. Step t consumes the global rows
 [t·B·W, (t+1)·B·W) for B = batch_size and W = world_size, and rank r takes its slice
-[t·B·W + r·B, t·B·W + (r+1)·B): ranks are disjoint and their union is the 1-process batch of B·W
-rows. The state is the number of global rows consumed, so resuming is exact.
+[t·B·W + r·B, t·B·W + (r+1)·B): ranks are disjoint and their union is the 1-process batch of
+B·W rows. The state is the number of global rows consumed, so resuming is exact.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +32,18 @@ from parcae.errors import ConfigError, DataError
 
 @dataclass
 class Batch:
-    """Next-token prediction rows; every tensor is (batch, seq_len) int64.
-
-    `document_ids` numbers the documents inside each row (0 for the one continuing from before
-    the row, +1 at every BOS): attention may be confined to equal ids. `positions` counts tokens
-    from the start of each document (from the row start for the continuing one).
-    """
+    """Next-token prediction rows: inputs and targets, (batch, seq_len) int64 each."""
 
     inputs: torch.Tensor
     targets: torch.Tensor
-    document_ids: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: None if t is None else t.to(device, non_blocking=non_blocking) for k, t in tensors.items()})
+        return Batch(self.inputs.to(device, non_blocking=non_blocking),
+                     self.targets.to(device, non_blocking=non_blocking))
 
 
 class TokenStream:
-    """The shards of a split read as one array: `read(start, length)` may cross shard boundaries."""
+    """The shards of a split read as one array: `read(start, length)` may cross shards."""
 
     def __init__(self, shards: list[np.ndarray]):
         self.shards = shards
@@ -72,32 +65,26 @@ class TokenStream:
         return np.concatenate(pieces).astype(np.int64)
 
 
-def _make_batch(stream: TokenStream, rows: list[int], seq_len: int, bos_id: int, with_document_ids: bool) -> Batch:
+def _make_batch(stream: TokenStream, rows: list[int], seq_len: int) -> Batch:
     """The batch of the given row indices (row k = stream[k·S : k·S + S + 1])."""
     tokens = np.stack([stream.read(row * seq_len, seq_len + 1) for row in rows])  # (B, S+1)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    if not with_document_ids:
-        return Batch(torch.from_numpy(inputs.copy()), torch.from_numpy(targets.copy()))
-    is_bos = inputs == bos_id
-    document_ids = np.cumsum(is_bos, axis=1)
-    index = np.arange(seq_len)
-    document_start = np.maximum.accumulate(np.where(is_bos, index, 0), axis=1)
-    return Batch(
-        torch.from_numpy(inputs.copy()), torch.from_numpy(targets.copy()),
-        torch.from_numpy(document_ids), torch.from_numpy(index - document_start),
-    )
+    return Batch(torch.from_numpy(inputs.copy()), torch.from_numpy(targets.copy()))
 
 
-def _open(data_dir: str | os.PathLike, split: str, batch_size: int, seq_len: int) -> tuple[TokenStream, dict, int]:
+def _open(data_dir: str | os.PathLike, split: str, batch_size: int, seq_len: int
+          ) -> tuple[TokenStream, dict, int]:
     """The split's stream, the manifest and the number of rows per epoch (validated)."""
     if batch_size <= 0 or seq_len <= 0:
-        raise ConfigError(f"batch size and seq_len must be positive, got {batch_size} and {seq_len}")
+        raise ConfigError(f"batch size and seq_len must be positive, "
+                          f"got {batch_size} and {seq_len}")
     manifest = load_manifest(data_dir)
     stream = TokenStream(open_split(data_dir, split, manifest))
     rows = max(len(stream) - 1, 0) // seq_len
     if rows == 0:
         raise DataError(
-            f"{data_dir}: split {split!r} has {len(stream)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
+            f"{data_dir}: split {split!r} has {len(stream)} tokens, "
+            f"fewer than seq_len + 1 = {seq_len + 1}"
             + ("; prepare with a larger --val-fraction" if split == "val" else "")
         )
     return stream, manifest, rows
@@ -115,7 +102,6 @@ class TokenLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        with_document_ids: bool = False,
     ):
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
@@ -123,8 +109,6 @@ class TokenLoader:
         self.data_dir, self.split = Path(data_dir), split
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.rank, self.world_size = rank, world_size
-        self.with_document_ids = with_document_ids
-        self.bos_id = manifest["bos_id"]
         self.tokenizer_hash = manifest["tokenizer_hash"]
         self.cursor = 0  # global rows consumed by all ranks together
         self._permutations: dict[int, np.ndarray] = {}
@@ -148,7 +132,8 @@ class TokenLoader:
         epoch, index = divmod(global_row, self.rows_per_epoch)
         if epoch not in self._permutations:
             self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
-            self._permutations[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.rows_per_epoch)
+            rng = np.random.default_rng((self.seed, epoch))
+            self._permutations[epoch] = rng.permutation(self.rows_per_epoch)
         return int(self._permutations[epoch][index])
 
     def next_batch(self) -> Batch:
@@ -156,7 +141,7 @@ class TokenLoader:
         first = self.cursor + self.rank * self.batch_size
         rows = [self._row(g) for g in range(first, first + self.batch_size)]
         self.cursor += self.batch_size * self.world_size
-        return _make_batch(self.stream, rows, self.seq_len, self.bos_id, self.with_document_ids)
+        return _make_batch(self.stream, rows, self.seq_len)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -164,15 +149,18 @@ class TokenLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The exact position (same on every rank), plus what it is only valid for."""
-        return {"cursor": self.cursor, "seed": self.seed, "seq_len": self.seq_len, "split": self.split,
-                "tokens": len(self.stream), "tokenizer_hash": self.tokenizer_hash}
+        return {"cursor": self.cursor, "seed": self.seed, "seq_len": self.seq_len,
+                "split": self.split, "tokens": len(self.stream),
+                "tokenizer_hash": self.tokenizer_hash}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at `state["cursor"]`; refuses a state from another split, seed, seq_len or dataset."""
+        """Resume at `state["cursor"]`; refuses a state from another split, seed, seq_len or
+        dataset."""
         mine = self.state_dict()
         for key in ("seed", "seq_len", "split", "tokens", "tokenizer_hash"):
             if state.get(key) != mine[key]:
-                raise DataError(f"loader state has {key}={state.get(key)!r}, this loader {mine[key]!r}; cannot resume")
+                raise DataError(f"loader state has {key}={state.get(key)!r}, "
+                                f"this loader {mine[key]!r}; cannot resume")
         self.cursor = int(state["cursor"])
 
 
@@ -182,13 +170,12 @@ def iter_eval_batches(
     batch_size: int,
     seq_len: int,
     max_batches: int | None = None,
-    with_document_ids: bool = False,
 ) -> Iterator[Batch]:
     """Every row of `split` once, in order, B rows per batch (the last batch may be smaller)."""
-    stream, manifest, rows = _open(data_dir, split, batch_size, seq_len)
+    stream, _, rows = _open(data_dir, split, batch_size, seq_len)
     starts = range(0, rows, batch_size)
     if max_batches is not None:
         starts = starts[:max_batches]
     for start in starts:
         batch_rows = list(range(start, min(start + batch_size, rows)))
-        yield _make_batch(stream, batch_rows, seq_len, manifest["bos_id"], with_document_ids)
+        yield _make_batch(stream, batch_rows, seq_len)

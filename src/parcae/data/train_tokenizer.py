@@ -24,7 +24,8 @@ HELDOUT_CHARS = 1 << 24  # held-out text kept in memory to measure compression
 
 @dataclass
 class TokenizerReport:
-    """Outcome of `train_tokenizer`; `heldout_bytes_per_token` is None without held-out documents."""
+    """Outcome of `train_tokenizer`; `heldout_bytes_per_token` is None without held-out
+    documents."""
 
     tokenizer: Tokenizer
     path: Path
@@ -37,9 +38,11 @@ class TokenizerReport:
 
 
 class _Partition:
-    """Streams the training documents while setting aside (up to HELDOUT_CHARS of) the held-out ones."""
+    """Streams the training documents while setting aside (up to HELDOUT_CHARS of) the
+    held-out ones."""
 
-    def __init__(self, input_spec: str, text_field: str, val_fraction: float, max_chars: int | None, progress: bool):
+    def __init__(self, input_spec: str, text_field: str, val_fraction: float,
+                 max_chars: int | None, progress: bool):
         self.source = (input_spec, text_field)
         self.val_fraction, self.max_chars, self.progress = val_fraction, max_chars, progress
         self.heldout: list[str] = []
@@ -47,7 +50,9 @@ class _Partition:
         self.first_train = ""
 
     def __iter__(self) -> Iterator[str]:
-        for text in tqdm(iter_documents(*self.source), desc="tokenizer", unit="doc", delay=1.0, disable=not self.progress):
+        documents = tqdm(iter_documents(*self.source), desc="tokenizer", unit="doc", delay=1.0,
+                         disable=not self.progress)
+        for text in documents:
             if split_of(text, self.val_fraction) == "val":
                 self.heldout_documents += 1
                 if self.heldout_chars < HELDOUT_CHARS:
@@ -62,7 +67,8 @@ class _Partition:
             yield text
         if self.documents == 0:
             raise DataError(
-                f"{self.source[0]}: all {self.heldout_documents} documents fall in the held-out split; lower --val-fraction"
+                f"{self.source[0]}: all {self.heldout_documents} documents fall in the held-out "
+                "split; lower --val-fraction"
             )
 
 
@@ -75,7 +81,8 @@ def train_tokenizer(
     max_chars: int | None = None,
     progress: bool = True,
 ) -> TokenizerReport:
-    """Train on the `train` documents of `input_spec` (at most `max_chars` characters), save to `out_dir`."""
+    """Train on the `train` documents of `input_spec` (at most `max_chars` characters), save to
+    `out_dir`."""
     check_val_fraction(val_fraction)
     start = time.perf_counter()
     partition = _Partition(input_spec, text_field, val_fraction, max_chars, progress)
@@ -88,7 +95,8 @@ def train_tokenizer(
         train_documents=partition.documents,
         train_chars=partition.chars,
         heldout_documents=partition.heldout_documents,
-        heldout_bytes_per_token=tokenizer.bytes_per_token(partition.heldout) if partition.heldout else None,
+        heldout_bytes_per_token=(tokenizer.bytes_per_token(partition.heldout)
+                                 if partition.heldout else None),
         train_bytes_per_token=tokenizer.bytes_per_token([partition.first_train]),
         seconds=seconds,
     )
