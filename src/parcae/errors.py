@@ -37,3 +37,15 @@ class PromptError(ParcaeError, ValueError):
 
 class TrainingError(ParcaeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class MissingDependencyError(ParcaeError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the extra.
+
+    Also an ImportError, so that callers probing an optional module with `except ImportError`
+    see it as one.
+    """
+
+    def __init__(self, package: str, feature: str, extra: str = "hf"):
+        super().__init__(f"{feature} needs the optional package '{package}': "
+                         f"pip install 'parcae[{extra}]'", name=package)

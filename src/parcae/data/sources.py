@@ -2,10 +2,11 @@
 
 Specs:
 - `shakespeare` (a recipe: see `parcae.data.recipes`), read as a directory of `.txt` files;
-- `hf:NAME[:CONFIG]`: a Hugging Face dataset, `train` split, streamed with `datasets`;
-- a path: a `.txt` file (one document), a `.jsonl` file (one document per line, in a string field),
-  a `.parquet` file (one document per row of a string column, streamed by row group), or a
-  directory: every such file under it, recursively, in sorted path order.
+- `hf:NAME[:CONFIG]`: a Hugging Face dataset, `train` split, streamed with `datasets` (the
+  optional extra `parcae[hf]`);
+- a path: a `.txt` file (one document), a `.jsonl` file (one document per line, in a string
+  field), a `.parquet` file (one document per row of a string column, streamed by row group), or
+  a directory: every such file under it, recursively, in sorted path order.
 
 Policy for bad text: input is refused, never silently repaired. A file holding a NUL byte is
 treated as binary and refused; bytes that are not valid UTF-8 are refused with their offset (or
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from parcae.data import recipes
-from parcae.errors import DataError
+from parcae.errors import DataError, MissingDependencyError
 
 HF_PREFIX = "hf:"
 
@@ -31,11 +32,13 @@ def _decode(data: bytes, where: str) -> str:
     """UTF-8 text of `data`, refusing binary data (NUL bytes) and invalid UTF-8."""
     nul = data.find(b"\0")
     if nul >= 0:
-        raise DataError(f"{where}: binary data (NUL byte at offset {nul}); only UTF-8 text is accepted")
+        raise DataError(f"{where}: binary data (NUL byte at offset {nul}); "
+                        "only UTF-8 text is accepted")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{where}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); convert it to UTF-8") from None
+        raise DataError(f"{where}: not UTF-8 (byte 0x{data[error.start]:02x} at offset "
+                        f"{error.start}); convert it to UTF-8") from None
 
 
 def _read_txt(path: Path, text_field: str) -> Iterator[str]:
@@ -54,10 +57,12 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or text_field not in record:
-                raise DataError(f"{where}: no field {text_field!r} (choose another with --text-field)")
+                raise DataError(f"{where}: no field {text_field!r} "
+                                "(choose another with --text-field)")
             text = record[text_field]
             if not isinstance(text, str):
-                raise DataError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+                raise DataError(f"{where}: field {text_field!r} is {type(text).__name__}, "
+                                "not a string")
             yield text
 
 
@@ -69,8 +74,9 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     schema = parquet.schema_arrow
     if text_field not in schema.names:
         raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)})")
-    if not (pa.types.is_string(schema.field(text_field).type) or pa.types.is_large_string(schema.field(text_field).type)):
-        raise DataError(f"{path}: column {text_field!r} has type {schema.field(text_field).type}, not string")
+    column_type = schema.field(text_field).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        raise DataError(f"{path}: column {text_field!r} has type {column_type}, not string")
     for group in range(parquet.num_row_groups):
         column = parquet.read_row_group(group, columns=[text_field]).column(0)
         yield from (text for text in column.to_pylist() if text is not None)
@@ -84,7 +90,8 @@ READERS: dict[str, Callable[[Path, str], Iterator[str]]] = {
 
 
 def _files(path: Path) -> list[Path]:
-    """The readable files of a path: itself, or every file with a known suffix under a directory."""
+    """The readable files of a path: itself, or every file with a known suffix under a
+    directory."""
     if not path.exists():
         raise DataError(f"no such file or directory: {path}")
     if path.is_dir():
@@ -93,7 +100,8 @@ def _files(path: Path) -> list[Path]:
             raise DataError(f"{path}: no {', '.join(READERS)} files in this directory")
         return files
     if path.suffix not in READERS:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(READERS)} or a directory)")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} "
+                        f"(use {', '.join(READERS)} or a directory)")
     return [path]
 
 
@@ -103,20 +111,26 @@ def _iter_local(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _iter_hf(name: str, text_field: str) -> Iterator[str]:
-    """Stream the `train` split of a Hugging Face dataset `NAME[:CONFIG]` (or a local dataset path)."""
-    import datasets  # heavy import, only for hf: inputs
+    """Stream the `train` split of a Hugging Face dataset `NAME[:CONFIG]` (or a local dataset
+    path)."""
+    try:
+        import datasets  # heavy and optional: only for hf: inputs
+    except ModuleNotFoundError:
+        raise MissingDependencyError("datasets", f"the input {HF_PREFIX}{name}") from None
 
     dataset_name, _, config = name.partition(":")
     try:
         stream = datasets.load_dataset(dataset_name, config or None, split="train", streaming=True)
         for record in stream:
             if text_field not in record:
-                raise DataError(f"{HF_PREFIX}{name}: no field {text_field!r} (fields: {', '.join(record)})")
+                raise DataError(f"{HF_PREFIX}{name}: no field {text_field!r} "
+                                f"(fields: {', '.join(record)})")
             yield record[text_field]
     except DataError:
         raise
     except Exception as error:  # the hub and datasets raise many unrelated types
-        raise DataError(f"{HF_PREFIX}{name}: cannot stream dataset ({str(error).splitlines()[0]})") from None
+        first_line = str(error).splitlines()[0]
+        raise DataError(f"{HF_PREFIX}{name}: cannot stream dataset ({first_line})") from None
 
 
 def iter_documents(input_spec: str, text_field: str = "text") -> Iterator[str]:

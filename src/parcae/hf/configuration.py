@@ -9,7 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from transformers import PretrainedConfig
+from parcae.errors import MissingDependencyError
+
+try:
+    from transformers import PretrainedConfig
+except ModuleNotFoundError:
+    raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 
 from parcae.model.config import CONFIG_CLASSES, TransformerConfig
 from parcae.pretrained import FORMAT_VERSION

@@ -19,20 +19,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import (
-    GenerationMixin,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
-from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from parcae.errors import MissingDependencyError, PromptError
+
+try:
+    from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerFast
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+except ModuleNotFoundError:
+    raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 
 from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
-from parcae.errors import PromptError
 from parcae.hf.configuration import ParcaeHFConfig
-from parcae.infer.cache import KVCache
-from parcae.infer.engine import cached_forward
+from parcae.model import KVCache
 from parcae.model.layers import rotary_tables
-from parcae.model.parcae import Parcae
 from parcae.pretrained import from_pretrained
 
 INITIAL_CACHE_COLUMNS = 256  # the cache grows by doubling beyond this
@@ -41,8 +40,8 @@ INITIAL_CACHE_COLUMNS = 256  # the cache grows by doubling beyond this
 class ParcaeCache:
     """transformers' view of a `KVCache`: created on the first forward, grown as needed."""
 
-    def __init__(self, cache: KVCache, state_table: Tensor | None) -> None:
-        self.cache, self.state_table = cache, state_table
+    def __init__(self, cache: KVCache) -> None:
+        self.cache = cache
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.cache.length
@@ -125,21 +124,13 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
         valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
                  else attention_mask[:, -seq:].bool())
         cache.reserve(seq)
-        out = cached_forward(self.model, input_ids, valid, cache, past_key_values.state_table)
+        out = self.model(input_ids, cache=cache, attention_mask=valid)
         return CausalLMOutputWithPast(logits=out.logits,
                                       past_key_values=past_key_values if use_cache else None)
 
     def _new_cache(self, batch: int, num_steps: int | None) -> ParcaeCache:
-        model = self.model
-        config = model.config
-        table = None
-        if isinstance(model, Parcae):
-            num_steps = config.mean_recurrence if num_steps is None else num_steps
-            table = model.eval_state_table(self.device, self.dtype)
-        else:
-            num_steps = 0
-        columns = min(INITIAL_CACHE_COLUMNS, config.context_length)
-        return ParcaeCache(KVCache(model, batch, columns, num_steps), table)
+        columns = min(INITIAL_CACHE_COLUMNS, self.model.config.context_length)
+        return ParcaeCache(self.model.new_cache(batch, columns, num_steps))
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, past_key_values=None,
                                       attention_mask: Tensor | None = None,
