@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from parcae.infer.cache import KVCache
-from parcae.infer.engine import cached_forward
-from parcae.model import Parcae, create_model
+from parcae.infer import exit_rule, generate
+from parcae.model import create_model
 
 STRATEGIES = ("full", "last:4", "last:2", "ring:2", "shared")
 EPSILONS = {  # exit criterion -> thresholds swept
@@ -77,15 +76,15 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
         model = create_model(preset, context_length=length)
     model.eval()
     config = model.config
-    steps = (args.num_steps or config.mean_recurrence) if isinstance(model, Parcae) else 0
+    steps = (args.num_steps or config.mean_recurrence) if config.is_looped else 0
     params = model.num_params() / 1e6
     prompt = torch.randint(config.vocab_size, (1, args.prompt_tokens),
                            generator=torch.Generator().manual_seed(0))
-    model.generate(prompt[:, :8], 2, temperature=0)  # warm up
+    generate(model, prompt[:, :8], 2, temperature=0)  # warm up
 
     def run(new_tokens: int, **options) -> Seconds:
-        return timed(lambda: model.generate(prompt, new_tokens, num_steps=steps or None,
-                                            temperature=0, **options), args.repeats)
+        return timed(lambda: generate(model, prompt, new_tokens, num_steps=steps or None,
+                                     temperature=0, **options), args.repeats)
 
     prefill = run(1)
     print(f"\n{preset} ({params:.1f}M parameters, T = {steps or '-'}, {torch.get_num_threads()} "
@@ -99,15 +98,15 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
         uncached = run(uncached_tokens, use_cache=False)
         print(f"  decode, uncached     {rate(uncached_tokens - 1, uncached - prefill)} "
               f"(over {uncached_tokens} new tokens)")
-    if not isinstance(model, Parcae):
-        cache = KVCache(model, 1, length)
+    if not config.is_looped:
+        cache = model.new_cache(1, length)
         print(f"  cache memory         {cache.nbytes / 2**20:10.2f} MiB")
         return
     print(f"  {'sharing':<10} {'cache MiB':>10} {'vs full':>8}"
           + (f" {'decode tok/s wall, cpu':>22}" if args.strategy_speed else ""))
-    full_bytes = KVCache(model, 1, length, steps, "full").nbytes
+    full_bytes = model.new_cache(1, length, steps, "full").nbytes
     for strategy in STRATEGIES:
-        nbytes = KVCache(model, 1, length, steps, strategy).nbytes
+        nbytes = model.new_cache(1, length, steps, strategy).nbytes
         line = f"  {strategy:<10} {nbytes / 2**20:10.2f} {nbytes / full_bytes:8.2f}"
         if args.strategy_speed:
             seconds = run(args.new_tokens, cache_sharing=strategy)
@@ -130,12 +129,9 @@ def mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
 def teacher_forced_loss(model, inputs, targets, steps: int, sharing: str, prefill: int) -> float:
     """Mean loss on tokens prefill.. fed one at a time through a cache with `sharing`."""
     batch, seq = inputs.shape
-    cache = KVCache(model, batch, seq, steps, sharing)
-    table = model.eval_state_table(inputs.device, next(model.parameters()).dtype)
-    valid = torch.ones_like(inputs, dtype=torch.bool)
-    cached_forward(model, inputs[:, :prefill], valid[:, :prefill], cache, table)
-    logits = [cached_forward(model, inputs[:, i:i + 1], valid[:, i:i + 1], cache, table).logits
-              for i in range(prefill, seq)]
+    cache = model.new_cache(batch, seq, steps, sharing)
+    model(inputs[:, :prefill], cache=cache)
+    logits = [model(inputs[:, i:i + 1], cache=cache).logits for i in range(prefill, seq)]
     return mean_loss(torch.cat(logits, dim=1), targets[:, prefill:])
 
 
@@ -144,11 +140,9 @@ def depth_pass(model, inputs, targets, steps: int, eps: float | None,
                criterion: str = "residual") -> tuple[torch.Tensor, float]:
     """(loop steps of each token, mean loss) of one cached pass with at most `steps` steps."""
     batch, seq = inputs.shape
-    cache = KVCache(model, batch, seq, steps)
-    table = model.eval_state_table(inputs.device, next(model.parameters()).dtype)
-    out = cached_forward(model, inputs, torch.ones_like(inputs, dtype=torch.bool), cache, table,
-                         adaptive_eps=eps, criterion=criterion)
-    return out.steps, mean_loss(out.logits, targets)
+    out = model(inputs, cache=model.new_cache(batch, seq, steps),
+                exit_rule=exit_rule(eps, criterion, model.config.vocab_size))
+    return out.loop.steps, mean_loss(out.logits, targets)
 
 
 @torch.no_grad()
@@ -156,7 +150,7 @@ def bench_quality(args: argparse.Namespace) -> None:
     from parcae.infer.loading import load_for_inference
 
     model, _ = load_for_inference(args.model)
-    if not isinstance(model, Parcae):
+    if not model.config.is_looped:
         raise SystemExit("--model must be a Parcae model (a GPT has no loop)")
     seq_len = min(args.seq_len, model.config.context_length)
     inputs, targets = validation_rows(args.data_dir, args.rows, seq_len)

@@ -59,7 +59,7 @@ def benchmark_preset(name: str, args, device: torch.device, peaks: dict[str, flo
 
         def train_step():
             plan = (model.sample_depth_plan(args.batch_size, seq, generator)
-                    if isinstance(model, parcae.Parcae) else None)
+                    if model.config.is_looped else None)
             with autocast(device, dtype_name):
                 loss = model(ids, labels=ids, depth_plan=plan).loss
             loss.backward()

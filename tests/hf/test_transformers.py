@@ -12,6 +12,7 @@ import parcae
 from parcae.cli import main
 from parcae.hf.configuration import ParcaeHFConfig
 from parcae.hf.transformers import ParcaeForCausalLM, save_tokenizer
+from parcae.infer import generate
 from tests.conftest import OFFICIAL_FIXTURE
 
 PROMPT = torch.tensor([[338, 176, 74, 16, 230, 354, 244, 153]])
@@ -46,10 +47,10 @@ def test_saved_directory_loads_with_parcae_too(hf_dir, official_model):
 
 def test_hf_generate_matches_our_greedy_output(hf_dir, official_model):
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
-    ours = official_model.generate(PROMPT, 12, temperature=0)
+    ours = generate(official_model, PROMPT, 12, temperature=0)
     theirs = model.generate(PROMPT, max_new_tokens=12, do_sample=False)
     assert torch.equal(theirs, ours)
-    deeper = official_model.generate(PROMPT, 6, num_steps=8, temperature=0)
+    deeper = generate(official_model, PROMPT, 6, num_steps=8, temperature=0)
     assert torch.equal(model.generate(PROMPT, max_new_tokens=6, do_sample=False, num_steps=8),
                        deeper)
 
@@ -61,7 +62,7 @@ def test_hf_generate_with_left_padding_matches_one_by_one(hf_dir, official_model
     out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
                          pad_token_id=0)
     for row, prompt in zip(out, ([5, 9, 44, 301, 7], [12, 99])):
-        alone = official_model.generate(prompt, 6, temperature=0)[0]
+        alone = generate(official_model, prompt, 6, temperature=0)[0]
         assert row[5 - len(prompt):].tolist() == alone.tolist()
 
 
@@ -88,7 +89,7 @@ def test_text_generation_pipeline_with_our_tokenizer(tmp_path, tokenizer):
     generator = pipeline("text-generation", model=str(tmp_path), tokenizer=str(tmp_path))
     text = generator("To be", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     ids = [*tokenizer.encode("To be")]
-    expected = model.generate(ids, 5, temperature=0, eos_token_id=tokenizer.eos_id)
+    expected = generate(model, ids, 5, temperature=0, eos_token_id=tokenizer.eos_id)
     assert text == tokenizer.decode(expected[0].tolist())
     assert AutoTokenizer.from_pretrained(tmp_path).eos_token == "<|eos|>"
 
@@ -103,7 +104,7 @@ def test_convert_official_command(tmp_path, official_model, tokenizer, capsys):
     hf = AutoModelForCausalLM.from_pretrained(out)
     ours = parcae.from_pretrained(out)
     assert torch.equal(hf.generate(PROMPT, max_new_tokens=4, do_sample=False),
-                       ours.generate(PROMPT, 4, temperature=0))
+                       generate(ours, PROMPT, 4, temperature=0))
 
 
 def test_convert_unknown_source_is_one_error(tmp_path, capsys):

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from parcae.errors import PromptError
-from parcae.infer.cache import KVCache
-from parcae.infer.engine import cached_forward
-from parcae.infer.generate import GenerationStats
+from parcae.infer.engine import exit_rule
+from parcae.infer.generate import GenerationStats, generate
 
 IDS = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
 
@@ -15,14 +14,12 @@ IDS = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
 def run(model, ids, num_steps, eps, prefill=None, sharing="full", criterion="residual"):
     """Logits and loop steps per token, in one pass (prefill=None) or prefill + one by one."""
     batch, seq = ids.shape
-    cache = KVCache(model, batch, seq, num_steps, sharing)
-    table = model.eval_state_table()
-    every = torch.ones(batch, seq, dtype=torch.bool)
+    cache = model.new_cache(batch, seq, num_steps, sharing)
     cuts = [0, seq] if prefill is None else [0, *range(prefill, seq + 1)]
-    outs = [cached_forward(model, ids[:, a:b], every[:, a:b], cache, table, eps,
-                           criterion=criterion)
+    outs = [model(ids[:, a:b], cache=cache,
+                  exit_rule=exit_rule(eps, criterion, model.config.vocab_size))
             for a, b in zip(cuts, cuts[1:])]
-    return torch.cat([o.logits for o in outs], 1), torch.cat([o.steps for o in outs], 1)
+    return torch.cat([o.logits for o in outs], 1), torch.cat([o.loop.steps for o in outs], 1)
 
 
 def test_eps_zero_equals_fixed_depth(parcae_model):
@@ -68,12 +65,12 @@ def test_adaptive_depth_works_with_shared_slots(parcae_model, sharing):
 
 def test_generate_with_adaptive_depth_reports_steps(parcae_model):
     stats = GenerationStats()
-    parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0, adaptive=0.2,
+    generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0, adaptive=0.2,
                           stats=stats)
     assert 1 <= stats.mean_steps <= 6
     assert stats.new_tokens == [8]
-    fixed = parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0)
-    assert torch.equal(parcae_model.generate([1, 2, 3, 4], 8, num_steps=6, temperature=0,
+    fixed = generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0)
+    assert torch.equal(generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0,
                                              adaptive=0.0), fixed)
 
 
@@ -92,4 +89,4 @@ def test_kl_criterion_compares_two_steps_before_exiting(parcae_model):
 
 def test_unknown_criterion_is_one_error(parcae_model):
     with pytest.raises(PromptError, match="criterion"):
-        parcae_model.generate([1, 2], 2, adaptive=0.1, adaptive_criterion="entropy")
+        generate(parcae_model, [1, 2], 2, adaptive=0.1, adaptive_criterion="entropy")

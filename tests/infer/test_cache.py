@@ -4,19 +4,15 @@ import pytest
 import torch
 
 from parcae.errors import PromptError
-from parcae.infer.cache import CacheSharing, KVCache
-from parcae.infer.engine import cached_forward
+from parcae.model import CacheSharing
 
 
 def incremental_logits(model, ids, prefill, num_steps, sharing="full"):
     batch, seq = ids.shape
-    cache = KVCache(model, batch, seq, num_steps, sharing)
-    table = model.eval_state_table() if hasattr(model, "eval_state_table") else None
-    every = torch.ones(batch, seq, dtype=torch.bool)
-    outputs = [cached_forward(model, ids[:, :prefill], every[:, :prefill], cache, table).logits]
+    cache = model.new_cache(batch, seq, num_steps, sharing)
+    outputs = [model(ids[:, :prefill], cache=cache).logits]
     for i in range(prefill, seq):
-        outputs.append(cached_forward(model, ids[:, i:i + 1], every[:, i:i + 1], cache,
-                                      table).logits)
+        outputs.append(model(ids[:, i:i + 1], cache=cache).logits)
     return torch.cat(outputs, dim=1)
 
 
@@ -44,8 +40,8 @@ def test_incremental_logits_match_full_forward_for_gpt(gpt_model):
 
 def test_shared_slots_reduce_memory_and_approximate(parcae_model):
     ids = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(3))
-    full = KVCache(parcae_model, 1, 16, 4, "full")
-    shared = KVCache(parcae_model, 1, 16, 4, "shared")
+    full = parcae_model.new_cache(1, 16, 4, "full")
+    shared = parcae_model.new_cache(1, 16, 4, "shared")
     assert shared.keys.shape[0] == full.keys.shape[0] - 2 * 3  # 2 core layers, 4 -> 1 slot
     logits = incremental_logits(parcae_model, ids, 4, 4, "shared")
     reference = parcae_model(ids, num_steps=4).logits

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from parcae.cli import main
+from parcae.infer import generate
 from tests.conftest import OFFICIAL_FIXTURE
 
 
@@ -15,7 +16,7 @@ def test_generate_streams_the_greedy_continuation(model_dir, parcae_model, token
                  "0", "--max-new-tokens", "6"])
     assert code == 0
     prompt = [tokenizer.bos_id, *tokenizer.encode("To be")]
-    ids = parcae_model.generate(prompt, 6, temperature=0, eos_token_id=tokenizer.eos_id)
+    ids = generate(parcae_model, prompt, 6, temperature=0, eos_token_id=tokenizer.eos_id)
     expected = "To be" + tokenizer.decode([t for t in ids[0, len(prompt):].tolist()
                                            if t != tokenizer.eos_id]) + "\n"
     assert capsys.readouterr().out == expected

@@ -4,21 +4,22 @@ import pytest
 import torch
 
 from parcae.errors import PromptError
-from parcae.infer.generate import GenerationStats, sample_next
+from parcae.infer.engine import sample_next
+from parcae.infer.generate import GenerationStats, generate
 
 
 def test_greedy_reproduces_the_official_fixture(official):
     model, expected = official
     prompt = expected["greedy_prompt"]
     new = expected["greedy_tokens"].shape[1] - prompt.shape[1]
-    out = model.generate(prompt, new, num_steps=4, temperature=0)
+    out = generate(model, prompt, new, num_steps=4, temperature=0)
     assert torch.equal(out, expected["greedy_tokens"])
 
 
 def test_cached_equals_uncached_greedy(parcae_model):
     prompt = [5, 17, 42, 7, 99]
-    cached = parcae_model.generate(prompt, 10, num_steps=3, temperature=0)
-    uncached = parcae_model.generate(prompt, 10, num_steps=3, temperature=0, use_cache=False)
+    cached = generate(parcae_model, prompt, 10, num_steps=3, temperature=0)
+    uncached = generate(parcae_model, prompt, 10, num_steps=3, temperature=0, use_cache=False)
     assert torch.equal(cached, uncached)
 
 
@@ -26,10 +27,10 @@ def test_cached_equals_uncached_greedy(parcae_model):
 def test_batched_prompts_of_different_lengths_match_one_by_one(request, which):
     model = request.getfixturevalue(which)
     prompts = [[3, 14, 15, 92, 65, 35, 89], [27, 18], [100, 200, 31, 4]]
-    batched = model.generate(prompts, 8, temperature=0)
+    batched = generate(model, prompts, 8, temperature=0)
     width = max(len(p) for p in prompts)
     for row, prompt in zip(batched, prompts):
-        alone = model.generate(prompt, 8, temperature=0)[0]
+        alone = generate(model, prompt, 8, temperature=0)[0]
         assert row[width - len(prompt):].tolist() == alone.tolist()
 
 
@@ -37,16 +38,16 @@ def test_left_padded_tensor_with_attention_mask_matches_lists(parcae_model):
     prompts = [[3, 14, 15, 92], [27, 18]]
     ids = torch.tensor([[3, 14, 15, 92], [0, 0, 27, 18]])
     mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
-    from_lists = parcae_model.generate(prompts, 5, temperature=0)
-    from_tensor = parcae_model.generate(ids, 5, temperature=0, attention_mask=mask)
+    from_lists = generate(parcae_model, prompts, 5, temperature=0)
+    from_tensor = generate(parcae_model, ids, 5, temperature=0, attention_mask=mask)
     assert torch.equal(from_lists, from_tensor)
 
 
 def test_seeded_sampling_is_reproducible(parcae_model):
     kwargs = dict(temperature=1.0, top_k=50, top_p=0.9, seed=1234)
-    first = parcae_model.generate([1, 2, 3], 12, **kwargs)
-    assert torch.equal(first, parcae_model.generate([1, 2, 3], 12, **kwargs))
-    others = [parcae_model.generate([1, 2, 3], 12, **{**kwargs, "seed": s}) for s in (1, 2, 3)]
+    first = generate(parcae_model, [1, 2, 3], 12, **kwargs)
+    assert torch.equal(first, generate(parcae_model, [1, 2, 3], 12, **kwargs))
+    others = [generate(parcae_model, [1, 2, 3], 12, **{**kwargs, "seed": s}) for s in (1, 2, 3)]
     assert any(not torch.equal(first, other) for other in others)
 
 
@@ -63,10 +64,10 @@ def test_top_p_keeps_the_nucleus():
 
 
 def test_eos_stops_rows_and_pads_after(parcae_model):
-    out = parcae_model.generate([5, 6, 7], 6, temperature=0)
+    out = generate(parcae_model, [5, 6, 7], 6, temperature=0)
     eos = int(out[0, 4])  # the second generated token becomes the EOS
     stats = GenerationStats()
-    stopped = parcae_model.generate([5, 6, 7], 6, temperature=0, eos_token_id=eos,
+    stopped = generate(parcae_model, [5, 6, 7], 6, temperature=0, eos_token_id=eos,
                                     pad_token_id=299, stats=stats)
     first_eos = (stopped[0, 3:] == eos).nonzero()[0, 0].item()
     assert stopped.shape[1] == 3 + first_eos + 1
@@ -85,7 +86,7 @@ def test_streamer_receives_prompt_then_each_token(parcae_model):
             self.ended = True
 
     recorder = Recorder()
-    out = parcae_model.generate([4, 5], 3, temperature=0, streamer=recorder)
+    out = generate(parcae_model, [4, 5], 3, temperature=0, streamer=recorder)
     assert recorder.calls[0] == [[4, 5]]
     assert [call[0] for call in recorder.calls[1:]] == out[0, 2:].tolist()
     assert recorder.ended
@@ -93,7 +94,7 @@ def test_streamer_receives_prompt_then_each_token(parcae_model):
 
 def test_generation_stops_when_the_context_is_full(parcae_model):
     context = parcae_model.config.context_length
-    out = parcae_model.generate(list(range(context - 3)), 10, temperature=0)
+    out = generate(parcae_model, list(range(context - 3)), 10, temperature=0)
     assert out.shape[1] == context
 
 
@@ -107,7 +108,7 @@ def test_generation_stops_when_the_context_is_full(parcae_model):
 ])
 def test_bad_prompts_give_one_clear_error(parcae_model, prompt, message):
     with pytest.raises(PromptError, match=message):
-        parcae_model.generate(prompt, 4)
+        generate(parcae_model, prompt, 4)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -120,4 +121,4 @@ def test_bad_prompts_give_one_clear_error(parcae_model, prompt, message):
 def test_bad_generation_options_give_one_clear_error(parcae_model, kwargs, message):
     kwargs = {"max_new_tokens": 4, **kwargs}
     with pytest.raises(PromptError, match=message):
-        parcae_model.generate([1, 2], **kwargs)
+        generate(parcae_model, [1, 2], **kwargs)

@@ -161,7 +161,7 @@ def test_per_token_depth_computes_only_active_tokens():
     model = parcae.create_model("parcae-tiny", depth_granularity="per-token", **SMALL).train()
     seen = []
     model.transformer.core_block[0].mlp.register_forward_hook(
-        lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+        lambda module, inputs, output: seen.append(inputs[0].shape[:-1].numel()))
     plan = model.sample_depth_plan(4, 8, torch.Generator().manual_seed(0))
     assert plan.no_grad_steps.shape == (4, 8) and plan.total_steps.unique().numel() > 2
     out = model(torch.randint(0, 64, (4, 8)), torch.randint(0, 64, (4, 8)), depth_plan=plan)

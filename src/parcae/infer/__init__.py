@@ -1,21 +1,18 @@
-"""Inference: a recurrence-aware KV cache, generation, adaptive depth.
+"""Inference: generation with the KV cache, sampling and adaptive depth.
 
-- `cache`: `KVCache` (preallocated keys/values per (layer, loop step)) and `CacheSharing`
-  (`full`, `ring:M`, `last:M`, `shared`);
-- `engine`: `cached_forward`, the prelude -> loop -> coda pass over a cache, with per-token
-  early exit;
-- `generate`: prompt checks, left padding, sampling (`LanguageModel.generate` calls it);
+- `engine`: the per-step decisions: `sample_next` and the exit rules of adaptive depth
+  (`ResidualExit`, `KLExit`);
+- `generate`: prompt checks, left padding and the generation loop over `model(..., cache=)`
+  (the cache itself, `KVCache` with `CacheSharing`, lives beside the model: `parcae.model.cache`);
 - `loading`: `--model PATH` resolution (run directory, saved model, official checkpoint);
 - `streaming` and `commands`: `parcae generate`, `parcae chat`, `parcae convert official`.
 """
 
-from parcae.infer.cache import CacheSharing, KVCache
-from parcae.infer.engine import EXIT_CRITERIA, ForwardOutput, cached_forward
-from parcae.infer.generate import GenerationStats, generate, prepare_prompts, sample_next
+from parcae.infer.engine import EXIT_CRITERIA, KLExit, ResidualExit, exit_rule, sample_next
+from parcae.infer.generate import GenerationStats, generate, prepare_prompts
 from parcae.infer.loading import load_for_inference, resolve_model_dir
 
 __all__ = [
-    "EXIT_CRITERIA", "CacheSharing", "ForwardOutput", "GenerationStats", "KVCache",
-    "cached_forward", "generate", "load_for_inference", "prepare_prompts", "resolve_model_dir",
-    "sample_next",
+    "EXIT_CRITERIA", "GenerationStats", "KLExit", "ResidualExit", "exit_rule", "generate",
+    "load_for_inference", "prepare_prompts", "resolve_model_dir", "sample_next",
 ]

@@ -74,6 +74,7 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from parcae.infer.generate import generate
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
@@ -90,13 +91,14 @@ def run_generate(args: argparse.Namespace) -> int:
         ids = _parse_ids(args.prompt_ids)
     options = _generation_options(args, tokenizer)
     streamer = TextStreamer(tokenizer, sys.stdout, options["eos_token_id"])
-    model.generate(ids, args.max_new_tokens, streamer=streamer, **options)
+    generate(model, ids, args.max_new_tokens, streamer=streamer, **options)
     return 0
 
 
 def run_chat(args: argparse.Namespace) -> int:
     """Read lines from stdin; each is appended to the transcript, which the model continues.
     `/reset` clears the transcript, `/exit` (or end of input) leaves."""
+    from parcae.infer.generate import generate
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
@@ -122,7 +124,7 @@ def run_chat(args: argparse.Namespace) -> int:
         history += tokenizer.encode(line if line.endswith("\n") else line + "\n")
         history = history[-budget:]
         streamer = TextStreamer(tokenizer, sys.stdout, tokenizer.eos_id)
-        model.generate(history, args.max_new_tokens, streamer=streamer, **options)
+        generate(model, history, args.max_new_tokens, streamer=streamer, **options)
         history += tokenizer.encode(streamer.text + "\n")
 
 

@@ -18,10 +18,8 @@ import torch
 from torch import Tensor
 
 from parcae.errors import PromptError
-from parcae.infer.cache import CacheSharing, KVCache
-from parcae.infer.engine import EXIT_CRITERIA, cached_forward
-from parcae.model.base import LanguageModel
-from parcae.model.parcae import Parcae
+from parcae.infer.engine import check_sampling, exit_rule, sample_next
+from parcae.model import CacheSharing, KVCache, LanguageModel
 
 
 @dataclass
@@ -102,39 +100,6 @@ def _as_rows(input_ids) -> list[list[int]]:
     return rows
 
 
-def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> Tensor:
-    """Next token per row from logits (B, V): argmax at temperature 0, else a draw from
-    softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        threshold = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
-        drop = before >= top_p
-        drop[:, 0] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None,
-                    max_new_tokens: int) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise PromptError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise PromptError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise PromptError(f"top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise PromptError(f"top_p must be in (0, 1], got {top_p}")
-
-
 @torch.no_grad()
 def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: int | None = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -151,29 +116,24 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
     streamer: an object with `put(tokens)` and `end()` (transformers' streamer protocol): it
     receives the prompt ids (B, P) once, then each step's new tokens (B,).
     adaptive: per-token early-exit threshold eps (T stays the max) on `adaptive_criterion`:
-    `residual` ‖h_{t+1} - h_t‖ / ‖h_t‖ or `kl` between successive steps' next-token
+    `residual` ‖h_{t+1} - h_t‖ / ‖h_{t+1}‖ or `kl` between successive steps' next-token
     distributions (see `parcae.infer.engine`).
-    cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M` (see `parcae.infer.cache`).
+    cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M` (see `parcae.model.cache`).
     use_cache=False recomputes the whole sequence for every token (the uncached baseline).
     stats: filled with what the call did.
     """
-    _check_sampling(temperature, top_k, top_p, max_new_tokens)
+    check_sampling(temperature, top_k, top_p, max_new_tokens)
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
     ids, valid = prepare_prompts(model, input_ids, attention_mask, pad_token_id)
     config = model.config
-    if isinstance(model, Parcae):
+    if config.is_looped:
         num_steps = config.mean_recurrence if num_steps is None else num_steps
         if not isinstance(num_steps, int) or num_steps < 1:
             raise PromptError(f"num_steps must be a positive integer, got {num_steps!r}")
-        state_table = model.eval_state_table(ids.device, next(model.parameters()).dtype)
     else:
-        num_steps, state_table, adaptive = 0, None, None
-    if adaptive is not None and not adaptive >= 0:
-        raise PromptError(f"the adaptive-depth threshold must be >= 0, got {adaptive}")
-    if adaptive_criterion not in EXIT_CRITERIA:
-        raise PromptError(f"unknown adaptive-depth criterion {adaptive_criterion!r}; use "
-                          f"{' or '.join(EXIT_CRITERIA)}")
+        adaptive = None
+    exit_rule(adaptive, adaptive_criterion, config.vocab_size)  # checks the arguments
     batch, prompt_len = ids.shape
     max_new_tokens = min(max_new_tokens, config.context_length - prompt_len)
     generator = None
@@ -182,17 +142,19 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
     if streamer is not None:
         streamer.put(ids.cpu())
 
-    def new_cache(length: int) -> KVCache:
-        return KVCache(model, batch, length, num_steps, cache_sharing)
+    def forward(tokens: Tensor, tokens_valid: Tensor, cache: KVCache):
+        return model(tokens, cache=cache, attention_mask=tokens_valid, last_only=True,
+                     exit_rule=exit_rule(adaptive, adaptive_criterion, config.vocab_size))
+
+    def steps_of(out) -> Tensor:
+        """Loop steps of each row's last token (0 for a GPT)."""
+        return (out.loop.steps[:, -1] if out.loop is not None
+                else torch.zeros(batch, dtype=torch.long, device=ids.device))
 
     total = prompt_len + max_new_tokens
-    cache = new_cache(max(total - 1, prompt_len))
-    def forward(tokens: Tensor, tokens_valid: Tensor, into: KVCache):
-        return cached_forward(model, tokens, tokens_valid, into, state_table, adaptive,
-                              last_only=True, criterion=adaptive_criterion)
-
+    cache = model.new_cache(batch, max(total - 1, prompt_len), num_steps, cache_sharing)
     out = forward(ids, valid, cache)
-    generated, steps_used = [], [out.steps[:, -1]]
+    generated, steps_used = [], [steps_of(out)]
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     sequence, sequence_valid = ids, valid
     for index in range(max_new_tokens):
@@ -212,8 +174,9 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
         else:
             sequence = torch.cat([sequence, token[:, None]], dim=1)
             sequence_valid = torch.cat([sequence_valid, step_valid], dim=1)
-            out = forward(sequence, sequence_valid, new_cache(sequence.shape[1]))
-        steps_used.append(torch.where(finished, 0, out.steps[:, -1]))
+            out = forward(sequence, sequence_valid,
+                          model.new_cache(batch, sequence.shape[1], num_steps, cache_sharing))
+        steps_used.append(torch.where(finished, 0, steps_of(out)))
     if streamer is not None:
         streamer.end()
     new = torch.stack(generated, dim=1) if generated else ids[:, :0]

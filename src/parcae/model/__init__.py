@@ -12,7 +12,9 @@ from parcae.model.config import CONFIG_CLASSES, GPTConfig, ParcaeConfig, Transfo
 from parcae.model.gpt import GPT
 from parcae.model.parcae import Parcae
 from parcae.model.presets import PRESETS
-from parcae.model.recurrence import DepthPlan, LoopStats
+from parcae.model.cache import CacheSharing, KVCache
+from parcae.model.loop import LoopStats
+from parcae.model.recurrence import DepthPlan
 
 MODEL_CLASSES: dict[str, type[LanguageModel]] = {"gpt": GPT, "parcae": Parcae}
 
@@ -30,13 +32,15 @@ def preset_config(name: str, **overrides: Any) -> TransformerConfig:
     return TransformerConfig.from_dict({"architecture": architecture, **fields, **overrides})
 
 
-def create_model(preset_or_config: str | TransformerConfig, device: str | torch.device = "cpu",
-                 **overrides: Any) -> LanguageModel:
+def create_model(preset_or_config: str | TransformerConfig,
+                 device: str | torch.device | None = None, **overrides: Any) -> LanguageModel:
     """A freshly initialised model from a preset name or a config, plus field overrides.
 
-    On the `meta` device the model is built without memory or initialisation (for parameter
-    counts and FLOPs of the large presets).
+    device: default the current default device (so `with torch.device("meta"):` applies). On
+    `meta` the model is built without memory or initialisation (for parameter counts, FLOPs, or
+    sharding before `model.to_empty(device=...)` and `model.reset_parameters()`).
     """
+    device = torch.get_default_device() if device is None else torch.device(device)
     if isinstance(preset_or_config, str):
         config = preset_config(preset_or_config, **overrides)
     elif isinstance(preset_or_config, TransformerConfig):
@@ -46,15 +50,15 @@ def create_model(preset_or_config: str | TransformerConfig, device: str | torch.
                           f"got {type(preset_or_config).__name__}")
     with torch.device("meta"):
         model = MODEL_CLASSES[config.architecture](config)
-    if torch.device(device).type != "meta":
+    if device.type != "meta":
         model.to_empty(device=device)
-        model.tie_weights()
-        model.reset_parameters()
+        with torch.device(device):
+            model.reset_parameters()
     return model
 
 
 __all__ = [
     "CONFIG_CLASSES", "GPT", "GPTConfig", "Parcae", "ParcaeConfig", "TransformerConfig",
-    "CausalLMOutput", "DepthPlan", "LoopStats", "LanguageModel", "create_model", "list_presets",
+    "CacheSharing", "CausalLMOutput", "DepthPlan", "KVCache", "LoopStats", "LanguageModel", "create_model", "list_presets",
     "preset_config",
 ]

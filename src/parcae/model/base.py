@@ -1,5 +1,14 @@
-"""What Parcae and the GPT baseline share: embeddings, value embeddings, head, loss, save.
+"""What Parcae and the GPT baseline share: embeddings, value embeddings, head, loss, and the one
+forward that assembles them.
 
+    x      = wte[ids]
+    x      = prelude blocks (x)            every block of a GPT
+    x      = loop (x)                      Parcae only (`Parcae.recur`)
+    x      = coda blocks (x)
+    logits = lm_head(ln_f(x))
+
+The same forward serves training (dense causal attention, sampled loop depths) and inference
+over a `KVCache` (each block attends through its cache site; prefill and decoding alike).
 Module names follow the official checkpoint layout (`transformer.wte`, `value_embeds.{i}`,
 `transformer.ln_f`, `lm_head`) so that official state dicts load without renaming.
 """
@@ -14,20 +23,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parcae.errors import ConfigError
+from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import TransformerConfig
 from parcae.model.init import init_matrix_, scaled_zero_std
-from parcae.model.layers import RMSNorm, rotary_tables
-from parcae.model.recurrence import LoopStats
+from parcae.model.layers import Block, RMSNorm, rotary_tables
+from parcae.model.loop import ExitRule, LoopStats
+from parcae.model.recurrence import DepthPlan
 
 
 @dataclass
 class CausalLMOutput:
-    """logits: float32 (B, S, V_pad); loss: mean cross-entropy over labels != -100, or None;
-    loop: what the recurrence did (None for a fixed-depth model)."""
+    """logits: float32 (B, S, V_pad) ((B, 1, V_pad) with `last_only`); loss: mean cross-entropy
+    over labels != -100, or None; loop: what the recurrence did (None for a fixed-depth model)."""
 
     logits: Tensor
     loss: Tensor | None = None
     loop: LoopStats | None = None
+
+
+@dataclass
+class TokenContext:
+    """What every block of one forward shares about its tokens: rope cos, sin ((S, hd/2), or
+    (B, S, hd/2) for per-row positions), value embeddings per distinct layer (B, S, Hkv*hd),
+    and the cache, if any."""
+
+    rope: tuple[Tensor, Tensor]
+    value_embeds: dict[int, Tensor]
+    cache: KVCache | None
 
 
 class LanguageModel(nn.Module):
@@ -62,7 +84,9 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Scaled-zero init of the shared parts; subclasses extend it."""
+        """Scaled-zero init of the shared parts (subclasses extend it), on the parameters'
+        device: a model built on `meta` is materialised by `to_empty(device=...)` and this."""
+        self.tie_weights()
         config = self.config
         std = scaled_zero_std(config.d_model)
         init_matrix_(self.transformer.wte.weight, std, config.init_orthogonal)
@@ -75,6 +99,86 @@ class LanguageModel(nn.Module):
                                  device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
+
+    # ---------------------------------------------------------------- layout
+
+    def blocks(self) -> list[Block]:
+        """Every distinct block, in layer order (`config.prelude_layers`, `core_layers`,
+        `coda_layers` index it)."""
+        raise NotImplementedError
+
+    def recur(self, x: Tensor, context: TokenContext, positions: Tensor | None,
+              num_steps: int | None, depth_plan: DepthPlan | None,
+              exit_rule: ExitRule | None) -> tuple[Tensor, LoopStats]:
+        """The loop between prelude and coda (looped models only)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None,
+                num_steps: int | None = None, depth_plan: DepthPlan | None = None,
+                cache: KVCache | None = None, attention_mask: Tensor | None = None,
+                exit_rule: ExitRule | None = None, last_only: bool = False) -> CausalLMOutput:
+        """input_ids, labels: int64 (B, S).
+
+        Depth (looped models; a GPT ignores these): `num_steps` runs exactly T loop steps, all
+        with gradient; else `depth_plan` (per row or per token); else a sampled plan in training
+        and `mean_recurrence` steps in eval. `exit_rule` lets a token stop early after a step
+        (see `parcae.model.loop`).
+        cache: a `KVCache` (`new_cache`): the S tokens are the next columns of its rows, the
+        loop runs `cache.num_steps` steps, and nothing takes gradient. attention_mask: bool
+        (B, S), False at left padding (with a cache only). last_only: logits of the last
+        column only.
+        """
+        if cache is None:
+            if attention_mask is not None:
+                raise ConfigError("attention_mask (left padding) needs a cache: pass "
+                                  "cache=model.new_cache(...)")
+            return self._forward(input_ids, labels, num_steps, depth_plan, None, None,
+                                 exit_rule, last_only)
+        with torch.no_grad():
+            valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                     else attention_mask.bool())
+            return self._forward(input_ids, labels, num_steps, depth_plan, cache, valid,
+                                 exit_rule, last_only)
+
+    def _forward(self, input_ids: Tensor, labels: Tensor | None, num_steps: int | None,
+                 depth_plan: DepthPlan | None, cache: KVCache | None, valid: Tensor | None,
+                 exit_rule: ExitRule | None, last_only: bool) -> CausalLMOutput:
+        config = self.config
+        positions = None
+        if cache is None:
+            rope = self.rope(input_ids.shape[1])
+        else:
+            positions = cache.begin(valid)
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
+        context = TokenContext(rope, self.value_embeddings(input_ids), cache)
+        x = self.run_blocks(self.transformer.wte(input_ids), config.prelude_layers, context)
+        loop = None
+        if config.is_looped:
+            x, loop = self.recur(x, context, positions, num_steps, depth_plan, exit_rule)
+        x = self.run_blocks(x, config.coda_layers, context)
+        if cache is not None:
+            cache.advance()
+        logits, loss = self.head(x[:, -1:] if last_only else x, labels)
+        return CausalLMOutput(logits=logits, loss=loss, loop=loop)
+
+    def run_blocks(self, x: Tensor, layers: range, context: TokenContext) -> Tensor:
+        """Apply the distinct blocks `layers` (a prelude or coda) to x (B, S, d)."""
+        cache = context.cache
+        for layer, block in zip(layers, self.blocks()[layers.start:layers.stop]):
+            x = block(x, context.rope, context.value_embeds.get(layer),
+                      None if cache is None else cache.site(layer))
+        return x
+
+    def new_cache(self, batch: int, max_length: int, num_steps: int | None = None,
+                  sharing: str | CacheSharing | None = None, device=None, dtype=None
+                  ) -> KVCache:
+        """An empty `KVCache` for `batch` rows of up to `max_length` tokens, for loop depth
+        `num_steps` (default mean_recurrence; a GPT has no loop)."""
+        if num_steps is None:
+            num_steps = getattr(self.config, "mean_recurrence", 0)
+        return KVCache(self, batch, max_length, num_steps, sharing, device, dtype)
 
     def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:
         if seq_len > self.config.context_length:
@@ -106,18 +210,6 @@ class LanguageModel(nn.Module):
             if self.config.tie_embeddings:  # the tied table is also the head: a real matmul
                 total += self.lm_head.weight.numel()
         return total
-
-    def generate(self, input_ids, max_new_tokens: int, num_steps: int | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 eos_token_id: int | None = None, seed: int | None = None, streamer=None,
-                 **options) -> Tensor:
-        """Continue prompts with the KV cache; returns (B, P + N) prompt then new tokens.
-        See `parcae.infer.generate.generate` (temperature 0 is greedy; `options`: attention_mask,
-        pad_token_id, adaptive, cache_sharing, use_cache, stats)."""
-        from parcae.infer.generate import generate
-
-        return generate(self, input_ids, max_new_tokens, num_steps, temperature, top_k, top_p,
-                        eos_token_id, seed, streamer, **options)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write `config.json` + `model.safetensors` (our format; see `parcae.pretrained`)."""

@@ -2,7 +2,8 @@
 
 `GPTConfig` describes the fixed-depth baseline (`wte -> L blocks -> ln_f -> head`);
 `ParcaeConfig` adds the looped structure (prelude / recurrent core / coda), the injection that
-makes the loop a stable linear system, and how training samples the loop depth (SPEC §1).
+makes the loop a stable linear system, and how training samples the loop depth (ARCHITECTURE §1,
+docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class TransformerConfig:
     """What every model shares: vocabulary, width, attention and block settings.
 
     Blocks are `x + Attn(RMSNorm(x))`, `x + MLP(RMSNorm(x))` with no biases; attention has
-    interleaved RoPE, optional QK-norm, GQA and gated value embeddings (SPEC §1.2-1.3).
+    interleaved RoPE, optional QK-norm, GQA and gated value embeddings (ARCHITECTURE
+    §1.2-1.3).
     """
 
     architecture: ClassVar[str] = ""
@@ -98,10 +100,30 @@ class TransformerConfig:
     @property
     def total_layers(self) -> int:
         """Distinct blocks (a looped core counts once)."""
+        return len(self.prelude_layers) + len(self.core_layers) + len(self.coda_layers)
+
+    @property
+    def is_looped(self) -> bool:
+        """Whether the model has a recurrent core (Parcae) or a fixed depth (GPT)."""
+        return len(self.core_layers) > 0
+
+    # Distinct layer indices 0..total_layers-1, in order: the blocks before the loop, the
+    # recurrent core (applied T times) and the blocks after it. A GPT is all "prelude".
+    @property
+    def prelude_layers(self) -> range:
+        raise NotImplementedError
+
+    @property
+    def core_layers(self) -> range:
+        raise NotImplementedError
+
+    @property
+    def coda_layers(self) -> range:
         raise NotImplementedError
 
     def has_value_embedding(self, layer_index: int) -> bool:
-        """Whether distinct layer `layer_index` owns a value-embedding table (SPEC §1.3)."""
+        """Whether distinct layer `layer_index` owns a value-embedding table (ARCHITECTURE
+        §1.3)."""
         return self.value_embeddings and layer_index % 2 == (self.total_layers - 1) % 2
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,13 +166,22 @@ class GPTConfig(TransformerConfig):
                  f"must be a positive integer, got {self.n_layers!r}")
 
     @property
-    def total_layers(self) -> int:
-        return self.n_layers
+    def prelude_layers(self) -> range:
+        return range(self.n_layers)
+
+    @property
+    def core_layers(self) -> range:
+        return range(self.n_layers, self.n_layers)
+
+    @property
+    def coda_layers(self) -> range:
+        return range(self.n_layers, self.n_layers)
 
 
 @dataclass
 class ParcaeConfig(TransformerConfig):
-    """A looped transformer: prelude -> (inject, core) x T -> C -> coda -> head (SPEC §1)."""
+    """A looped transformer: prelude -> (inject, core) x T -> C -> coda -> head
+    (ARCHITECTURE §1)."""
 
     architecture: ClassVar[str] = "parcae"
 
@@ -193,8 +224,17 @@ class ParcaeConfig(TransformerConfig):
         _require_choice(self.curriculum_shape, "curriculum_shape", CURRICULUM_SHAPES)
 
     @property
-    def total_layers(self) -> int:
-        return self.n_prelude + self.n_core + self.n_coda
+    def prelude_layers(self) -> range:
+        return range(self.n_prelude)
+
+    @property
+    def core_layers(self) -> range:
+        return range(self.n_prelude, self.n_prelude + self.n_core)
+
+    @property
+    def coda_layers(self) -> range:
+        first_coda = self.n_prelude + self.n_core
+        return range(first_coda, first_coda + self.n_coda)
 
     @classmethod
     def from_official(cls, data: dict[str, Any]) -> "ParcaeConfig":

@@ -1,4 +1,4 @@
-"""FLOPs per token (SPEC §6), counted from the config so they hold on any device.
+"""FLOPs per token (ARCHITECTURE §6.1), counted from the config so they hold on any device.
 
 A matmul with a weight of N entries costs 2·N FLOPs per token forward and 6·N forward+backward.
 Causal attention adds, per layer and token, 2·(H·hd)·S forward (QKᵀ and AV, each

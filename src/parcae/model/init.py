@@ -1,4 +1,4 @@
-"""Weight initialisation ("scaled-zero", optionally orthogonal; SPEC §1.6).
+"""Weight initialisation ("scaled-zero", optionally orthogonal; ARCHITECTURE §1.6).
 
 std = sqrt(2 / (5 d)) for q, k, v, fc, C, the embeddings and an untied head; the output
 projections `attn.c_proj` and `mlp.proj` start at exactly zero so every block starts as the

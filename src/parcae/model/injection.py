@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from parcae.model.init import init_matrix_
+
 # Init [compat]: Δ = ln √5 = ½ ln 5 and A = -1, so Ā = exp(-Δ) = √(1/5) ≈ 0.4472.
 INITIAL_DELTA = 0.5 * math.log(5.0)
 # Floating point would round Ā = exp(-Δ·exp(A_log)) to exactly 1 once Δ·exp(A_log) < 6e-8;
@@ -44,12 +46,14 @@ class DiagonalInjection(nn.Module):
         self.dt_bias = nn.Parameter(torch.zeros(state_dim))
         self.B = nn.Parameter(torch.zeros(state_dim, input_dim))
 
-    def reset_parameters(self) -> None:
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.0, orthogonal: bool = False) -> None:
+        """Init [compat]: A_log = 0, Δ = ½ ln 5, B = I (orthogonal if not square); `std` and
+        `orthogonal` (the init of the other injections) do not apply."""
         nn.init.zeros_(self.A_log)
         nn.init.constant_(self.dt_bias, softplus_inverse(INITIAL_DELTA))
         if self.B.shape[0] == self.B.shape[1]:
-            with torch.no_grad():
-                self.B.copy_(torch.eye(self.B.shape[0]))
+            self.B.copy_(torch.eye(self.B.shape[0], device=self.B.device))
         else:
             nn.init.orthogonal_(self.B)
 
@@ -86,6 +90,9 @@ class LinearInjection(nn.Module):
         self.state_dim = state_dim
         self.adapter = nn.Linear(state_dim + input_dim, state_dim, bias=False)
 
+    def reset_parameters(self, std: float, orthogonal: bool) -> None:
+        init_matrix_(self.adapter.weight, std, orthogonal)
+
     def prepare(self, e: Tensor) -> Tensor:
         return F.linear(e, self.adapter.weight[:, self.state_dim:])
 
@@ -98,6 +105,9 @@ class AdditiveInjection(nn.Module):
 
     def __init__(self, state_dim: int, input_dim: int, discretization: str = "euler") -> None:
         super().__init__()
+
+    def reset_parameters(self, std: float, orthogonal: bool) -> None:
+        pass
 
     def prepare(self, e: Tensor) -> Tensor:
         return e

@@ -11,6 +11,8 @@ embeddings and QK-norm, then causal softmax attention with scale 1/sqrt(head_dim
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,9 +70,16 @@ class CausalSelfAttention(nn.Module):
         self.ve_gate = (nn.Linear(VALUE_EMBED_GATE_CHANNELS, self.n_kv_heads, bias=False)
                         if has_value_embedding else None)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None) -> Tensor:
-        """x: (B, S, d) already normed; value_embed: (B, S, Hkv*hd) or None -> (B, S, d)."""
-        return self.attend(*self.project(x, rope, value_embed))
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None,
+                site: AttentionSite | None = None) -> Tensor:
+        """x: (B, S, d) already normed; value_embed: (B, S, Hkv*hd) or None -> (B, S, d).
+
+        Without a `site`, causal self-attention over the S tokens of x. With one, the new keys
+        and values are stored in the site and the queries attend over what it holds (earlier
+        tokens of a KV cache, or every token of a per-token loop, see `parcae.model.cache`)."""
+        q, k, v = self.project(x, rope, value_embed)
+        heads = self.mix(q, k, v) if site is None else site.attend(self, q, k, v)
+        return self.c_proj(heads)
 
     def project(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -89,14 +98,10 @@ class CausalSelfAttention(nn.Module):
             k = F.rms_norm(k, (self.head_dim,))
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Softmax attention of q (B, H, S, hd) over k, v (B, Hkv, L, hd), then c_proj ->
-        (B, S, d). mask: bool, broadcastable to (B, H, S, L), True where a query may attend;
-        None means causal with S == L."""
-        return self.c_proj(self.mix(q, k, v, mask))
-
     def mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        """`attend` before the output projection: heads concatenated, (B, S, H*hd)."""
+        """Softmax attention of q (B, H, S, hd) over k, v (B, Hkv, L, hd), heads concatenated:
+        (B, S, H*hd). mask: bool, broadcastable to (B, H, S, L), True where a query may attend;
+        None means causal with S == L."""
         batch, _, seq, _ = q.shape
         if self.n_kv_heads != self.n_heads:
             repeats = self.n_heads // self.n_kv_heads
@@ -106,6 +111,15 @@ class CausalSelfAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(1, 2).reshape(batch, seq, -1)
+
+
+class AttentionSite(Protocol):
+    """Where an attention layer stores its new keys and values and what its queries attend to
+    (implemented in `parcae.model.cache`)."""
+
+    def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q (B, H, S, hd), k, v (B, Hkv, S, hd) of the new tokens -> heads (B, S, H*hd)."""
+        ...
 
 
 class HalfReluSquared(torch.autograd.Function):
@@ -147,6 +161,9 @@ class Block(nn.Module):
         self.norm_2 = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None) -> Tensor:
-        x = x + self.attn(self.norm_1(x), rope, value_embed)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None,
+                site: AttentionSite | None = None) -> Tensor:
+        """x: (B, S, d); rope: cos, sin (S, hd/2) or (B, S, hd/2); value_embed: (B, S, Hkv*hd)
+        or None; site: see `CausalSelfAttention.forward`."""
+        x = x + self.attn(self.norm_1(x), rope, value_embed, site)
         return x + self.mlp(self.norm_2(x))

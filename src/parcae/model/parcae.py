@@ -15,13 +15,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from parcae.model.base import CausalLMOutput, LanguageModel
+from parcae.errors import ConfigError
+from parcae.model.base import LanguageModel, TokenContext
+from parcae.model.cache import LoopKV
 from parcae.model.config import ParcaeConfig
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
 from parcae.model.injection import DiagonalInjection, build_injection
 from parcae.model.layers import Block, RMSNorm
-from parcae.model.recurrence import DepthPlan, LoopStats, iterate, sample_depth_plan
-from parcae.model.token_loop import iterate_tokens
+from parcae.model.loop import Active, ExitRule, LoopStats, RowSchedule, TokenSchedule, run_loop
+from parcae.model.recurrence import DepthPlan, sample_depth_plan
 
 
 class Parcae(LanguageModel):
@@ -30,34 +32,33 @@ class Parcae(LanguageModel):
     def __init__(self, config: ParcaeConfig) -> None:
         super().__init__(config)
         d = config.d_model
-        first_core, first_coda = config.n_prelude, config.n_prelude + config.n_core
 
-        def blocks(start: int, count: int) -> nn.ModuleList:
-            return nn.ModuleList(Block(config, config.has_value_embedding(i))
-                                 for i in range(start, start + count))
+        def blocks(layers: range) -> nn.ModuleList:
+            return nn.ModuleList(Block(config, config.has_value_embedding(i)) for i in layers)
 
         self.transformer.update({
-            "prelude": blocks(0, config.n_prelude),
+            "prelude": blocks(config.prelude_layers),
             "adapter": build_injection(config.injection, d, d, config.discretization),
-            "core_block": blocks(first_core, config.n_core),
+            "core_block": blocks(config.core_layers),
             "C": nn.Linear(d, d, bias=False),
-            "coda": blocks(first_coda, config.n_coda),
+            "coda": blocks(config.coda_layers),
         })
         if config.prelude_norm:
             self.transformer["ln_prelude"] = RMSNorm(d, config.norm_eps)
+
+    def blocks(self) -> list[Block]:
+        t = self.transformer
+        return [*t.prelude, *t.core_block, *t.coda]
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         super().reset_parameters()
         config, t = self.config, self.transformer
         std = scaled_zero_std(config.d_model)
-        for block in (*t.prelude, *t.core_block, *t.coda):
+        for block in self.blocks():
             init_block_(block, std, config.init_orthogonal)
         init_matrix_(t.C.weight, std, config.init_orthogonal)
-        if config.injection == "diagonal":
-            t.adapter.reset_parameters()
-        elif config.injection == "linear":
-            init_matrix_(t.adapter.adapter.weight, std, config.init_orthogonal)
+        t.adapter.reset_parameters(std, config.init_orthogonal)
         if config.prelude_norm:
             t.ln_prelude.weight.fill_(1.0)
 
@@ -121,58 +122,65 @@ class Parcae(LanguageModel):
             return (noise - mean) / std
         return noise  # normal
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None,
-                num_steps: int | None = None, depth_plan: DepthPlan | None = None
-                ) -> CausalLMOutput:
-        """input_ids, labels: int64 (B, S). Depth: `num_steps` runs exactly that many loop steps
-        (all with gradient); else `depth_plan`; else a sampled plan in training and
-        `mean_recurrence` steps in eval."""
-        batch, seq = input_ids.shape
+    def recur(self, x: Tensor, context: TokenContext, positions: Tensor | None,
+              num_steps: int | None, depth_plan: DepthPlan | None,
+              exit_rule: ExitRule | None) -> tuple[Tensor, LoopStats]:
+        """C h_T (B, S, d) from the prelude output x (B, S, d): e = ln_prelude(x), h_0, then
+        the loop (see `parcae.model.loop` for the schedules and `LanguageModel.forward` for the
+        arguments)."""
         config, t = self.config, self.transformer
+        batch, seq = x.shape[:2]
+        e = t.ln_prelude(x) if config.prelude_norm else x
+        prepared = t.adapter.prepare(e)
+        cache, store = context.cache, None
+        if cache is not None:
+            if num_steps is not None and num_steps != cache.num_steps:
+                raise ConfigError(f"num_steps={num_steps} but the cache was made for "
+                                  f"{cache.num_steps} loop steps")
+            h = cache.initial_state(positions, e.dtype)
+            total = torch.full((batch, seq), cache.num_steps, device=e.device)
+            schedule = TokenSchedule(total, exit_rule=exit_rule)
+        else:
+            plan = self._depth_plan(batch, seq, num_steps, depth_plan)
+            h = self.initial_state(batch, seq, plan, e.device, e.dtype)
+            if plan.per_token or exit_rule is not None:
+                plan = plan.per_token_plan(seq)
+                schedule = TokenSchedule(plan.total_steps.to(e.device),
+                                         plan.no_grad_steps.to(e.device), exit_rule)
+                store = LoopKV(batch, seq)
+            else:
+                schedule = RowSchedule(plan, e.device)
+
+        def step(h: Tensor, active: Active) -> Tensor:
+            x = t.adapter.step(h, active.take(prepared))
+            rope = active.take_rope(context.rope)
+            for layer, block in zip(config.core_layers, t.core_block):
+                site = (cache.site(layer, active) if cache is not None
+                        else store.site(layer, active) if store is not None else None)
+                x = block(x, rope, active.take(context.value_embeds.get(layer)), site)
+            return x
+
+        def readout(h: Tensor) -> Tensor:
+            return self.head(self.run_blocks(t.C(h), config.coda_layers, context), None)[0]
+
+        h, stats = run_loop(step, h, schedule, readout)
+        if cache is not None and exit_rule is not None:
+            cache.fill_skipped_steps(int(stats.steps.max()))
+        return t.C(h), stats
+
+    def _depth_plan(self, batch: int, seq: int, num_steps: int | None,
+                    depth_plan: DepthPlan | None) -> DepthPlan:
+        """`num_steps` for every row; else `depth_plan`; else sampled (training) or
+        `mean_recurrence` (eval)."""
         if num_steps is not None:
             if num_steps < 0:
                 raise ValueError(f"num_steps must be non-negative, got {num_steps}")
-            plan = DepthPlan.fixed(batch, num_steps)
-        elif depth_plan is not None:
-            plan = depth_plan
-        elif self.training:
-            plan = sample_depth_plan(config, batch, seq, step=config.curriculum_steps)
-        else:
-            plan = DepthPlan.fixed(batch, config.mean_recurrence)
-
-        rope = self.rope(seq)
-        value_embeds = self.value_embeddings(input_ids)
-        x = t.wte(input_ids)
-        for i, block in enumerate(t.prelude):
-            x = block(x, rope, value_embeds.get(i))
-        e = t.ln_prelude(x) if config.prelude_norm else x
-
-        injected = t.adapter.prepare(e)
-        first_core = config.n_prelude
-        core_embeds = [value_embeds.get(first_core + j) for j in range(config.n_core)]
-
-        def loop_step(h: Tensor, rows: Tensor | None) -> Tensor:
-            def take(tensor: Tensor | None) -> Tensor | None:
-                return tensor if rows is None or tensor is None else tensor.index_select(0, rows)
-
-            x = t.adapter.step(h, take(injected))
-            for block, value_embed in zip(t.core_block, core_embeds):
-                x = block(x, rope, take(value_embed))
-            return x
-
-        h = self.initial_state(batch, seq, plan, e.device, e.dtype)
-        if plan.no_grad_steps.dim() == 2:
-            h, loop_stats = iterate_tokens(t.core_block, t.adapter, injected, h, plan, rope,
-                                           core_embeds)
-        else:
-            h, loop_stats = iterate(loop_step, h, plan)
-
-        y = t.C(h)
-        first_coda = config.n_prelude + config.n_core
-        for j, block in enumerate(t.coda):
-            y = block(y, rope, value_embeds.get(first_coda + j))
-        logits, loss = self.head(y, labels)
-        return CausalLMOutput(logits=logits, loss=loss, loop=loop_stats)
+            return DepthPlan.fixed(batch, num_steps)
+        if depth_plan is not None:
+            return depth_plan
+        if self.training:
+            return sample_depth_plan(self.config, batch, seq, step=self.config.curriculum_steps)
+        return DepthPlan.fixed(batch, self.config.mean_recurrence)
 
 
 __all__ = ["Parcae", "DepthPlan", "LoopStats"]

@@ -1,4 +1,5 @@
-"""Named model configurations (SPEC §2) as data: preset name -> architecture and fields.
+"""Named model configurations (ARCHITECTURE §2) as data: preset name -> architecture and
+fields.
 
 The paper's presets share V = 32768, a 2048-token context, 128-dim heads, ReLU², QK-norm, tied
 embeddings and value embeddings; Parcae presets loop their core μ_rec = 8 times in training

@@ -1,4 +1,4 @@
-"""The loop: depth sampling with truncated backprop, and the one function that iterates the core.
+"""Loop depths: how many steps each row or token runs in training, with and without gradient.
 
 Training samples, per unit (the micro-batch, each sequence, or each token), a number of loop
 steps `n` run without gradient followed by `k` steps with gradient (truncated backprop through
@@ -11,16 +11,14 @@ depth, SPEC §1.5). With `t = max(μ_rec - μ_bwd, 0)` and `s = μ_bwd`:
 
 An optional curriculum scales t and/or s by `ramp(step / L)` with ramp(x) = x or 1 - sqrt(1 - x).
 
-`iterate` executes only the rows still active at each step: they are gathered, run and
-scattered back, so the loop work executed equals the work sampled. Per-token depth has its own
-loop, `parcae.model.token_loop.iterate_tokens`, which computes only the active tokens.
+`parcae.model.loop.run_loop` executes a plan, computing only the rows or tokens still active at
+each step, so the loop work executed equals the work sampled.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -54,6 +52,18 @@ class DepthPlan:
     @property
     def total_steps(self) -> Tensor:
         return self.no_grad_steps + self.grad_steps
+
+    @property
+    def per_token(self) -> bool:
+        return self.no_grad_steps.dim() == 2
+
+    def per_token_plan(self, seq_len: int) -> "DepthPlan":
+        """The same depths as a per-token plan ((B, S) step counts)."""
+        if self.per_token:
+            return self
+        def expand(steps: Tensor) -> Tensor:
+            return steps[:, None].expand(-1, seq_len).contiguous()
+        return DepthPlan(expand(self.no_grad_steps), expand(self.grad_steps), self.noise_seeds)
 
 
 def _curriculum_ramp(config: ParcaeConfig, step: int) -> float:
@@ -103,71 +113,3 @@ def sample_depth_plan(config: ParcaeConfig, batch_size: int, seq_len: int,
         no_grad, grad = no_grad.expand(batch_size), grad.expand(batch_size)
     seeds = torch.randint(0, 2**62, (batch_size,), generator=generator)
     return DepthPlan(no_grad.contiguous(), grad.contiguous(), seeds)
-
-
-@dataclass
-class LoopStats:
-    """What one forward's loop did.
-
-    state_norm: mean L2 norm of h_T over tokens, and residual: mean over rows of
-    ‖h_T - h_{T-1}‖ / ‖h_T‖ (Frobenius over the row): detached 0-d tensors, so reading them
-    is the caller's choice of when to synchronise. mean_steps: mean sampled depth.
-    executed_steps / sampled_steps: row-steps (token-steps for per-token depth) the core ran
-    vs. the sum of sampled depths.
-    """
-
-    state_norm: Tensor
-    residual: Tensor
-    mean_steps: float
-    executed_steps: int
-    sampled_steps: int
-
-
-StepFn = Callable[[Tensor, Tensor | None], Tensor]
-
-
-def _advance(step_fn: StepFn, h: Tensor, steps: Tensor, residual: Tensor) -> tuple[Tensor, int]:
-    """Run each row of h for its own number of `steps` (B,).
-
-    step_fn(h_rows, row_index) applies one loop step to the rows selected by `row_index`
-    (None = every row). Returns the new state and the executed row-steps. `residual` (B,)
-    receives each row's last relative update norm (no gradient).
-    """
-    batch = h.shape[0]
-    executed = 0
-    for t in range(int(steps.max()) if steps.numel() else 0):
-        rows = (steps > t).nonzero().squeeze(1)
-        every_row = rows.numel() == batch
-        h_rows = h if every_row else h.index_select(0, rows)
-        h_new = step_fn(h_rows, None if every_row else rows)
-        with torch.no_grad():
-            delta = (h_new - h_rows).float().flatten(1).norm(dim=1)
-            norm = h_new.float().flatten(1).norm(dim=1).clamp_min(1e-12)
-            residual.index_copy_(0, rows, delta / norm)
-        h = h_new if every_row else h.index_copy(0, rows, h_new)
-        executed += rows.numel()
-    return h, executed
-
-
-def iterate(step_fn: StepFn, h: Tensor, plan: DepthPlan) -> tuple[Tensor, LoopStats]:
-    """Apply the loop to h (B, S, d_r) with per-row depths: `plan.no_grad_steps` steps without
-    gradient, then `plan.grad_steps` steps with gradient (truncated backprop through depth)."""
-    residual = torch.zeros(h.shape[0], device=h.device)
-    executed = 0
-    if torch.is_grad_enabled() and bool((plan.no_grad_steps > 0).any()):
-        with torch.no_grad():
-            h, executed = _advance(step_fn, h, plan.no_grad_steps.to(h.device), residual)
-        h = h.detach()
-        h, grad_work = _advance(step_fn, h, plan.grad_steps.to(h.device), residual)
-    else:
-        h, grad_work = _advance(step_fn, h, plan.total_steps.to(h.device), residual)
-    total = plan.total_steps
-    with torch.no_grad():
-        stats = LoopStats(
-            state_norm=h.detach().float().norm(dim=-1).mean(),
-            residual=residual.mean(),
-            mean_steps=float(total.float().mean()),
-            executed_steps=executed + grad_work,
-            sampled_steps=int(total.sum()),
-        )
-    return h, stats

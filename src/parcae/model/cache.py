@@ -1,0 +1,312 @@
+"""Attention sites: where a block's attention stores keys and values and what its queries read.
+
+A block called with a site (`Block.forward(..., site=...)`) hands it the new q, k, v; the site
+stores k, v and attends. Two kinds:
+
+- `KVCache` (inference): preallocated keys and values for every attention site of a forward:
+  each prelude and coda layer (each GPT layer) one *slot*, each core layer one per loop step (the
+  core's weights are shared across steps, its keys and values are not). A slot holds
+  (B, Hkv, L_max, hd); a forward of S new tokens writes columns [length, length + S) of each
+  slot it visits and attends over [0, length + S), so decoding costs O(length) attention.
+- `LoopKV` (no cache, per-token depth): the latest keys and values of every token for each core
+  layer, replaced out of place so that gradients flow (training with per-token depth).
+
+In a loop step that computes only some tokens (`Active.tokens`), the others keep the keys and
+values of their last step: `LoopKV` simply leaves them, and a cache slot first receives them from
+the previous step's slot. The queries of the active tokens are placed in a grid of the rows that
+hold them and attend causally there.
+
+Cache sharing bounds the memory of the core: a `CacheSharing` maps loop step t of T to one of
+fewer slots, and a step that reads a slot written by another step sees that step's keys for
+earlier tokens (an approximation; `full` is exact):
+
+- `full`: one slot per step (T slots per core layer);
+- `ring:m`: slot t mod m (Huginn-style circular sharing; `ring:1` = one slot for all steps);
+- `last:m`: steps T-m .. T-1 keep their own slots, every earlier step shares the first of them.
+
+Columns are a shared timeline: with left padding, row b's real tokens start at its own column,
+`valid` marks the columns that hold real tokens and `positions` their per-row positions (RoPE and
+the eval-mode initial state use positions, so a padded row computes what it computes alone).
+A cache is reusable: `reset()` empties it for a new request, `release(rows)` frees rows so new
+sequences can start there (their old columns are hidden), `select_rows(index)` keeps or reorders
+rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from parcae.errors import PromptError
+from parcae.model.layers import CausalSelfAttention
+from parcae.model.loop import Active
+
+SHARING_KINDS = ("full", "ring", "last")
+
+
+@dataclass(frozen=True)
+class CacheSharing:
+    """How the T loop steps of a core layer map to cache slots (see the module docstring)."""
+
+    kind: str = "full"
+    window: int = 0  # m for `ring` and `last`
+
+    @classmethod
+    def parse(cls, spec: "str | CacheSharing | None") -> "CacheSharing":
+        """`full`, `ring:M`, `last:M` or `shared` (= `ring:1`)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, CacheSharing):
+            return spec
+        name, _, window = str(spec).partition(":")
+        if name == "shared" and not window:
+            return cls("ring", 1)
+        if name == "full" and not window:
+            return cls()
+        if name in ("ring", "last") and window.isdigit() and int(window) > 0:
+            return cls(name, int(window))
+        raise PromptError(f"unknown cache sharing {spec!r}; use full, shared, ring:M or last:M "
+                          f"(M a positive integer)")
+
+    def num_slots(self, num_steps: int) -> int:
+        if self.kind == "full":
+            return num_steps
+        return min(self.window, num_steps)
+
+    def slot(self, step: int, num_steps: int) -> int:
+        """Slot of loop step `step` (0-based) among `num_slots(num_steps)`."""
+        if self.kind == "full":
+            return step
+        if self.kind == "ring":
+            return step % self.window
+        return max(step - (num_steps - self.num_slots(num_steps)), 0)
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "full" else f"{self.kind}:{self.window}"
+
+
+def attend_tokens(attn: CausalSelfAttention, q: Tensor, keys: Tensor, values: Tensor,
+                  mask: Tensor | None, tokens: tuple[Tensor, Tensor], query_len: int) -> Tensor:
+    """Attention of N scattered queries q (1, H, N, hd) at (rows, cols) = `tokens`, over the
+    keys and values (B, Hkv, L, hd) of their rows -> heads (1, N, H*hd).
+
+    The queries are placed at their columns in a (R, query_len) grid of the R rows holding them;
+    mask (B, 1, query_len, L) bool, or None for causal with query_len == L."""
+    rows, cols = tokens
+    held, local = rows.unique(sorted=True, return_inverse=True)
+    grid = q.new_zeros(len(held), query_len, *q.shape[1:2], q.shape[-1])
+    grid = grid.index_put((local, cols), q[0].transpose(0, 1))  # (R, query_len, H, hd)
+    heads = attn.mix(grid.transpose(1, 2), keys[held], values[held],
+                     None if mask is None else mask[held])
+    return heads[local, cols][None]
+
+
+class LoopKV:
+    """Latest keys and values (B, S, Hkv, hd) of every token for each core layer, for a
+    per-token loop without a cache. Replaced out of place: gradients flow through them, and a
+    token outside its gradient steps stores detached keys and values."""
+
+    def __init__(self, batch: int, seq: int) -> None:
+        self.shape = (batch, seq)
+        self.keys: dict[int, Tensor] = {}
+        self.values: dict[int, Tensor] = {}
+
+    def site(self, layer: int, active: Active) -> "_LoopKVSite":
+        return _LoopKVSite(self, layer, active)
+
+
+@dataclass
+class _LoopKVSite:
+    store: LoopKV
+    layer: int
+    active: Active
+
+    def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        store, active = self.store, self.active
+        k = active.truncate(k.transpose(1, 2))  # (B, S, Hkv, hd) or (1, N, Hkv, hd)
+        v = active.truncate(v.transpose(1, 2))
+        if active.tokens is None:
+            store.keys[self.layer], store.values[self.layer] = k, v
+            return attn.mix(q, k.transpose(1, 2), v.transpose(1, 2))
+        keys, values = store.keys.get(self.layer), store.values.get(self.layer)
+        if keys is None:  # no token has run this layer yet
+            keys = values = k.new_zeros(*store.shape, *k.shape[2:])
+        keys = keys.index_put(active.tokens, k[0])
+        values = values.index_put(active.tokens, v[0])
+        store.keys[self.layer], store.values[self.layer] = keys, values
+        return attend_tokens(attn, q, keys.transpose(1, 2), values.transpose(1, 2), None,
+                             active.tokens, keys.shape[1])
+
+
+class KVCache:
+    """Keys and values of every attention site, for `batch` rows and up to `max_length` columns.
+
+    keys, values: (n_slots, B, Hkv, L_max, hd); valid: bool (B, L_max); positions: int64
+    (B, L_max); length: columns filled so far; num_steps: the loop depth T its core slots serve.
+    state_table: the model's eval-mode initial state per position (context_length, d_r), or
+    None (zero init, or a GPT): a cached forward starts each token's loop from its row.
+    Build one with `model.new_cache(...)`.
+    """
+
+    def __init__(self, model, batch: int, max_length: int, num_steps: int = 0,
+                 sharing: "str | CacheSharing | None" = None, device=None, dtype=None) -> None:
+        config = self.config = model.config
+        parameter = next(model.parameters())
+        device = parameter.device if device is None else device
+        dtype = parameter.dtype if dtype is None else dtype
+        self.sharing = CacheSharing.parse(sharing)
+        self.num_steps = num_steps if config.is_looped else 0
+        self.core_slots = self.sharing.num_slots(self.num_steps) if config.is_looped else 0
+        self.first_coda = len(config.prelude_layers) + len(config.core_layers) * self.core_slots
+        n_slots = self.first_coda + len(config.coda_layers)
+        shape = (n_slots, batch, config.n_kv_heads, max_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
+        self.positions = torch.zeros(batch, max_length, dtype=torch.long, device=device)
+        self.state_table = (model.eval_state_table(device, dtype) if config.is_looped
+                            else None)
+        self.length = 0
+        self.max_length = max_length
+        self.new_columns = 0
+        self.mask: Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid.shape[0]
+
+    # ------------------------------------------------------------ addressing
+
+    def slot(self, layer: int, step: int = 0) -> int:
+        """Slot of distinct layer `layer` (a core layer: at loop step `step`)."""
+        config = self.config
+        if layer in config.core_layers:
+            index = layer - config.core_layers.start
+            first_core = len(config.prelude_layers)
+            return (first_core + index * self.core_slots
+                    + self.sharing.slot(step, self.num_steps))
+        if layer in config.coda_layers:
+            return self.first_coda + layer - config.coda_layers.start
+        return layer
+
+    def site(self, layer: int, active: Active | None = None) -> "CacheSite":
+        """The site of `layer` for the forward in progress; a core layer's at `active.step`."""
+        step = 0 if active is None else active.step
+        previous = self.slot(layer, step - 1) if step > 0 else None
+        return CacheSite(self, self.slot(layer, step), previous, active)
+
+    # ------------------------------------------------------------ a forward's columns
+
+    def begin(self, valid: Tensor) -> Tensor:
+        """Register the next S columns (valid: bool (B, S), False at left padding); returns
+        their per-row positions, int64 (B, S). Sets `mask`, bool (B, 1, S, length + S): causal
+        over columns, padding keys hidden, every query sees its own column (so a padding query
+        is never empty)."""
+        seq = valid.shape[1]
+        start, end = self.length, self.length + seq
+        if end > self.max_length:
+            raise PromptError(f"the cache holds {self.max_length} tokens; cannot add {seq} "
+                              f"to {self.length}")
+        positions = (self.next_positions()[:, None] + valid.long().cumsum(dim=1) - 1).clamp_min(0)
+        self.valid[:, start:end] = valid
+        self.positions[:, start:end] = positions
+        columns = torch.arange(end, device=valid.device)
+        query_columns = columns[start:end, None]
+        causal = columns[None, :] <= query_columns
+        allowed = causal & (self.valid[:, None, :end] | (columns[None, :] == query_columns))
+        self.mask, self.new_columns = allowed[:, None], seq
+        return positions
+
+    def initial_state(self, positions: Tensor, dtype: torch.dtype) -> Tensor:
+        """h_0 (B, S, d_r) of tokens at `positions` (B, S): rows of `state_table`, or zeros."""
+        if self.state_table is None:
+            return torch.zeros(*positions.shape, self.config.d_model, device=positions.device,
+                               dtype=dtype)
+        return self.state_table[positions].to(dtype)
+
+    def fill_skipped_steps(self, steps_run: int) -> None:
+        """After a loop that ended at step `steps_run` < T (every token exited), give the
+        skipped steps' slots the last keys and values of the new columns."""
+        for layer in self.config.core_layers:
+            for step in range(max(steps_run, 1), self.num_steps):
+                self._copy_columns(self.slot(layer, step - 1), self.slot(layer, step))
+
+    def advance(self) -> None:
+        """Commit the columns written by the forward that just ran."""
+        self.length += self.new_columns
+        self.new_columns, self.mask = 0, None
+
+    def _copy_columns(self, source: int, target: int) -> None:
+        if source != target:
+            start, end = self.length, self.length + self.new_columns
+            self.keys[target, :, :, start:end] = self.keys[source, :, :, start:end]
+            self.values[target, :, :, start:end] = self.values[source, :, :, start:end]
+
+    def next_positions(self) -> Tensor:
+        """(B,) the position of each row's next token."""
+        return self.valid[:, :self.length].sum(dim=1)
+
+    # ------------------------------------------------------------ reuse
+
+    def reserve(self, seq: int) -> None:
+        """Make room for S more columns, doubling the capacity when it runs out (for callers
+        that do not know the final length, such as transformers' `generate`)."""
+        needed = self.length + seq
+        if needed <= self.max_length:
+            return
+        pad = max(needed, 2 * self.max_length) - self.max_length
+        self.keys = F.pad(self.keys, (0, 0, 0, pad))
+        self.values = F.pad(self.values, (0, 0, 0, pad))
+        self.valid = F.pad(self.valid, (0, pad))
+        self.positions = F.pad(self.positions, (0, pad))
+        self.max_length += pad
+
+    def reset(self) -> None:
+        """Forget every token (the memory stays allocated for the next request)."""
+        self.length = 0
+        self.valid.zero_()
+
+    def release(self, rows: Tensor | list[int]) -> None:
+        """Forget the tokens of `rows`: a new sequence can start there at position 0 on the
+        next forward (the rows' old columns stay hidden from it)."""
+        self.valid[torch.as_tensor(rows, dtype=torch.long, device=self.valid.device)] = False
+
+    def select_rows(self, index: Tensor | list[int]) -> None:
+        """Keep rows `index` (int64, in that order): drop finished sequences or reorder."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.valid.device)
+        self.keys, self.values = self.keys[:, index], self.values[:, index]
+        self.valid, self.positions = self.valid[index], self.positions[index]
+
+
+@dataclass
+class CacheSite:
+    """Slot `slot` of `cache` for the forward in progress; `previous` is the slot of the same
+    core layer at the previous loop step (None outside the core or at step 0)."""
+
+    cache: KVCache
+    slot: int
+    previous: int | None
+    active: Active | None
+
+    def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        cache, slot = self.cache, self.slot
+        start, end = cache.length, cache.length + cache.new_columns
+        keys, values = cache.keys[slot, :, :, :end], cache.values[slot, :, :, :end]
+        tokens = None if self.active is None else self.active.tokens
+        if tokens is None:
+            keys[:, :, start:] = k
+            values[:, :, start:] = v
+            return attn.mix(q, keys, values, cache.mask)
+        if self.previous is not None:  # tokens that stopped keep their last keys and values
+            cache._copy_columns(self.previous, slot)
+        rows, cols = tokens
+        keys[rows, :, start + cols] = k[0].transpose(0, 1)
+        values[rows, :, start + cols] = v[0].transpose(0, 1)
+        return attend_tokens(attn, q, keys, values, cache.mask, tokens, cache.new_columns)
