@@ -1,5 +1,5 @@
-"""An independent, deliberately plain reading of SPEC §1-3 that computes logits straight from an
-official-format config dict and state dict.
+"""An independent, deliberately plain reading of ARCHITECTURE §1-3 (docs/ARCHITECTURE.md) that
+computes logits straight from an official-format config dict and state dict.
 
 It shares no code with `parcae.model`: RoPE uses complex rotations from the official `freqs_cis`
 layout, attention is an explicit masked softmax, the linear injection concatenates [h; e], and

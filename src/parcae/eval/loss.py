@@ -1,4 +1,4 @@
-"""Validation loss and bits per byte at chosen loop depths (SPEC §5).
+"""Validation loss and bits per byte at chosen loop depths (ARCHITECTURE §5).
 
 For target tokens y with byte lengths b(y) (UTF-8 bytes the token stands for; 0 for special
 tokens, which are left out of both sums):
