@@ -100,6 +100,25 @@ class TransformerConfig:
     @property
     def total_layers(self) -> int:
         """Distinct blocks (a looped core counts once)."""
+        return len(self.prelude_layers) + len(self.core_layers) + len(self.coda_layers)
+
+    @property
+    def is_looped(self) -> bool:
+        """Whether the model has a recurrent core (Parcae) or a fixed depth (GPT)."""
+        return len(self.core_layers) > 0
+
+    # Distinct layer indices 0..total_layers-1, in order: the blocks before the loop, the
+    # recurrent core (applied T times) and the blocks after it. A GPT is all "prelude".
+    @property
+    def prelude_layers(self) -> range:
+        raise NotImplementedError
+
+    @property
+    def core_layers(self) -> range:
+        raise NotImplementedError
+
+    @property
+    def coda_layers(self) -> range:
         raise NotImplementedError
 
     def has_value_embedding(self, layer_index: int) -> bool:
@@ -147,8 +166,16 @@ class GPTConfig(TransformerConfig):
                  f"must be a positive integer, got {self.n_layers!r}")
 
     @property
-    def total_layers(self) -> int:
-        return self.n_layers
+    def prelude_layers(self) -> range:
+        return range(self.n_layers)
+
+    @property
+    def core_layers(self) -> range:
+        return range(self.n_layers, self.n_layers)
+
+    @property
+    def coda_layers(self) -> range:
+        return range(self.n_layers, self.n_layers)
 
 
 @dataclass
@@ -197,8 +224,17 @@ class ParcaeConfig(TransformerConfig):
         _require_choice(self.curriculum_shape, "curriculum_shape", CURRICULUM_SHAPES)
 
     @property
-    def total_layers(self) -> int:
-        return self.n_prelude + self.n_core + self.n_coda
+    def prelude_layers(self) -> range:
+        return range(self.n_prelude)
+
+    @property
+    def core_layers(self) -> range:
+        return range(self.n_prelude, self.n_prelude + self.n_core)
+
+    @property
+    def coda_layers(self) -> range:
+        first_coda = self.n_prelude + self.n_core
+        return range(first_coda, first_coda + self.n_coda)
 
     @classmethod
     def from_official(cls, data: dict[str, Any]) -> "ParcaeConfig":
