@@ -25,6 +25,20 @@ def parcae_model():
 
 
 @pytest.fixture(scope="session")
+def varied_model():
+    """A tiny Parcae whose tokens converge at different loop steps: decay rates spread over
+    e^±4 and a core with larger weights (at eps = 0.2 and T = 8, exits at 3 to 8 steps)."""
+    model = tiny_model("parcae-tiny")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.transformer.adapter.A_log.copy_(2 * torch.randn(64, generator=generator))
+        for parameter in model.transformer.core_block.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(std=0.1, generator=generator)
+    return model
+
+
+@pytest.fixture(scope="session")
 def gpt_model():
     return tiny_model("gpt-tiny")
 

@@ -90,3 +90,28 @@ def test_half_relu_squared_matches_autograd_of_its_formula():
     plain = torch.autograd.grad(F.relu(x).square() * 0.5, x, grad)[0]
     assert torch.equal(HalfReluSquared.apply(x), F.relu(x).square() * 0.5)
     assert torch.equal(fused, plain)
+
+
+def test_a_preset_builds_on_the_meta_device_without_memory():
+    with torch.device("meta"):
+        model = parcae.create_model("parcae-1.3b")
+    assert all(p.is_meta for p in model.parameters())
+    assert model.num_params() == 1_338_591_744
+
+
+@pytest.mark.parametrize("preset", ["parcae-tiny", "gpt-tiny", "rdm-tiny"])
+def test_meta_model_materialises_with_to_empty_and_reset_parameters(preset):
+    with torch.device("meta"):
+        model = parcae.create_model(preset, **SMALL)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model.reset_parameters()
+    torch.manual_seed(0)
+    reference = parcae.create_model(preset, device="cpu", **SMALL)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied again
+    expected = reference.state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert torch.equal(model.rope_cos, reference.rope_cos)
+    ids = torch.randint(0, 100, (2, 8))
+    torch.testing.assert_close(model.eval()(ids).logits, reference.eval()(ids).logits)
