@@ -10,10 +10,12 @@ from parcae.model import (
     ParcaeConfig,
     TransformerConfig,
     create_model,
+    from_pretrained,
     list_presets,
     preset_config,
+    save_pretrained,
 )
-from parcae.pretrained import from_pretrained, save_pretrained
+from parcae.infer.generate import generate
 from parcae.hf.registration import register_with_transformers
 
 register_with_transformers()  # AutoConfig / AutoModelForCausalLM, once transformers loads them
@@ -23,5 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT", "CausalLMOutput", "CheckpointError", "ConfigError", "DataError", "DepthPlan",
     "GPTConfig", "Parcae", "ParcaeConfig", "ParcaeError", "PromptError", "TransformerConfig",
-    "create_model", "from_pretrained", "list_presets", "preset_config", "save_pretrained",
+    "create_model", "from_pretrained", "generate", "list_presets", "preset_config",
+    "save_pretrained",
 ]

@@ -17,7 +17,7 @@ except ModuleNotFoundError:
     raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 
 from parcae.model.config import CONFIG_CLASSES, TransformerConfig
-from parcae.pretrained import FORMAT_VERSION
+from parcae.model.serialization import FORMAT_VERSION
 
 MODEL_TYPE = "parcae"
 

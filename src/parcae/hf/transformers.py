@@ -30,9 +30,8 @@ except ModuleNotFoundError:
 
 from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from parcae.hf.configuration import ParcaeHFConfig
-from parcae.model import KVCache
+from parcae.model import KVCache, create_model, from_pretrained
 from parcae.model.layers import rotary_tables
-from parcae.pretrained import from_pretrained
 
 INITIAL_CACHE_COLUMNS = 256  # the cache grows by doubling beyond this
 
@@ -63,8 +62,6 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: ParcaeHFConfig) -> None:
         super().__init__(config)
-        from parcae.model import create_model
-
         # transformers builds models under a `meta` device context before loading weights
         self.model = create_model(config.to_parcae(), device=torch.empty(0).device)
         if config.tie_embeddings:

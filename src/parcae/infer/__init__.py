@@ -4,15 +4,15 @@
   (`ResidualExit`, `KLExit`);
 - `generate`: prompt checks, left padding and the generation loop over `model(..., cache=)`
   (the cache itself, `KVCache` with `CacheSharing`, lives beside the model: `parcae.model.cache`);
-- `loading`: `--model PATH` resolution (run directory, saved model, official checkpoint);
+- `loading`: `--model PATH` resolution (run directory, saved model, official checkpoint, with
+  its tokenizer; imported on its own, as it reads the tokenizer);
 - `streaming` and `commands`: `parcae generate`, `parcae chat`, `parcae convert official`.
 """
 
 from parcae.infer.engine import EXIT_CRITERIA, KLExit, ResidualExit, exit_rule, sample_next
 from parcae.infer.generate import GenerationStats, generate, prepare_prompts
-from parcae.infer.loading import load_for_inference, resolve_model_dir
 
 __all__ = [
     "EXIT_CRITERIA", "GenerationStats", "KLExit", "ResidualExit", "exit_rule", "generate",
-    "load_for_inference", "prepare_prompts", "resolve_model_dir", "sample_next",
+    "prepare_prompts", "sample_next",
 ]

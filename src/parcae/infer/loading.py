@@ -16,7 +16,7 @@ import torch
 from parcae.data.tokenizer import FILE_NAME, Tokenizer
 from parcae.errors import CheckpointError
 from parcae.model.base import LanguageModel
-from parcae.pretrained import from_pretrained
+from parcae.model import from_pretrained
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:

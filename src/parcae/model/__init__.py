@@ -1,12 +1,15 @@
-"""Models: Parcae (looped), GPT (fixed depth), their configs, presets and construction."""
+"""Models: Parcae (looped), GPT (fixed depth), their configs, presets and construction
+(`create_model` for a fresh model, `from_pretrained` for a saved or official one)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from parcae.errors import ConfigError
+from parcae.errors import CheckpointError, ConfigError
 from parcae.model.base import CausalLMOutput, LanguageModel
 from parcae.model.config import CONFIG_CLASSES, GPTConfig, ParcaeConfig, TransformerConfig
 from parcae.model.gpt import GPT
@@ -15,6 +18,12 @@ from parcae.model.presets import PRESETS
 from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.loop import LoopStats
 from parcae.model.recurrence import DepthPlan
+from parcae.model.serialization import (
+    load_state_dict_strict,
+    read_config,
+    read_state_dict,
+    save_pretrained,
+)
 
 MODEL_CLASSES: dict[str, type[LanguageModel]] = {"gpt": GPT, "parcae": Parcae}
 
@@ -57,8 +66,24 @@ def create_model(preset_or_config: str | TransformerConfig,
     return model
 
 
+def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> LanguageModel:
+    """Load a model directory (ours or official) strictly; returns the model in eval mode."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a model directory, got a file")
+    config = read_config(path)
+    state = read_state_dict(path)
+    model = create_model(config, device)
+    load_state_dict_strict(model, state, str(path))
+    model.to(dtype=dtype)
+    return model.eval()
+
+
 __all__ = [
     "CONFIG_CLASSES", "GPT", "GPTConfig", "Parcae", "ParcaeConfig", "TransformerConfig",
-    "CacheSharing", "CausalLMOutput", "DepthPlan", "KVCache", "LoopStats", "LanguageModel", "create_model", "list_presets",
-    "preset_config",
+    "CacheSharing", "CausalLMOutput", "DepthPlan", "KVCache", "LoopStats", "LanguageModel",
+    "create_model", "from_pretrained", "list_presets", "preset_config", "save_pretrained",
 ]

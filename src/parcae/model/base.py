@@ -29,6 +29,7 @@ from parcae.model.init import init_matrix_, scaled_zero_std
 from parcae.model.layers import Block, RMSNorm, rotary_tables
 from parcae.model.loop import ExitRule, LoopStats
 from parcae.model.recurrence import DepthPlan
+from parcae.model.serialization import save_pretrained
 
 
 @dataclass
@@ -212,7 +213,6 @@ class LanguageModel(nn.Module):
         return total
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write `config.json` + `model.safetensors` (our format; see `parcae.pretrained`)."""
-        from parcae.pretrained import save_pretrained
-
+        """Write `config.json` + `model.safetensors` (our format; see
+        `parcae.model.serialization`)."""
         save_pretrained(self, path)

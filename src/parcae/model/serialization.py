@@ -1,0 +1,166 @@
+"""Model directories on disk: reading them strictly, writing ours.
+
+Two formats are read (`parcae.model.from_pretrained` builds the model from them):
+- ours (written by `save_pretrained`): `config.json` holding `{"architecture": ..., fields}` and
+  `model.safetensors` (a tied head is stored once and re-tied on load); transformers'
+  `save_pretrained` of `parcae.hf.transformers.ParcaeForCausalLM` writes the same plus its own
+  keys (`model_type`, ...; ignored here) and weights under the prefix `model.` (stripped);
+- the official implementation's (ARCHITECTURE §3): its flat `config.json` and
+  `pytorch_model.bin`, `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`,
+  `model.` are stripped and the derived `freqs_cis` buffer dropped.
+
+Loading is strict: every missing, unexpected or mis-shaped key is named in one error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from parcae.errors import CheckpointError, ParcaeError
+from parcae.model.config import CONFIG_CLASSES, ParcaeConfig, TransformerConfig
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
+STRIPPED_PREFIXES = ("module.", "_orig_mod.", "model.")
+DERIVED_KEYS = ("freqs_cis",)
+FORMAT_VERSION = 1
+
+
+def read_config(path: Path) -> TransformerConfig:
+    """The model config stored in directory `path` (ours or the official one)."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path}: no config.json (not a model directory)")
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_file}: unreadable config ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object")
+    try:
+        if "architecture" in data:
+            data.pop("parcae_format_version", None)
+            if "model_type" in data:  # written by transformers: our fields plus its own
+                data = _parcae_fields(data)
+            return TransformerConfig.from_dict(data)
+        return ParcaeConfig.from_official(data)
+    except ParcaeError as error:
+        raise CheckpointError(f"{config_file}: {error}") from None
+
+
+def _parcae_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The architecture and its config fields from a transformers `config.json` (which adds
+    model_type, architectures, transformers_version, dtype, ...)."""
+    config_class = CONFIG_CLASSES.get(data["architecture"])
+    if config_class is None:
+        return data  # from_dict names the unknown architecture
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {"architecture": data["architecture"],
+            **{key: value for key, value in data.items() if key in names}}
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors from the first weights file found in `path`, keys normalised."""
+    for name in WEIGHT_FILES:
+        weights_file = path / name
+        if weights_file.is_file():
+            break
+    else:
+        raise CheckpointError(f"{path}: no weights file "
+                              f"(expected one of {', '.join(WEIGHT_FILES)})")
+    try:
+        if weights_file.suffix == ".safetensors":
+            state = load_file(weights_file)
+        else:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, SafetensorError, EOFError, ValueError,
+            pickle.UnpicklingError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{weights_file}: unreadable weights ({message})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint holding the model's state dict
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{weights_file}: expected a state dict, got {type(state).__name__}")
+    return normalise_keys(state)
+
+
+def normalise_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """Strip wrapper prefixes and drop buffers that are derived from the config."""
+    normalised = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in STRIPPED_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        if key not in DERIVED_KEYS:
+            normalised[key] = value
+    return normalised
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Copy `state` into `model`, naming every missing, unexpected or mis-shaped key."""
+    expected = model.state_dict()
+    tied = getattr(model.config, "tie_embeddings", False)
+    if tied and "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state = {**state, "lm_head.weight": state["transformer.wte.weight"]}
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    for key in sorted(set(expected) & set(state)):
+        value = state[key]
+        if not isinstance(value, Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif value.shape != expected[key].shape:
+            problems.append(f"{key} has shape {tuple(value.shape)}, "
+                            f"the config needs {tuple(expected[key].shape)}")
+    if tied and not problems and not torch.equal(state["lm_head.weight"],
+                                                 state["transformer.wte.weight"]):
+        problems.append("lm_head.weight differs from transformer.wte.weight but the config "
+                        "ties them")
+    if problems:
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write `config.json` and `model.safetensors` into `path`, atomically per file."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {**model.config.to_dict(), "model_type": "parcae",
+              "parcae_format_version": FORMAT_VERSION}
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")
+    _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
+    _atomic_write(path / "config.json",
+                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write via a temporary file in the same directory, fsync, then rename over `target`."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
