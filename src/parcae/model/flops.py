@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 from parcae.model.config import VALUE_EMBED_GATE_CHANNELS, ParcaeConfig, TransformerConfig
+from parcae.model.injection import INJECTIONS
 
 
 def block_matmul_params(config: TransformerConfig, has_value_embedding: bool) -> int:
@@ -68,45 +69,42 @@ def expected_depth(config: ParcaeConfig) -> ExpectedDepth:
     return ExpectedDepth(mean_total - mean_grad, mean_grad)
 
 
-def _split_params(config: TransformerConfig) -> tuple[int, int, int]:
-    """(matmul weights outside the loop, core weights per step, injection weights per step)."""
-    head = config.d_model * config.padded_vocab_size
-    if not isinstance(config, ParcaeConfig):
-        blocks = sum(block_matmul_params(config, config.has_value_embedding(i))
-                     for i in range(config.total_layers))
-        return blocks + head, 0, 0
-    d = config.d_model
-    first_core, first_coda = config.n_prelude, config.n_prelude + config.n_core
-    outer_layers = [*range(first_core), *range(first_coda, config.total_layers)]
-    outer = sum(block_matmul_params(config, config.has_value_embedding(i)) for i in outer_layers)
-    core = sum(block_matmul_params(config, config.has_value_embedding(i))
-               for i in range(first_core, first_coda))
-    inject_once = {"diagonal": d * d, "linear": d * d, "add": 0}[config.injection]
-    inject_step = d * d if config.injection == "linear" else 0
-    return outer + inject_once + d * d + head, core, inject_step
+def _blocks_params(config: TransformerConfig, layers: range) -> int:
+    return sum(block_matmul_params(config, config.has_value_embedding(i)) for i in layers)
+
+
+def _outer_and_step(config: TransformerConfig, seq_len: int) -> tuple[float, float]:
+    """Forward FLOPs per token (outside the loop, one loop step): 2 per matmul weight plus
+    attention. Outside: prelude and coda blocks (every block of a GPT), the LM head, and for a
+    looped model the injection's once-per-forward weights and C; a step: the core blocks and
+    the injection's per-step weights."""
+    d, attention = config.d_model, attention_flops(config, seq_len)
+    outer_layers = len(config.prelude_layers) + len(config.coda_layers)
+    outer = (_blocks_params(config, config.prelude_layers)
+             + _blocks_params(config, config.coda_layers) + d * config.padded_vocab_size)
+    step = 0
+    if config.is_looped:
+        inject_once, inject_step = INJECTIONS[config.injection].matmul_weights(d, d)
+        outer += inject_once + d * d  # and C
+        step = _blocks_params(config, config.core_layers) + inject_step
+    return (2.0 * outer + attention * outer_layers,
+            2.0 * step + attention * len(config.core_layers))
 
 
 def forward_flops_per_token(config: TransformerConfig, seq_len: int,
                             num_steps: int | None = None) -> float:
     """Inference FLOPs per token at loop depth `num_steps` (default μ_rec; ignored for GPT)."""
-    outer, core, inject_step = _split_params(config)
-    attention = attention_flops(config, seq_len)
-    if not isinstance(config, ParcaeConfig):
-        return 2.0 * outer + attention * config.total_layers
-    steps = config.mean_recurrence if num_steps is None else num_steps
-    outer_layers = config.n_prelude + config.n_coda
-    return (2.0 * outer + attention * outer_layers
-            + steps * (2.0 * (core + inject_step) + attention * config.n_core))
+    outer, step = _outer_and_step(config, seq_len)
+    if not config.is_looped:
+        return outer
+    return outer + (config.mean_recurrence if num_steps is None else num_steps) * step
 
 
 def training_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
-    """Forward+backward FLOPs per trained token at the sampler's expected depths."""
-    outer, core, inject_step = _split_params(config)
-    attention = attention_flops(config, seq_len)
-    if not isinstance(config, ParcaeConfig):
-        return 6.0 * outer + 3.0 * attention * config.total_layers
+    """Forward+backward FLOPs per trained token at the sampler's expected depths: 3x forward
+    outside the loop and in gradient steps, 1x in no-gradient steps."""
+    outer, step = _outer_and_step(config, seq_len)
+    if not config.is_looped:
+        return 3.0 * outer
     depth = expected_depth(config)
-    outer_layers = config.n_prelude + config.n_coda
-    per_step_forward = 2.0 * (core + inject_step) + attention * config.n_core
-    return (6.0 * outer + 3.0 * attention * outer_layers
-            + depth.no_grad * per_step_forward + depth.grad * 3.0 * per_step_forward)
+    return 3.0 * outer + (depth.no_grad + 3.0 * depth.grad) * step

@@ -36,7 +36,30 @@ def softplus_inverse(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class DiagonalInjection(nn.Module):
+class Injection(nn.Module):
+    """What the model asks of an injection: `prepare(e)` once, `step(h, prepared)` per loop
+    step, its init, its transition Ā (when it has a diagonal one) and its matmul cost."""
+
+    @staticmethod
+    def matmul_weights(state_dim: int, input_dim: int) -> tuple[int, int]:
+        """Weights multiplied per token: (in `prepare`, once per forward; in each `step`)."""
+        raise NotImplementedError
+
+    def reset_parameters(self, std: float, orthogonal: bool) -> None:
+        raise NotImplementedError
+
+    def transition(self) -> Tensor | None:
+        """Ā (d_r,) of a diagonal linear part, else None."""
+        return None
+
+    def prepare(self, e: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, h: Tensor, prepared: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class DiagonalInjection(Injection):
     """Stable-by-construction linear dynamics `Ā h + B̄ e` with a diagonal, ZOH-discretised Ā."""
 
     def __init__(self, state_dim: int, input_dim: int, discretization: str = "euler") -> None:
@@ -45,6 +68,10 @@ class DiagonalInjection(nn.Module):
         self.A_log = nn.Parameter(torch.zeros(state_dim))
         self.dt_bias = nn.Parameter(torch.zeros(state_dim))
         self.B = nn.Parameter(torch.zeros(state_dim, input_dim))
+
+    @staticmethod
+    def matmul_weights(state_dim: int, input_dim: int) -> tuple[int, int]:
+        return state_dim * input_dim, 0  # B e once; Ā h is elementwise
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.0, orthogonal: bool = False) -> None:
@@ -82,13 +109,17 @@ class DiagonalInjection(nn.Module):
         return self.transition().type_as(h) * h + prepared
 
 
-class LinearInjection(nn.Module):
+class LinearInjection(Injection):
     """`W [h; e]` (Huginn-style concatenation adapter), computed as `W_h h + W_e e`."""
 
     def __init__(self, state_dim: int, input_dim: int, discretization: str = "euler") -> None:
         super().__init__()
         self.state_dim = state_dim
         self.adapter = nn.Linear(state_dim + input_dim, state_dim, bias=False)
+
+    @staticmethod
+    def matmul_weights(state_dim: int, input_dim: int) -> tuple[int, int]:
+        return state_dim * input_dim, state_dim * state_dim  # W_e e once, W_h h every step
 
     def reset_parameters(self, std: float, orthogonal: bool) -> None:
         init_matrix_(self.adapter.weight, std, orthogonal)
@@ -100,11 +131,15 @@ class LinearInjection(nn.Module):
         return F.linear(h, self.adapter.weight[:, : self.state_dim]) + prepared
 
 
-class AdditiveInjection(nn.Module):
+class AdditiveInjection(Injection):
     """`h + e` (no parameters)."""
 
     def __init__(self, state_dim: int, input_dim: int, discretization: str = "euler") -> None:
         super().__init__()
+
+    @staticmethod
+    def matmul_weights(state_dim: int, input_dim: int) -> tuple[int, int]:
+        return 0, 0
 
     def reset_parameters(self, std: float, orthogonal: bool) -> None:
         pass
@@ -116,13 +151,14 @@ class AdditiveInjection(nn.Module):
         return h + prepared
 
 
-INJECTIONS: dict[str, type[nn.Module]] = {
+INJECTIONS: dict[str, type[Injection]] = {
     "diagonal": DiagonalInjection,
     "linear": LinearInjection,
     "add": AdditiveInjection,
 }
 
 
-def build_injection(kind: str, state_dim: int, input_dim: int, discretization: str) -> nn.Module:
+def build_injection(kind: str, state_dim: int, input_dim: int, discretization: str
+                    ) -> Injection:
     """The injection module named by `ParcaeConfig.injection`."""
     return INJECTIONS[kind](state_dim, input_dim, discretization)

@@ -20,7 +20,7 @@ from parcae.model.base import LanguageModel, TokenContext
 from parcae.model.cache import LoopKV
 from parcae.model.config import ParcaeConfig
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
-from parcae.model.injection import DiagonalInjection, build_injection
+from parcae.model.injection import build_injection
 from parcae.model.layers import Block, RMSNorm
 from parcae.model.loop import Active, ExitRule, LoopStats, RowSchedule, TokenSchedule, run_loop
 from parcae.model.recurrence import DepthPlan, sample_depth_plan
@@ -67,8 +67,7 @@ class Parcae(LanguageModel):
     @torch.no_grad()
     def transition(self) -> Tensor | None:
         """Ā (d_r,) of the diagonal injection, every entry in (0, 1); None for the others."""
-        adapter = self.transformer.adapter
-        return adapter.transition() if isinstance(adapter, DiagonalInjection) else None
+        return self.transformer.adapter.transition()
 
     def spectral_radius(self) -> float | None:
         """ρ(Ā) = max(Ā) for the diagonal injection (< 1 by construction); None otherwise."""
