@@ -38,7 +38,7 @@ class EvalResult:
 def default_depths(model: nn.Module) -> list[int | None]:
     """T in {1, 2, 4, μ_rec} for a looped model; [None] (its own depth) for a GPT."""
     config = model.config
-    if config.architecture != "parcae":
+    if not config.is_looped:
         return [None]
     return sorted({1, 2, 4, config.mean_recurrence})
 
@@ -116,7 +116,7 @@ def _batch_sums(output, targets: Tensor, token_bytes: Tensor) -> Tensor:
 
 def _result(model: nn.Module, depth: int | None, total: dict[str, float]) -> EvalResult:
     tokens, n_bytes, batches = int(total["tokens"]), int(total["bytes"]), total["batches"]
-    looped = model.config.architecture == "parcae" and batches > 0
+    looped = model.config.is_looped and batches > 0
     return EvalResult(
         depth=depth if depth is not None or not looped else model.config.mean_recurrence,
         loss=total["nats"] / max(tokens, 1),
