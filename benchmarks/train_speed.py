@@ -7,8 +7,9 @@ Each precision runs `parcae.train.loop.train` for `--steps` optimizer steps of t
 training config (plus any `key=value` overrides, as on the `parcae train` command line) and
 reads the per-step records of `metrics.jsonl`; the first `--warmup` steps are left out of the
 figures. bf16 runs even where the CPU has no native bf16 (it is then emulated and slow, and its
-MFU is also given against the fp32 peak, the emulated bf16 peak being meaningless). MFU = training FLOPs per token
-(`parcae.model.flops.training_flops_per_token`, SPEC §6) × tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
+MFU is also given against the fp32 peak, the emulated bf16 peak being meaningless). MFU =
+training FLOPs per token (`parcae.model.flops.training_flops_per_token`, ARCHITECTURE §6.1) ×
+tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
-
-import torch
 
 from common import add_training_options, apply_threads
 
 from parcae.model.flops import training_flops_per_token
 from parcae.perf import bf16_is_fast, matmul_peak_flops
 from parcae.train.config import load_config
-from parcae.train.loop import build_model_config, resolve_device, train
+from parcae.train.loop import train
 from parcae.train.metrics import read_metrics
+from parcae.train.model import build_model_config, resolve_device
 
 # what a speed measurement does not need: evaluation, samples, TensorBoard, progress bars
 QUIET = ["eval_every=1000000", "checkpoint_every=1000000", "final_eval_batches=1",

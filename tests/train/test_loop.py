@@ -1,4 +1,3 @@
-import json
 import math
 import os
 import shutil
@@ -13,8 +12,9 @@ import yaml
 from parcae import from_pretrained
 from parcae.errors import ConfigError, TrainingError
 from parcae.train.checkpoint import list_checkpoints
-from parcae.train.loop import cpp_compiler, train
+from parcae.train.loop import train
 from parcae.train.metrics import read_metrics
+from parcae.train.model import cpp_compiler
 
 from .conftest import tiny_config
 

@@ -1,7 +1,9 @@
 import torch
 
 from parcae import create_model
-from parcae.train.optim import build_optimizer, group_parameters, orthogonalize
+from parcae.train.config import TrainConfig
+from parcae.train.muon import orthogonalize
+from parcae.train.optimizer import build_optimizer, group_parameters
 
 from .conftest import TINY_MODEL
 
@@ -27,8 +29,9 @@ def test_groups_put_embeddings_injection_and_vectors_in_adam():
 def _losses_on_one_batch(optimizer_name: str, lr: float) -> list[float]:
     torch.manual_seed(0)
     model = create_model("parcae-tiny", vocab_size=128, **TINY_MODEL)
-    optimizer = build_optimizer(model, optimizer_name, lr, 0.01, 0.0, (0.8, 0.95), 1e-10, 0.9,
-                                5, torch.float32)
+    config = TrainConfig(optimizer=optimizer_name, lr=lr, adam_lr=0.01, weight_decay=0.0,
+                         adam_betas=(0.8, 0.95), adam_eps=1e-10, muon_momentum=0.9, ns_steps=5)
+    optimizer = build_optimizer(model, config, torch.float32)
     ids = torch.randint(0, 128, (4, 33), generator=torch.Generator().manual_seed(1))
     losses = []
     for _ in range(15):

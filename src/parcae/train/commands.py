@@ -9,7 +9,8 @@ from parcae.errors import ConfigError
 
 def _train(args: argparse.Namespace) -> int:
     from parcae.train.config import load_config
-    from parcae.train.loop import format_eval, train
+    from parcae.train.loop import train
+    from parcae.train.metrics import format_eval
 
     path, overrides = None, list(args.items)
     if overrides and "=" not in overrides[0]:
@@ -44,7 +45,8 @@ def _plot(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add this package's subcommands to the top-level parser."""
     train = subparsers.add_parser(
-        "train", help="train a model (default: parcae-tiny on Shakespeare, under 10 minutes on 2 CPU cores)",
+        "train",
+        help="train a model (default: parcae-tiny on Shakespeare, under 10 minutes on 2 CPU cores)",
         description="Train from an optional YAML config plus key=value overrides (dotted keys "
                     "set nested fields, e.g. model_overrides.d_model=128). Without arguments: "
                     "parcae-tiny on the built-in Shakespeare corpus. Distributed: "

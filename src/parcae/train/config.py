@@ -52,7 +52,7 @@ class TrainConfig:
     batch_size: int = 12
     micro_batch_size: int | None = None  # default: the whole per-process batch at once
     seq_len: int = 256
-    # optimizer (SPEC §4)
+    # optimizer (ARCHITECTURE §4)
     optimizer: str = "muon"
     lr: float = 0.02  # Muon lr (or the AdamW lr of matrices with optimizer=adamw)
     adam_lr: float = 0.006  # embeddings, head, norms, injection and C

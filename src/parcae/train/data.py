@@ -4,19 +4,30 @@
 or a corpus spec (`shakespeare`, a file or directory, `hf:NAME`): then a tokenizer of
 `vocab_size` tokens is trained on its train split and the corpus is tokenised into `data_dir`
 (default `$PARCAE_CACHE/prepared/<name>-v<vocab_size>`), once; later runs reuse it.
+
+`TrainData` reads it: each of the W processes takes its B/W rows of every global batch of B
+(`batch_size`) rows of `seq_len` tokens, and runs them in micro-batches of `micro_batch_size`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from parcae.data.loader import Batch, TokenLoader, iter_eval_batches
 from parcae.data.prepare import prepare_dataset
 from parcae.data.recipes import RECIPES, cache_root
 from parcae.data.shards import MANIFEST
+from parcae.data.tokenizer import FILE_NAME, Tokenizer
 from parcae.data.train_tokenizer import train_tokenizer
-from parcae.data.tokenizer import FILE_NAME
+from parcae.errors import ConfigError
+from parcae.train import distributed as dist
+from parcae.train.config import TrainConfig
 
 
 def default_data_dir(spec: str, vocab_size: int) -> Path:
@@ -28,13 +39,13 @@ def default_data_dir(spec: str, vocab_size: int) -> Path:
     return cache_root() / "prepared" / f"{name}-v{vocab_size}"
 
 
-def resolve_data_dir(spec: str, data_dir: str | None, vocab_size: int, val_fraction: float,
-                     prepare: bool, progress: bool = True) -> Path:
-    """The prepared directory for `spec`, preparing it when `prepare` (the main process) and it
-    is missing. Other processes call this with `prepare=False` after a barrier."""
+def resolve_data_dir(config: TrainConfig, prepare: bool, progress: bool = True) -> Path:
+    """The prepared directory for `config.data`, preparing it when `prepare` (the main process)
+    and it is missing. Other processes call this with `prepare=False` after a barrier."""
+    spec, vocab_size, val_fraction = config.data, config.vocab_size, config.val_fraction
     if (Path(spec) / MANIFEST).is_file():
         return Path(spec)
-    directory = Path(data_dir) if data_dir else default_data_dir(spec, vocab_size)
+    directory = Path(config.data_dir) if config.data_dir else default_data_dir(spec, vocab_size)
     if prepare and not (directory / MANIFEST).is_file():
         if not (directory / FILE_NAME).is_file():
             report = train_tokenizer(spec, vocab_size, directory, val_fraction, progress=progress)
@@ -43,3 +54,57 @@ def resolve_data_dir(spec: str, data_dir: str | None, vocab_size: int, val_fract
                       f"{report.seconds:.1f} s -> {report.path}")
         prepare_dataset(spec, directory, directory, val_fraction, progress=progress)
     return directory
+
+
+def batch_split(config: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(rows per process per step B/W, rows per micro-batch)."""
+    if config.batch_size % world_size:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
+                          f"{world_size} processes")
+    per_rank = config.batch_size // world_size
+    micro = min(config.micro_batch_size or per_rank, per_rank)
+    if per_rank % micro:
+        raise ConfigError(f"micro_batch_size {micro} does not divide the {per_rank} rows "
+                          "each process takes per step")
+    return per_rank, micro
+
+
+class TrainData:
+    """This process's training batches (resumable), the validation batches and the tokenizer.
+
+    Config keys: data, data_dir, vocab_size, val_fraction (preparation), batch_size,
+    micro_batch_size, seq_len, seed (training order), eval_batch_size.
+    """
+
+    def __init__(self, config: TrainConfig, directory: Path, info: dist.DistInfo) -> None:
+        self.directory = directory
+        self.tokenizer = Tokenizer.load(directory)
+        self.token_bytes = torch.from_numpy(self.tokenizer.token_byte_lengths())  # (V,) int64
+        self.rows, self.micro = batch_split(config, info.world_size)
+        self.first_row = info.rank * self.rows  # this process's first row in a global batch
+        self.loader = TokenLoader(directory, "train", batch_size=self.rows,
+                                  seq_len=config.seq_len, seed=config.seed, rank=info.rank,
+                                  world_size=info.world_size)
+        self.eval_batch_size, self.seq_len = config.eval_batch_size, config.seq_len
+
+    @classmethod
+    def build(cls, config: TrainConfig, info: dist.DistInfo, progress: bool) -> "TrainData":
+        """Prepare the data on the main process (the others wait), then open it everywhere."""
+        resolve_data_dir(config, prepare=info.is_main, progress=progress)
+        dist.barrier(info)
+        return cls(config, resolve_data_dir(config, prepare=False), info)
+
+    def next_batch(self) -> Batch:
+        """This process's rows of the next global batch, (B/W, seq_len) each."""
+        return self.loader.next_batch()
+
+    def eval_batches(self, max_batches: int | None) -> Iterator[Batch]:
+        """The validation split in order, `eval_batch_size` rows a batch (all when None)."""
+        return iter_eval_batches(self.directory, "val", self.eval_batch_size, self.seq_len,
+                                 max_batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state)

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
@@ -140,16 +141,21 @@ def full_model_state(model: nn.Module) -> dict:
     return get_model_state_dict(model, options=FULL_ON_CPU)
 
 
-def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state dicts as `full_model_state`, the optimizer's keyed by
-    parameter name."""
-    return (full_model_state(model),
-            get_optimizer_state_dict(model, optimizer, options=FULL_ON_CPU))
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state dict keyed by parameter name, as `full_model_state` (a collective
+    under FSDP)."""
+    return get_optimizer_state_dict(model, optimizer, options=FULL_ON_CPU)
+
+
+def load_model_state(model: nn.Module, state: dict) -> None:
+    """Load a `full_model_state` into `model`, sharded or not (strict: every key must match).
+    Call it on every rank, each with the whole state."""
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict) -> None:
-    """Load a `full_state_dicts` optimizer state, resharding it like the parameters."""
+    """Load a `full_optimizer_state`, resharding it like the parameters."""
     set_optimizer_state_dict(model, optimizer, state,
                              options=StateDictOptions(full_state_dict=True))
 
@@ -170,14 +176,3 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model

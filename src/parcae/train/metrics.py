@@ -1,19 +1,32 @@
 """Where training records go: `OUT_DIR/metrics.jsonl`, TensorBoard, and W&B when asked for.
 
 Each record is one JSON object per line. Train records: `{"kind": "train", "step", "loss",
-"lr", "tokens", "grad_norm", "tokens_per_s", "mfu", "skipped", ...}`; eval records:
-`{"kind": "eval", "step", "tokens", "val_loss": {T: loss}, "val_bpb": {T: bpb},
-"spectral_radius", "state_norm", "residual", ...}` with depth keys as strings ("4", or "model"
-for a fixed-depth model). `step` counts optimizer steps done.
+"lr", "lr_factor", "tokens", "grad_norm", "skipped", "tokens_per_s", "mfu", "step_time",
+"mean_depth"}` with tokens_per_s = B·S / step_time and mfu = training FLOPs per token ·
+tokens_per_s / (W · the device's matmul peak); eval records: `{"kind": "eval", "step", "tokens",
+"val_loss": {T: loss}, "val_bpb": {T: bpb}, "state_norm", "residual", "spectral_radius", ...}`
+with depth keys as strings ("4", or "model" for a fixed-depth model). `step` counts optimizer
+steps done.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from parcae.eval.loss import EvalResult
+from parcae.perf import matmul_peak_flops
+from parcae.train.config import TrainConfig
+from parcae.train.distributed import DistInfo
+from parcae.train.model import TrainModel
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -103,3 +116,101 @@ def _flatten(record: dict[str, Any], prefix: str):
         elif isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and math.isfinite(value):
             yield f"{prefix}/{key}", float(value)
+
+
+@functools.cache
+def _peak_flops(dtype: torch.dtype, device: str) -> float:
+    return matmul_peak_flops(dtype, device)
+
+
+def depth_key(result: EvalResult) -> str:
+    return "model" if result.depth is None else str(result.depth)
+
+
+def format_eval(results: list[EvalResult]) -> str:
+    """One line: loss and bpb at each depth."""
+    return "  ".join(f"T={depth_key(r)}: loss {r.loss:.4f} bpb {r.bpb:.4f}" for r in results)
+
+
+def eval_record(results: list[EvalResult], step: int, tokens: int,
+                diagnostics: dict[str, float]) -> dict:
+    """The eval record of `results`; a looped model adds its state norm and residual per depth
+    and at the deepest one (`state_norm_final`, `residual_final`), then `diagnostics`."""
+    record = {"kind": "eval", "step": step, "tokens": tokens,
+              "val_loss": {depth_key(r): r.loss for r in results},
+              "val_bpb": {depth_key(r): r.bpb for r in results}}
+    looped = [r for r in results if r.state_norm is not None]
+    if looped:
+        deepest = max(looped, key=lambda r: r.depth)
+        record["state_norm"] = {depth_key(r): r.state_norm for r in looped}
+        record["residual"] = {depth_key(r): r.residual for r in looped}
+        record["state_norm_final"], record["residual_final"] = deepest.state_norm, deepest.residual
+    return {**record, **diagnostics}
+
+
+class Metrics:
+    """What a run reports: messages and a progress bar on the console (`progress`), and the
+    records (`log_every`, `tensorboard`, `wandb`, `wandb_project`) with `config.yaml`; only
+    the main process reports.
+    """
+
+    def __init__(self, config: TrainConfig, info: DistInfo) -> None:
+        self.config, self.info = config, info
+        self.show = info.is_main and config.progress
+        self._logger: MetricsLogger | None = None
+        self._bar: tqdm | None = None
+        # training FLOPs per token, and the matmul peak FLOP/s of all processes together
+        self._flops_per_token, self._peak = 0.0, math.inf
+
+    def say(self, message: str) -> None:
+        if self.show:
+            tqdm.write(message)
+
+    def open(self, model: TrainModel, data_dir: Path, step: int, total_steps: int) -> None:
+        """Start reporting a run of `total_steps` at `step` (a resumed run drops the records
+        written after its checkpoint)."""
+        config, out_dir = self.config, Path(self.config.out_dir)
+        self._flops_per_token = model.flops_per_token
+        self._peak = _peak_flops(model.dtype, str(model.device)) * self.info.world_size
+        if self.info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            config.save(out_dir / "config.yaml")
+            if step > 0:
+                truncate_metrics(out_dir, step)
+            self._logger = MetricsLogger(out_dir, config.tensorboard, config.wandb,
+                                         config.wandb_project, config.to_dict())
+            precision = "bf16" if model.dtype == torch.bfloat16 else "fp32"
+            self.say(f"parcae: training {config.model} ({model.params:,} parameters, "
+                     f"{model.flops_per_token / 1e6:.1f} MFLOPs/token) for {total_steps} steps "
+                     f"of {config.batch_size}x{config.seq_len} tokens on "
+                     f"{self.info.world_size}x{model.device.type} in {precision}; data {data_dir}")
+        self._bar = tqdm(total=total_steps, initial=step, disable=not self.show, unit="step",
+                         dynamic_ncols=True, file=sys.stdout)
+
+    def log_step(self, step: int, seconds: float, *, force: bool, mean_depth: float | None,
+                 **values: float) -> None:
+        """The train record of `step` (done in `seconds`) from `values` (loss, lr, lr_factor,
+        tokens, grad_norm, skipped), every `log_every` steps or when `force`d; the bar moves
+        on every step."""
+        tokens_per_s = self.config.batch_size * self.config.seq_len / seconds
+        mfu = self._flops_per_token * tokens_per_s / self._peak
+        if self._logger is not None and (step % self.config.log_every == 0 or force):
+            record = {"kind": "train", "step": step, **values, "tokens_per_s": tokens_per_s,
+                      "mfu": mfu, "step_time": seconds}
+            if mean_depth is not None:
+                record["mean_depth"] = mean_depth
+            self._logger.log(record)
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}",
+                              mfu=f"{mfu:.1%}", refresh=False)
+
+    def log_eval(self, step: int, tokens: int, results: list[EvalResult],
+                 diagnostics: dict[str, float]) -> None:
+        if self._logger is not None:
+            self._logger.log(eval_record(results, step, tokens, diagnostics))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._logger is not None:
+            self._logger.close()

@@ -6,20 +6,24 @@ import torch
 from torch import nn
 
 from parcae.data.tokenizer import Tokenizer
+from parcae.infer.generate import generate
+from parcae.train.config import TrainConfig
 
 
 @torch.no_grad()
-def sample_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, new_tokens: int,
-                temperature: float, seed: int, device: torch.device) -> str:
-    """`prompt` continued by `new_tokens` sampled tokens (BOS-prefixed prompt, as in training),
-    with the model's KV-cache `generate`."""
+def sample_text(model: nn.Module, tokenizer: Tokenizer, config: TrainConfig,
+                device: torch.device) -> str:
+    """`config.sample_prompt` continued by `sample_tokens` tokens sampled at
+    `sample_temperature` with `seed` (BOS-prefixed prompt, as in training), with the KV-cache
+    `generate`."""
     was_training = model.training
     model.eval()
     try:
-        ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(prompt)]], device=device)
+        ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(config.sample_prompt)]],
+                           device=device)
         room = model.config.context_length - ids.shape[1]
-        output = model.generate(ids, max_new_tokens=min(new_tokens, room),
-                                temperature=temperature, seed=seed)
+        output = generate(model, ids, max_new_tokens=min(config.sample_tokens, room),
+                          temperature=config.sample_temperature, seed=config.seed)
     finally:
         model.train(was_training)
-    return prompt + tokenizer.decode(output[0, ids.shape[1]:].tolist())
+    return config.sample_prompt + tokenizer.decode(output[0, ids.shape[1]:].tolist())

@@ -1,10 +1,4 @@
-"""Optimizers (SPEC §4): MuonAdamW, plain AdamW, and the parameter groups they share.
-
-Groups:
-- `adam`: token and value embeddings, the (tied) head, norms, every 1-D parameter, and the
-  injection and C (`transformer.adapter.*`, `transformer.C.*`): AdamW, betas (0.8, 0.95),
-  eps 1e-10, no weight decay.
-- `matrix`: every other 2-D weight (attention, MLP, value-embedding gates): Muon.
+"""MuonAdamW (ARCHITECTURE §4): Muon for matrices, AdamW for the rest, in one optimizer.
 
 Muon step for a matrix W (rows × cols) with gradient G:
 
@@ -14,19 +8,18 @@ Muon step for a matrix W (rows × cols) with gradient G:
     O' = O · v^-½ · ‖O‖/‖O · v^-½‖                              (norm preserved)
     W -= lr·√max(1, rows/cols) · (O' + wd · W · [O'·W ≥ 0])     cautious weight decay
 
-The orthogonalisation runs in the training precision: bf16 when training in bf16 (the
-recipe), fp32 when training in fp32 (so an fp32 run is reproducible across batch layouts). Under FSDP the
-parameters, gradients and momenta are DTensors sharded by rows; Muon gathers each whole update
-U, orthogonalises it on every rank and keeps the rows of its own shard (the per-row/column second
-moment is kept whole on every rank). AdamW is elementwise and runs on the shards.
+The orthogonalisation runs in the training precision: bf16 when training in bf16 (the recipe),
+fp32 when training in fp32 (so an fp32 run is reproducible across batch layouts). Under FSDP
+the parameters, gradients and momenta are DTensors sharded by rows; Muon gathers each whole
+update U, orthogonalises it on every rank and keeps the rows of its own shard (the
+per-row/column second moment is kept whole on every rank). AdamW is elementwise and runs on the
+shards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from parcae.train.distributed import full_tensor
@@ -57,32 +50,6 @@ def orthogonalize(update: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfl
         gram = x @ x.mT
         x = a * x + (b * gram + c * (gram @ gram)) @ x
     return (x.mT if tall else x).to(update.dtype)
-
-
-@dataclass
-class ParamGroups:
-    """Parameters split by optimizer (each parameter once, a tied table included)."""
-
-    adam: list[tuple[str, nn.Parameter]]
-    matrix: list[tuple[str, nn.Parameter]]
-
-
-ADAM_PREFIXES = ("transformer.wte.", "value_embeds.", "lm_head.", "transformer.adapter.",
-                 "transformer.C.")
-
-
-def group_parameters(model: nn.Module) -> ParamGroups:
-    """Split `model`'s trainable parameters into the AdamW and matrix (Muon) groups."""
-    adam, matrix, seen = [], [], set()
-    for name, param in model.named_parameters():
-        if not param.requires_grad or id(param) in seen:
-            continue
-        seen.add(id(param))
-        if param.dim() != 2 or name.startswith(ADAM_PREFIXES):
-            adam.append((name, param))
-        else:
-            matrix.append((name, param))
-    return ParamGroups(adam, matrix)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -172,21 +139,3 @@ def _normalise_second_moment(update: Tensor, second_moment: Tensor, per_row: boo
     scale = second_moment.clamp_min(1e-10).rsqrt()
     scaled = update * scale
     return scaled * (update.norm() / scaled.norm().clamp_min(1e-10))
-
-
-def build_optimizer(model: nn.Module, name: str, lr: float, adam_lr: float,
-                    weight_decay: float, betas: tuple[float, float], eps: float,
-                    momentum: float, ns_steps: int, ns_dtype: torch.dtype) -> MuonAdamW:
-    """MuonAdamW (`name="muon"`) or AdamW for every parameter (`name="adamw"`; matrices at
-    `lr` with weight decay, the `adam` group at `adam_lr` without)."""
-    groups = group_parameters(model)
-    adam = dict(kind="adamw", params=[p for _, p in groups.adam], lr=adam_lr,
-                weight_decay=0.0, betas=betas, eps=eps)
-    if name == "muon":
-        matrices = dict(kind="muon", params=[p for _, p in groups.matrix], lr=lr,
-                        weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps,
-                        ns_dtype=str(ns_dtype).removeprefix("torch."))
-    else:
-        matrices = dict(kind="adamw", params=[p for _, p in groups.matrix], lr=lr,
-                        weight_decay=weight_decay, betas=betas, eps=eps)
-    return MuonAdamW([g for g in (adam, matrices) if g["params"]])
