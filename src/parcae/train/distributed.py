@@ -95,10 +95,9 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device,
 
 def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    transformer = model.transformer
-    for stage in ("prelude", "coda", "h"):  # Parcae's stages around the loop, GPT's blocks
-        for block in transformer[stage] if stage in transformer else ():
-            fully_shard(block, mesh=mesh)
+    blocks, config = model.blocks(), model.config
+    for layer in (*config.prelude_layers, *config.coda_layers):  # around the loop: every GPT block
+        fully_shard(blocks[layer], mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
