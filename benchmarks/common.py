@@ -9,9 +9,13 @@ import torch
 
 def add_training_options(parser: argparse.ArgumentParser, overrides_help: str) -> None:
     """`--threads N` and trailing `key=value` training-config overrides."""
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, one per core); 1 "
-                             "avoids OpenMP spin-waiting on a machine shared with other jobs")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, one per core); 1 "
+        "avoids OpenMP spin-waiting on a machine shared with other jobs",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
 
 

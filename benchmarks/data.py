@@ -29,8 +29,9 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS),
-                        help="any --input spec (default: the shared plays)")
+    parser.add_argument(
+        "--corpus", default=str(DEFAULT_CORPUS), help="any --input spec (default: the shared plays)"
+    )
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -45,22 +46,32 @@ def main() -> None:
     print(f"tokenizer training (vocab {args.vocab_size}): {seconds:.2f} s")
     ids, seconds = timed(tokenizer.encode_batch, texts)
     n_tokens = sum(len(x) for x in ids)
-    print(f"tokenisation: {megabytes / seconds:.2f} MB/s "
-          f"({n_tokens / seconds / 1e6:.2f} M tokens/s, "
-          f"{megabytes * 1e6 / n_tokens:.3f} bytes/token)")
+    print(
+        f"tokenisation: {megabytes / seconds:.2f} MB/s "
+        f"({n_tokens / seconds / 1e6:.2f} M tokens/s, "
+        f"{megabytes * 1e6 / n_tokens:.3f} bytes/token)"
+    )
 
     with tempfile.TemporaryDirectory() as work:
         tokenizer.save(Path(work) / "tokenizer")
-        _, seconds = timed(prepare_dataset, args.corpus, Path(work) / "tokenizer",
-                           Path(work) / "data", progress=False)
+        _, seconds = timed(
+            prepare_dataset,
+            args.corpus,
+            Path(work) / "tokenizer",
+            Path(work) / "data",
+            progress=False,
+        )
         print(f"preparation: {seconds:.2f} s ({megabytes / seconds:.2f} MB/s)")
         loader = TokenLoader(Path(work) / "data", "train", args.batch_size, args.seq_len)
         _, seconds = timed(lambda: [loader.next_batch() for _ in range(args.loader_steps)])
         rows = args.loader_steps * args.batch_size
-        print(f"loader (seq_len {args.seq_len}, batch {args.batch_size}): "
-              f"{rows / seconds:,.0f} rows/s "
-              f"({rows * args.seq_len / seconds / 1e6:.1f} M tokens/s), "
-              f"packing efficiency {loader.packing_efficiency:.4%}")
+        print(
+            f"loader (seq_len {args.seq_len}, batch {args.batch_size}): "
+            f"{rows / seconds:,.0f} rows/s "
+            f"({rows * args.seq_len / seconds / 1e6:.1f} M tokens/s), "
+            f"packing efficiency {loader.packing_efficiency:.4%}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -40,14 +40,15 @@ EPSILONS = {  # exit criterion -> thresholds swept
 }
 
 
-def timed(function, repeats: int = 1) -> "Seconds":
+def timed(function, repeats: int = 1) -> Seconds:
     """Best wall and process CPU time of `repeats` calls."""
     best = Seconds(float("inf"), float("inf"))
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         function()
-        best = Seconds(min(best.wall, time.perf_counter() - wall),
-                       min(best.cpu, time.process_time() - cpu))
+        best = Seconds(
+            min(best.wall, time.perf_counter() - wall), min(best.cpu, time.process_time() - cpu)
+        )
     return best
 
 
@@ -59,7 +60,7 @@ class Seconds:
     wall: float
     cpu: float
 
-    def __sub__(self, other: "Seconds") -> "Seconds":
+    def __sub__(self, other: Seconds) -> Seconds:
         return Seconds(self.wall - other.wall, self.cpu - other.cpu)
 
 
@@ -78,17 +79,24 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
     config = model.config
     steps = (args.num_steps or config.mean_recurrence) if config.is_looped else 0
     params = model.num_params() / 1e6
-    prompt = torch.randint(config.vocab_size, (1, args.prompt_tokens),
-                           generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(
+        config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)
+    )
     generate(model, prompt[:, :8], 2, temperature=0)  # warm up
 
     def run(new_tokens: int, **options) -> Seconds:
-        return timed(lambda: generate(model, prompt, new_tokens, num_steps=steps or None,
-                                     temperature=0, **options), args.repeats)
+        return timed(
+            lambda: generate(
+                model, prompt, new_tokens, num_steps=steps or None, temperature=0, **options
+            ),
+            args.repeats,
+        )
 
     prefill = run(1)
-    print(f"\n{preset} ({params:.1f}M parameters, T = {steps or '-'}, {torch.get_num_threads()} "
-          f"threads): prompt {args.prompt_tokens}, {args.new_tokens} new tokens")
+    print(
+        f"\n{preset} ({params:.1f}M parameters, T = {steps or '-'}, {torch.get_num_threads()} "
+        f"threads): prompt {args.prompt_tokens}, {args.new_tokens} new tokens"
+    )
     print(f"  {'tokens/s':<20} {'wall':>10} {'cpu':>10}")
     print(f"  prefill              {rate(args.prompt_tokens, prefill)}")
     cached = run(args.new_tokens)
@@ -96,14 +104,18 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
     uncached_tokens = min(args.uncached_tokens or args.new_tokens, args.new_tokens)
     if uncached_tokens > 1:
         uncached = run(uncached_tokens, use_cache=False)
-        print(f"  decode, uncached     {rate(uncached_tokens - 1, uncached - prefill)} "
-              f"(over {uncached_tokens} new tokens)")
+        print(
+            f"  decode, uncached     {rate(uncached_tokens - 1, uncached - prefill)} "
+            f"(over {uncached_tokens} new tokens)"
+        )
     if not config.is_looped:
         cache = model.new_cache(1, length)
         print(f"  cache memory         {cache.nbytes / 2**20:10.2f} MiB")
         return
-    print(f"  {'sharing':<10} {'cache MiB':>10} {'vs full':>8}"
-          + (f" {'decode tok/s wall, cpu':>22}" if args.strategy_speed else ""))
+    print(
+        f"  {'sharing':<10} {'cache MiB':>10} {'vs full':>8}"
+        + (f" {'decode tok/s wall, cpu':>22}" if args.strategy_speed else "")
+    )
     full_bytes = model.new_cache(1, length, steps, "full").nbytes
     for strategy in STRATEGIES:
         nbytes = model.new_cache(1, length, steps, strategy).nbytes
@@ -131,17 +143,21 @@ def teacher_forced_loss(model, inputs, targets, steps: int, sharing: str, prefil
     batch, seq = inputs.shape
     cache = model.new_cache(batch, seq, steps, sharing)
     model(inputs[:, :prefill], cache=cache)
-    logits = [model(inputs[:, i:i + 1], cache=cache).logits for i in range(prefill, seq)]
+    logits = [model(inputs[:, i : i + 1], cache=cache).logits for i in range(prefill, seq)]
     return mean_loss(torch.cat(logits, dim=1), targets[:, prefill:])
 
 
 @torch.no_grad()
-def depth_pass(model, inputs, targets, steps: int, eps: float | None,
-               criterion: str = "residual") -> tuple[torch.Tensor, float]:
+def depth_pass(
+    model, inputs, targets, steps: int, eps: float | None, criterion: str = "residual"
+) -> tuple[torch.Tensor, float]:
     """(loop steps of each token, mean loss) of one cached pass with at most `steps` steps."""
     batch, seq = inputs.shape
-    out = model(inputs, cache=model.new_cache(batch, seq, steps),
-                exit_rule=exit_rule(eps, criterion, model.config.vocab_size))
+    out = model(
+        inputs,
+        cache=model.new_cache(batch, seq, steps),
+        exit_rule=exit_rule(eps, criterion, model.config.vocab_size),
+    )
     return out.loop.steps, mean_loss(out.logits, targets)
 
 
@@ -158,8 +174,9 @@ def bench_quality(args: argparse.Namespace) -> None:
     tokens = inputs.numel()
     print(f"\nquality: {args.model}, {inputs.shape[0]} validation rows x {seq_len} tokens")
     print(f"  sharing (T = {steps}; prefill {args.prefill}, then one token at a time)")
-    reference = mean_loss(model(inputs, num_steps=steps).logits[:, args.prefill:],
-                          targets[:, args.prefill:])
+    reference = mean_loss(
+        model(inputs, num_steps=steps).logits[:, args.prefill :], targets[:, args.prefill :]
+    )
     print(f"  {'uncached forward':<16} loss {reference:.5f}")
     for strategy in STRATEGIES:
         loss = teacher_forced_loss(model, inputs, targets, steps, strategy, args.prefill)
@@ -172,8 +189,10 @@ def bench_quality(args: argparse.Namespace) -> None:
         for eps in epsilons:
             steps, loss = depth_pass(model, inputs, targets, args.max_steps, eps, criterion)
             exits = torch.bincount(steps.flatten(), minlength=args.max_steps + 1)[1:].tolist()
-            print(f"  {criterion:<8} eps = {eps:<6} steps {steps.float().mean():5.2f}  loss "
-                  f"{loss:.5f}  (tokens exiting at steps 1..{args.max_steps}: {exits})")
+            print(
+                f"  {criterion:<8} eps = {eps:<6} steps {steps.float().mean():5.2f}  loss "
+                f"{loss:.5f}  (tokens exiting at steps 1..{args.max_steps}: {exits})"
+            )
 
 
 def main() -> None:
@@ -181,19 +200,30 @@ def main() -> None:
     parser.add_argument("--presets", nargs="*", default=["parcae-tiny", "parcae-140m"])
     parser.add_argument("--prompt-tokens", type=int, default=200)
     parser.add_argument("--new-tokens", type=int, default=100)
-    parser.add_argument("--uncached-tokens", type=int, default=None,
-                        help="new tokens for the uncached baseline (default: --new-tokens)")
+    parser.add_argument(
+        "--uncached-tokens",
+        type=int,
+        default=None,
+        help="new tokens for the uncached baseline (default: --new-tokens)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="best of this many runs")
-    parser.add_argument("--strategy-speed", action="store_true",
-                        help="also time decoding with each cache-sharing strategy")
+    parser.add_argument(
+        "--strategy-speed",
+        action="store_true",
+        help="also time decoding with each cache-sharing strategy",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model", help="a trained Parcae (run or model directory) for quality")
     parser.add_argument("--data-dir", help="prepared data directory with a val split")
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--prefill", type=int, default=32)
-    parser.add_argument("--num-steps", type=int, default=None,
-                        help="loop steps T for speed and sharing (default: mean_recurrence)")
+    parser.add_argument(
+        "--num-steps",
+        type=int,
+        default=None,
+        help="loop steps T for speed and sharing (default: mean_recurrence)",
+    )
     parser.add_argument("--max-steps", type=int, default=8, help="the most loop steps (depth)")
     args = parser.parse_args()
     if args.threads:

@@ -1,7 +1,8 @@
 """Quality at equal data: parcae-tiny vs gpt-tiny (parameter-matched: the same blocks without the
 loop) vs rdm-tiny (Huginn-style linear injection, no prelude norm) on Shakespeare.
 
-    python benchmarks/quality.py [--models parcae-tiny gpt-tiny rdm-tiny] [--out DIR] [key=value ...]
+    python benchmarks/quality.py [--models parcae-tiny gpt-tiny rdm-tiny] [--out DIR] \
+        [key=value ...]
 
 Every model trains with `parcae.train.loop.train` on the same data, token budget, batch,
 learning rate and seed (the default training config plus any `key=value` overrides, as on the
@@ -33,26 +34,38 @@ QUIET = ["sample_tokens=0", "progress=false"]
 
 def run(model: str, out_root: Path, overrides: list[str]) -> dict:
     """Train `model` under `overrides`; its final evaluation, or the reason it stopped."""
-    config = load_config(None, [*overrides, *QUIET, f"model={model}",
-                                f"out_dir={out_root / model}", "resume=true"])
+    config = load_config(
+        None, [*overrides, *QUIET, f"model={model}", f"out_dir={out_root / model}", "resume=true"]
+    )
     started = time.perf_counter()
     try:
         result = train(config)
     except ParcaeError as error:  # a diverged run: report it, keep going
-        return {"model": model, "error": f"diverged ({error})",
-                "wall": time.perf_counter() - started}
+        return {
+            "model": model,
+            "error": f"diverged ({error})",
+            "wall": time.perf_counter() - started,
+        }
     if result.interrupted_by is not None:  # SIGINT/SIGTERM: checkpointed, resumable
-        return {"model": model, "error": f"interrupted by signal {result.interrupted_by} at "
-                f"step {result.steps}; rerun with --out {out_root} to continue",
-                "wall": time.perf_counter() - started}
+        return {
+            "model": model,
+            "error": f"interrupted by signal {result.interrupted_by} at "
+            f"step {result.steps}; rerun with --out {out_root} to continue",
+            "wall": time.perf_counter() - started,
+        }
     from parcae import from_pretrained  # the saved model, for its parameter count
 
     trained = from_pretrained(result.out_dir / "model")
-    return {"model": model, "params": trained.num_params(), "tokens": result.tokens,
-            "steps": result.steps, "skipped": result.skipped_steps, "eval": result.final_eval,
-            "judged": headline(result.final_eval, getattr(trained.config, "mean_recurrence",
-                                                            None)),
-            "wall": time.perf_counter() - started}
+    return {
+        "model": model,
+        "params": trained.num_params(),
+        "tokens": result.tokens,
+        "steps": result.steps,
+        "skipped": result.skipped_steps,
+        "eval": result.final_eval,
+        "judged": headline(result.final_eval, getattr(trained.config, "mean_recurrence", None)),
+        "wall": time.perf_counter() - started,
+    }
 
 
 def headline(results: list, mean_recurrence: int | None) -> object:
@@ -66,8 +79,9 @@ def headline(results: list, mean_recurrence: int | None) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory for the runs (default: a temporary one)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="directory for the runs (default: a temporary one)"
+    )
     add_training_options(parser, "training config overrides shared by every model")
     args = parser.parse_args()
     apply_threads(args)
@@ -84,19 +98,24 @@ def main() -> None:
             else:
                 depths = "  ".join(
                     f"T={'own' if r.depth is None else r.depth}: {r.bpb:.4f}"
-                    for r in report["eval"])
+                    for r in report["eval"]
+                )
                 print(f"  val bpb {depths}  ({report['wall']:.0f} s)", flush=True)
 
-    print(f"\n{'model':<14}{'params':>12}{'tokens':>12}{'val loss':>10}{'val bpb':>10}"
-          f"{'depth':>7}{'time':>8}")
+    print(
+        f"\n{'model':<14}{'params':>12}{'tokens':>12}{'val loss':>10}{'val bpb':>10}"
+        f"{'depth':>7}{'time':>8}"
+    )
     for report in reports:
         if "error" in report:
             print(f"{report['model']:<14}  {report['error'].split(' (')[0]}")
             continue
         best = report["judged"]
         depth = "own" if best.depth is None else str(best.depth)
-        print(f"{report['model']:<14}{report['params']:>12,}{report['tokens']:>12,}"
-              f"{best.loss:>10.4f}{best.bpb:>10.4f}{depth:>7}{report['wall']:>7.0f}s")
+        print(
+            f"{report['model']:<14}{report['params']:>12,}{report['tokens']:>12,}"
+            f"{best.loss:>10.4f}{best.bpb:>10.4f}{depth:>7}{report['wall']:>7.0f}s"
+        )
 
 
 if __name__ == "__main__":

@@ -46,20 +46,25 @@ def benchmark_preset(name: str, args, device: torch.device, peaks: dict[str, flo
     print(f"\n{name}: {model.num_params():,} parameters, batch {args.batch_size} x {seq} tokens")
     for dtype_name in args.dtypes:
         if dtype_name == "bf16" and not bf16_is_fast(device):
-            print(f"  bf16: skipped, {device} has no native bf16 matmul "
-                  f"({peaks['bf16'] / 1e9:.1f} GFLOP/s vs {peaks['fp32'] / 1e9:.0f} in fp32)")
+            print(
+                f"  bf16: skipped, {device} has no native bf16 matmul "
+                f"({peaks['bf16'] / 1e9:.1f} GFLOP/s vs {peaks['fp32'] / 1e9:.0f} in fp32)"
+            )
             continue
         model.eval()
 
-        def forward():
+        def forward(dtype_name=dtype_name):
             with torch.no_grad(), autocast(device, dtype_name):
                 model(ids)
 
         model.train()
 
-        def train_step():
-            plan = (model.sample_depth_plan(args.batch_size, seq, generator)
-                    if model.config.is_looped else None)
+        def train_step(dtype_name=dtype_name):
+            plan = (
+                model.sample_depth_plan(args.batch_size, seq, generator)
+                if model.config.is_looped
+                else None
+            )
             with autocast(device, dtype_name):
                 loss = model(ids, labels=ids, depth_plan=plan).loss
             loss.backward()
@@ -72,10 +77,12 @@ def benchmark_preset(name: str, args, device: torch.device, peaks: dict[str, flo
         forward_flops = forward_flops_per_token(config, seq) * tokens
         train_flops = training_flops_per_token(config, seq) * tokens
         peak = peaks[dtype_name]
-        print(f"  {dtype_name}: forward {tokens / forward_s:9.0f} tok/s "
-              f"(MFU {forward_flops / forward_s / peak:6.1%})   "
-              f"forward+backward {tokens / train_s:9.0f} tok/s "
-              f"(MFU {train_flops / train_s / peak:6.1%})")
+        print(
+            f"  {dtype_name}: forward {tokens / forward_s:9.0f} tok/s "
+            f"(MFU {forward_flops / forward_s / peak:6.1%})   "
+            f"forward+backward {tokens / train_s:9.0f} tok/s "
+            f"(MFU {train_flops / train_s / peak:6.1%})"
+        )
 
 
 def main() -> None:
@@ -89,8 +96,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     peaks = {name: matmul_peak_flops(DTYPES[name], device) for name in ("fp32", "bf16")}
-    print(f"device {device}, {torch.get_num_threads()} threads; matmul peak: "
-          + ", ".join(f"{name} {flops / 1e9:.0f} GFLOP/s" for name, flops in peaks.items()))
+    print(
+        f"device {device}, {torch.get_num_threads()} threads; matmul peak: "
+        + ", ".join(f"{name} {flops / 1e9:.0f} GFLOP/s" for name, flops in peaks.items())
+    )
     for name in args.presets:
         benchmark_preset(name, args, device, peaks)
 

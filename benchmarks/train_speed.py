@@ -29,15 +29,29 @@ from parcae.train.metrics import read_metrics
 from parcae.train.model import build_model_config, resolve_device
 
 # what a speed measurement does not need: evaluation, samples, TensorBoard, progress bars
-QUIET = ["eval_every=1000000", "checkpoint_every=1000000", "final_eval_batches=1",
-         "sample_tokens=0", "tensorboard=false", "progress=false"]
+QUIET = [
+    "eval_every=1000000",
+    "checkpoint_every=1000000",
+    "final_eval_batches=1",
+    "sample_tokens=0",
+    "tensorboard=false",
+    "progress=false",
+]
 
 
 def measure(precision: str, steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
     """Median tokens/s, MFU and step time over steps warmup+1..steps of one short run."""
     with tempfile.TemporaryDirectory(prefix="parcae-speed-") as out_dir:
-        config = load_config(None, [*overrides, *QUIET, f"max_steps={steps}",
-                                    f"precision={precision}", f"out_dir={out_dir}"])
+        config = load_config(
+            None,
+            [
+                *overrides,
+                *QUIET,
+                f"max_steps={steps}",
+                f"precision={precision}",
+                f"out_dir={out_dir}",
+            ],
+        )
         started = time.perf_counter()
         train(config)
         wall = time.perf_counter() - started
@@ -56,8 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per precision")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                        choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"]
+    )
     add_training_options(parser, "training config overrides (as for `parcae train`)")
     args = parser.parse_args()
     apply_threads(args)
@@ -66,23 +81,28 @@ def main() -> None:
 
     config = load_config(None, args.overrides)
     device = resolve_device(config.device)
-    print(f"{config.model}, batch {config.batch_size} x {config.seq_len} tokens, "
-          f"optimizer {config.optimizer}, {device}; median of steps "
-          f"{args.warmup + 1}..{args.steps}")
+    print(
+        f"{config.model}, batch {config.batch_size} x {config.seq_len} tokens, "
+        f"optimizer {config.optimizer}, {device}; median of steps "
+        f"{args.warmup + 1}..{args.steps}"
+    )
     for precision in args.precisions:
         result = measure(precision, args.steps, args.warmup, args.overrides)
         utilisation, note = f"MFU {result['mfu']:6.1%}", ""
         if precision == "bf16" and not bf16_is_fast(device):
             # MFU against the emulated bf16 matmul would exceed 100%: compare with fp32's peak
-            flops = training_flops_per_token(build_model_config(config, config.vocab_size),
-                                             config.seq_len)
+            flops = training_flops_per_token(
+                build_model_config(config, config.vocab_size), config.seq_len
+            )
             vs_fp32 = result["tokens_per_s"] * flops / matmul_peak_flops(device=device)
             utilisation = f"{vs_fp32:.1%} of the fp32 peak"
-            note = (f"  (no native bf16 on this {device.type}: emulated; `precision=auto` "
-                    "uses fp32)")
-        print(f"  {precision}: {result['tokens_per_s']:8,.0f} tokens/s  {utilisation}  "
-              f"{result['step_time']:.3f} s/step ({result['tokens_per_step']:,} tokens)  "
-              f"run {result['wall']:.0f} s{note}")
+            note = f"  (no native bf16 on this {device.type}: emulated; `precision=auto` uses fp32)"
+        print(
+            f"  {precision}: {result['tokens_per_s']:8,.0f} tokens/s  {utilisation}  "
+            f"{result['step_time']:.3f} s/step ({result['tokens_per_step']:,} tokens)  "
+            f"run {result['wall']:.0f} s{note}"
+        )
+
 
 if __name__ == "__main__":
     main()

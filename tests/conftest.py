@@ -37,8 +37,10 @@ def _fail_unless_hardware(report: pytest.TestReport | pytest.CollectReport) -> N
     if not any(phrase in reason for phrase in HARDWARE_SKIPS):
         report.outcome = "failed"
         allowed = " or ".join(repr(phrase) for phrase in HARDWARE_SKIPS)
-        report.longrepr = (f"{reason}\nOnly missing hardware may skip a test: the reason must "
-                           f"contain {allowed} (HARDWARE_SKIPS in tests/conftest.py).")
+        report.longrepr = (
+            f"{reason}\nOnly missing hardware may skip a test: the reason must "
+            f"contain {allowed} (HARDWARE_SKIPS in tests/conftest.py)."
+        )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -7,8 +7,15 @@ import pytest
 
 from tests.conftest import BIGBENCH_DIR
 
-TASKS = ("cs_algorithms/lcs", "cs_algorithms/valid_parentheses", "dyck_languages",
-         "language_identification", "operators", "qa_wikidata", "repeat_copy_logic")
+TASKS = (
+    "cs_algorithms/lcs",
+    "cs_algorithms/valid_parentheses",
+    "dyck_languages",
+    "language_identification",
+    "operators",
+    "qa_wikidata",
+    "repeat_copy_logic",
+)
 
 
 @pytest.mark.parametrize("task", TASKS)

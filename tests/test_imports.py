@@ -36,7 +36,8 @@ def module_files(src: Path, package: str) -> dict[str, Path]:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.AST):
@@ -66,10 +67,12 @@ def import_graph(src: Path = SRC, package: str = PACKAGE) -> dict[str, dict[str,
                 base = node.module or ""
                 if node.level:  # relative: from the importer's package, `level` steps up
                     anchor = name.split(".") if is_package else name.split(".")[:-1]
-                    anchor = anchor[:len(anchor) - node.level + 1]
+                    anchor = anchor[: len(anchor) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                    for alias in node.names
+                ]
             for target in targets:
                 if target in modules and target != name:
                     edges.setdefault(target, where)
@@ -93,8 +96,8 @@ def components(graph: dict[str, dict[str, str]]) -> list[set[str]]:
             elif target in stack:
                 low[node] = min(low[node], index[target])
         if low[node] == index[node]:
-            component = set(stack[stack.index(node):])
-            del stack[stack.index(node):]
+            component = set(stack[stack.index(node) :])
+            del stack[stack.index(node) :]
             if len(component) > 1:
                 found.append(component)
 
@@ -137,9 +140,11 @@ def test_the_graph_has_module_level_function_level_and_relative_imports(tmp_path
         "pkg/__init__.py": "from pkg.sub import helper\n",
         "pkg/sub/__init__.py": "",
         "pkg/sub/helper.py": "import os\nimport pkg.base\n",
-        "pkg/base.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                        "    from pkg import late\n"
-                        "def f():\n    from . import late\n    return late\n"),
+        "pkg/base.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from pkg import late\n"
+            "def f():\n    from . import late\n    return late\n"
+        ),
         "pkg/late.py": "from .sub.helper import os\nfrom pkg import sub\n",
     }
     for name, text in files.items():
@@ -147,8 +152,12 @@ def test_the_graph_has_module_level_function_level_and_relative_imports(tmp_path
         (tmp_path / name).write_text(text)
     graph = import_graph(tmp_path, "pkg")
     assert {module: sorted(edges) for module, edges in graph.items()} == {
-        "pkg": ["pkg.sub.helper"], "pkg.sub": [], "pkg.sub.helper": ["pkg.base"],
-        "pkg.base": ["pkg.late"], "pkg.late": ["pkg.sub", "pkg.sub.helper"]}
+        "pkg": ["pkg.sub.helper"],
+        "pkg.sub": [],
+        "pkg.sub.helper": ["pkg.base"],
+        "pkg.base": ["pkg.late"],
+        "pkg.late": ["pkg.sub", "pkg.sub.helper"],
+    }
     assert graph["pkg.base"]["pkg.late"] == "pkg/base.py:5"
     assert find_cycles(graph) == [["pkg.base", "pkg.late", "pkg.sub.helper", "pkg.base"]]
 
@@ -161,20 +170,41 @@ def test_parcae_modules_import_each_other_without_cycles():
 
 # Not needed to build, run or load a model: training, data, plotting, logging and the
 # transformers extra bring these in when used. (transformers: see tests/hf/test_transformers.py.)
-HEAVY = ("torch.distributed.", "torch.utils.tensorboard", "torch._dynamo", "tensorboard",
-         "datasets", "pyarrow", "tokenizers", "matplotlib", "wandb", "scipy", "yaml", "sympy",
-         "parcae.train", "parcae.data")
+HEAVY = (
+    "torch.distributed.",
+    "torch.utils.tensorboard",
+    "torch._dynamo",
+    "tensorboard",
+    "datasets",
+    "pyarrow",
+    "tokenizers",
+    "matplotlib",
+    "wandb",
+    "scipy",
+    "yaml",
+    "sympy",
+    "parcae.train",
+    "parcae.data",
+)
 
 
 def test_import_parcae_imports_nothing_heavy_beyond_torch():
-    code = ("import sys, torch; before = set(sys.modules); import parcae; "
-            "print('\\n'.join(sorted(set(sys.modules) - before)))")
-    added = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                           text=True).stdout.split()
+    code = (
+        "import sys, torch; before = set(sys.modules); import parcae; "
+        "print('\\n'.join(sorted(set(sys.modules) - before)))"
+    )
+    added = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
     assert "parcae.model" in added
-    heavy = [name for name in added
-             if any(name == prefix.rstrip(".") or name.startswith(prefix.rstrip(".") + ".")
-                    for prefix in HEAVY)]
+    heavy = [
+        name
+        for name in added
+        if any(
+            name == prefix.rstrip(".") or name.startswith(prefix.rstrip(".") + ".")
+            for prefix in HEAVY
+        )
+    ]
     assert not heavy, f"`import parcae` imports {', '.join(heavy)}"
 
 
@@ -200,12 +230,16 @@ print(main(["convert", "official", "in", "out"]))
 
 
 def test_without_the_hf_extra_parcae_works_and_hf_features_name_the_extra():
-    result = subprocess.run([sys.executable, "-c", WITHOUT_HF_EXTRA], check=True,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_HF_EXTRA], check=True, capture_output=True, text=True
+    )
     transformers_error, datasets_error, exit_code = result.stdout.splitlines()
-    assert transformers_error == ("parcae.hf (the transformers classes) needs the optional "
-                                  "package 'transformers': pip install 'parcae[hf]'")
-    assert datasets_error == ("the input hf:some/dataset needs the optional package 'datasets': "
-                              "pip install 'parcae[hf]'")
+    assert transformers_error == (
+        "parcae.hf (the transformers classes) needs the optional "
+        "package 'transformers': pip install 'parcae[hf]'"
+    )
+    assert datasets_error == (
+        "the input hf:some/dataset needs the optional package 'datasets': pip install 'parcae[hf]'"
+    )
     assert exit_code == "2"
     assert result.stderr == f"parcae: error: {transformers_error}\n"

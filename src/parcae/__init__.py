@@ -1,6 +1,8 @@
 """parcae: stable looped language models (Parcae, arXiv 2604.12946) and their baselines."""
 
 from parcae.errors import CheckpointError, ConfigError, DataError, ParcaeError, PromptError
+from parcae.hf.registration import register_with_transformers
+from parcae.infer.generate import generate
 from parcae.model import (
     GPT,
     CausalLMOutput,
@@ -15,16 +17,28 @@ from parcae.model import (
     preset_config,
     save_pretrained,
 )
-from parcae.infer.generate import generate
-from parcae.hf.registration import register_with_transformers
 
 register_with_transformers()  # AutoConfig / AutoModelForCausalLM, once transformers loads them
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GPT", "CausalLMOutput", "CheckpointError", "ConfigError", "DataError", "DepthPlan",
-    "GPTConfig", "Parcae", "ParcaeConfig", "ParcaeError", "PromptError", "TransformerConfig",
-    "create_model", "from_pretrained", "generate", "list_presets", "preset_config",
+    "GPT",
+    "CausalLMOutput",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DepthPlan",
+    "GPTConfig",
+    "Parcae",
+    "ParcaeConfig",
+    "ParcaeError",
+    "PromptError",
+    "TransformerConfig",
+    "create_model",
+    "from_pretrained",
+    "generate",
+    "list_presets",
+    "preset_config",
     "save_pretrained",
 ]

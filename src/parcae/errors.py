@@ -47,5 +47,7 @@ class MissingDependencyError(ParcaeError, ImportError):
     """
 
     def __init__(self, package: str, feature: str, extra: str = "hf"):
-        super().__init__(f"{feature} needs the optional package '{package}': "
-                         f"pip install 'parcae[{extra}]'", name=package)
+        super().__init__(
+            f"{feature} needs the optional package '{package}': pip install 'parcae[{extra}]'",
+            name=package,
+        )

@@ -38,8 +38,12 @@ def bf16_is_fast(device: str | torch.device) -> bool:
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                      size: int | None = None, seconds: float = 0.5) -> float:
+def matmul_peak_flops(
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    size: int | None = None,
+    seconds: float = 0.5,
+) -> float:
     """Peak FLOP/s of a square `size`×`size` matmul in `dtype` on `device`: 2·size³ over the
     fastest of the matmuls timed during `seconds` (size: 1024 on CPU, 8192 on GPU).
 

@@ -29,5 +29,12 @@ def tokenizer(tokenizer_dir) -> Tokenizer:
 def data_dir(plays_dir, tokenizer_dir, tmp_path_factory) -> Path:
     """The plays prepared into shards of about 20k tokens (several per split)."""
     directory = tmp_path_factory.mktemp("prepared")
-    prepare_dataset(str(plays_dir), tokenizer_dir, directory, val_fraction=0.05, shard_tokens=20_000, progress=False)
+    prepare_dataset(
+        str(plays_dir),
+        tokenizer_dir,
+        directory,
+        val_fraction=0.05,
+        shard_tokens=20_000,
+        progress=False,
+    )
     return directory

@@ -39,7 +39,7 @@ def test_one_epoch_covers_every_row_once_without_padding(data_dir):
     assert loader.rows_per_epoch == n_rows and loader.tokens_per_epoch == n_rows * SEQ_LEN
     assert loader.packing_efficiency == n_rows * SEQ_LEN / (len(tokens) - 1) > 0.99
     epoch = torch.cat([rows_of(loader.next_batch()) for _ in range(n_rows)]).tolist()
-    expected = [tokens[k * SEQ_LEN: k * SEQ_LEN + SEQ_LEN + 1].tolist() for k in range(n_rows)]
+    expected = [tokens[k * SEQ_LEN : k * SEQ_LEN + SEQ_LEN + 1].tolist() for k in range(n_rows)]
     assert sorted(epoch) == sorted(expected) and epoch != expected
 
 
@@ -75,8 +75,10 @@ def test_resumed_stream_equals_the_uninterrupted_one(data_dir, steps, batch_size
 def test_ranks_are_disjoint_slices_of_the_single_process_batch(data_dir, world_size):
     batch_size = 3
     single = TokenLoader(data_dir, "train", batch_size * world_size, SEQ_LEN, seed=5)
-    ranks = [TokenLoader(data_dir, "train", batch_size, SEQ_LEN, seed=5, rank=r,
-                         world_size=world_size) for r in range(world_size)]
+    ranks = [
+        TokenLoader(data_dir, "train", batch_size, SEQ_LEN, seed=5, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     steps = 2 * single.rows_per_epoch // (batch_size * world_size) + 1  # more than two epochs
     for _ in range(steps):
         together = torch.cat([loader.next_batch().inputs for loader in ranks])
@@ -86,11 +88,15 @@ def test_ranks_are_disjoint_slices_of_the_single_process_batch(data_dir, world_s
 
 def test_ranks_partition_each_epoch(data_dir):
     world_size, batch_size = 2, 2
-    ranks = [TokenLoader(data_dir, "train", batch_size, SEQ_LEN, rank=r, world_size=world_size)
-             for r in range(2)]
+    ranks = [
+        TokenLoader(data_dir, "train", batch_size, SEQ_LEN, rank=r, world_size=world_size)
+        for r in range(2)
+    ]
     n = ranks[0].rows_per_epoch
-    seen = [[ranks[r]._row(g) for g in range(n) if (g // batch_size) % world_size == r]
-            for r in range(2)]
+    seen = [
+        [ranks[r]._row(g) for g in range(n) if (g // batch_size) % world_size == r]
+        for r in range(2)
+    ]
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(n))
 
@@ -102,7 +108,7 @@ def test_eval_batches_cover_the_split_in_order(data_dir):
     rows = torch.cat([rows_of(b) for b in batches]).numpy()
     assert len(batches) == -(-n_rows // 7)
     assert batches[-1].inputs.shape[0] == n_rows - 7 * (len(batches) - 1)
-    expected = np.stack([tokens[k * SEQ_LEN: k * SEQ_LEN + SEQ_LEN + 1] for k in range(n_rows)])
+    expected = np.stack([tokens[k * SEQ_LEN : k * SEQ_LEN + SEQ_LEN + 1] for k in range(n_rows)])
     assert np.array_equal(rows, expected)
     assert len(list(iter_eval_batches(data_dir, "val", 7, SEQ_LEN, max_batches=2))) == 2
 

@@ -28,7 +28,11 @@ def test_shards_hold_every_document_after_a_bos(data_dir, plays_dir, tokenizer):
         starts = np.flatnonzero(tokens == tokenizer.bos_id).tolist()
         assert starts[0] == 0 and len(starts) == manifest["splits"][split]["documents"]
         texts = [tokenizer.decode(doc) for doc in np.split(tokens, starts[1:])]
-        expected = [p.read_text() for p in sorted(plays_dir.iterdir()) if split_of(p.read_text(), 0.05) == split]
+        expected = [
+            p.read_text()
+            for p in sorted(plays_dir.iterdir())
+            if split_of(p.read_text(), 0.05) == split
+        ]
         assert [text.removeprefix("<|bos|>") for text in texts] == expected
 
 
@@ -39,11 +43,18 @@ def test_manifest_counts_tokens_documents_and_bytes(data_dir, plays_dir, tokeniz
     assert manifest["dtype"] == "<u2"
     for split in ("train", "val"):
         record = manifest["splits"][split]
-        assert record["tokens"] == len(split_tokens(data_dir, split)) == sum(s["tokens"] for s in record["shards"])
+        assert (
+            record["tokens"]
+            == len(split_tokens(data_dir, split))
+            == sum(s["tokens"] for s in record["shards"])
+        )
     assert len(manifest["splits"]["train"]["shards"]) > 1
     total_bytes = sum(len(p.read_bytes()) for p in plays_dir.iterdir())
     assert manifest["splits"]["train"]["bytes"] + manifest["splits"]["val"]["bytes"] == total_bytes
-    assert manifest["splits"]["val"]["documents"] == 1 and manifest["splits"]["train"]["documents"] == 5
+    assert (
+        manifest["splits"]["val"]["documents"] == 1
+        and manifest["splits"]["train"]["documents"] == 5
+    )
 
 
 def test_prepared_directory_carries_the_tokenizer(data_dir, tokenizer):
@@ -57,7 +68,9 @@ def test_dtype_is_uint16_only_when_the_vocab_fits():
 
 def test_rerun_is_a_no_op(data_dir, plays_dir, tokenizer_dir):
     mtimes = {p.name: p.stat().st_mtime_ns for p in data_dir.iterdir()}
-    manifest = prepare_dataset(str(plays_dir), tokenizer_dir, data_dir, shard_tokens=20_000, progress=False)
+    manifest = prepare_dataset(
+        str(plays_dir), tokenizer_dir, data_dir, shard_tokens=20_000, progress=False
+    )
     assert manifest == load_manifest(data_dir)
     assert {p.name: p.stat().st_mtime_ns for p in data_dir.iterdir()} == mtimes
 
@@ -93,18 +106,24 @@ def test_interrupted_preparation_is_not_a_dataset_and_resumes_to_the_same_shards
 ):
     out = tmp_path / "out"
     with monkeypatch.context() as patch:
-        patch.setattr(prepare_module, "iter_documents", interrupt_after(4, prepare_module.iter_documents))
+        patch.setattr(
+            prepare_module, "iter_documents", interrupt_after(4, prepare_module.iter_documents)
+        )
         patch.setattr(prepare_module, "BATCH_CHARS", 1)  # tokenise one document at a time
         with pytest.raises(Interrupt):
             prepare_dataset(str(plays_dir), tokenizer_dir, out, shard_tokens=20_000, progress=False)
     assert not (out / MANIFEST).exists() and (out / PROGRESS).exists()
     progress = json.loads((out / PROGRESS).read_text())
     assert 0 < progress["documents_read"] <= 4
-    assert progress["documents_read"] == sum(record["documents"] for record in progress["splits"].values())
+    assert progress["documents_read"] == sum(
+        record["documents"] for record in progress["splits"].values()
+    )
     with pytest.raises(DataError, match="interrupted"):
         load_manifest(out)
 
-    manifest = prepare_dataset(str(plays_dir), tokenizer_dir, out, shard_tokens=20_000, progress=False)
+    manifest = prepare_dataset(
+        str(plays_dir), tokenizer_dir, out, shard_tokens=20_000, progress=False
+    )
     assert manifest == load_manifest(data_dir) and not (out / PROGRESS).exists()
     for split in ("train", "val"):
         assert np.array_equal(split_tokens(out, split), split_tokens(data_dir, split))
@@ -127,7 +146,9 @@ def test_directory_without_manifest_is_refused(tmp_path):
 def test_empty_input_leaves_no_manifest(tokenizer_dir, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(DataError, match="empty input"):
-        prepare_dataset(str(tmp_path / "empty.txt"), tokenizer_dir, tmp_path / "out", progress=False)
+        prepare_dataset(
+            str(tmp_path / "empty.txt"), tokenizer_dir, tmp_path / "out", progress=False
+        )
     assert not (tmp_path / "out" / MANIFEST).exists()
 
 

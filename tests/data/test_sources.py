@@ -21,7 +21,9 @@ def write_jsonl(path, records):
 
 
 def write_parquet(path, docs, column="text", row_group_size=1):
-    pq.write_table(pa.table({column: docs, "id": list(range(len(docs)))}), path, row_group_size=row_group_size)
+    pq.write_table(
+        pa.table({column: docs, "id": list(range(len(docs)))}), path, row_group_size=row_group_size
+    )
     return path
 
 
@@ -41,7 +43,9 @@ def test_directory_reads_every_supported_file_in_sorted_order(tmp_path):
 
 def test_jsonl_reads_the_configured_field_and_skips_blank_lines(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"body": DOCS[0]}) + "\n\n" + json.dumps({"body": DOCS[1], "x": 1}) + "\n")
+    path.write_text(
+        json.dumps({"body": DOCS[0]}) + "\n\n" + json.dumps({"body": DOCS[1], "x": 1}) + "\n"
+    )
     assert list(iter_documents(str(path), text_field="body")) == DOCS[:2]
 
 
@@ -74,7 +78,9 @@ def test_hf_spec_reports_an_unreachable_hub(monkeypatch):
         raise ConnectionError("Couldn't reach 'no-such/dataset' on the Hub\n(details)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(DataError, match=r"hf:no-such/dataset:cfg: cannot stream dataset \(Couldn't reach") as error:
+    with pytest.raises(
+        DataError, match=r"hf:no-such/dataset:cfg: cannot stream dataset \(Couldn't reach"
+    ) as error:
         list(iter_documents("hf:no-such/dataset:cfg"))
     assert "\n" not in str(error.value)
 

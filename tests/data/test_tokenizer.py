@@ -71,8 +71,12 @@ def test_hash_differs_between_vocab_sizes(plays_dir, tokenizer):
 
 
 def test_loads_a_foreign_tokenizer_json_with_the_parcae_specials(tmp_path):
-    backend = HFTokenizer(models.BPE(vocab={"<|bos|>": 0, "<|eos|>": 1, "<|pad|>": 2, "a": 3, "b": 4, "ab": 5},
-                                     merges=[("a", "b")]))
+    backend = HFTokenizer(
+        models.BPE(
+            vocab={"<|bos|>": 0, "<|eos|>": 1, "<|pad|>": 2, "a": 3, "b": 4, "ab": 5},
+            merges=[("a", "b")],
+        )
+    )
     backend.add_special_tokens(["<|bos|>", "<|eos|>", "<|pad|>"])
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

@@ -55,8 +55,9 @@ def _reference(model, batches, token_bytes, depth):
     with torch.no_grad():
         for batch in batches:
             logits = model(batch.inputs, num_steps=depth).logits
-            losses = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(),
-                                     reduction="none")
+            losses = F.cross_entropy(
+                logits.flatten(0, 1), batch.targets.flatten(), reduction="none"
+            )
             counted = token_bytes[batch.targets.flatten()] > 0
             nats += float(losses[counted].sum())
             n_bytes += float(token_bytes[batch.targets.flatten()].sum())

@@ -5,8 +5,10 @@ import pytest
 import parcae
 from tests.conftest import OFFICIAL_FIXTURE
 
-TEXT = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
-        "the slings and arrows of outrageous fortune. ") * 20
+TEXT = (
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+    "the slings and arrows of outrageous fortune. "
+) * 20
 
 
 @pytest.fixture(scope="session")

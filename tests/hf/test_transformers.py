@@ -51,19 +51,21 @@ def test_hf_generate_matches_our_greedy_output(hf_dir, official_model):
     theirs = model.generate(PROMPT, max_new_tokens=12, do_sample=False)
     assert torch.equal(theirs, ours)
     deeper = generate(official_model, PROMPT, 6, num_steps=8, temperature=0)
-    assert torch.equal(model.generate(PROMPT, max_new_tokens=6, do_sample=False, num_steps=8),
-                       deeper)
+    assert torch.equal(
+        model.generate(PROMPT, max_new_tokens=6, do_sample=False, num_steps=8), deeper
+    )
 
 
 def test_hf_generate_with_left_padding_matches_one_by_one(hf_dir, official_model):
     model = AutoModelForCausalLM.from_pretrained(hf_dir)
     ids = torch.tensor([[5, 9, 44, 301, 7], [0, 0, 0, 12, 99]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                         pad_token_id=0)
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+    )
     for row, prompt in zip(out, ([5, 9, 44, 301, 7], [12, 99])):
         alone = generate(official_model, prompt, 6, temperature=0)[0]
-        assert row[5 - len(prompt):].tolist() == alone.tolist()
+        assert row[5 - len(prompt) :].tolist() == alone.tolist()
 
 
 def test_loss_shifts_labels_like_transformers(official_model):
@@ -78,8 +80,9 @@ def test_loss_shifts_labels_like_transformers(official_model):
 
 def test_text_generation_pipeline_with_our_tokenizer(tmp_path, tokenizer):
     torch.manual_seed(0)
-    model = parcae.create_model("parcae-tiny", vocab_size=300, d_model=64, n_heads=2,
-                                ffn_dim=128, context_length=64).eval()
+    model = parcae.create_model(
+        "parcae-tiny", vocab_size=300, d_model=64, n_heads=2, ffn_dim=128, context_length=64
+    ).eval()
     with torch.no_grad():  # identity-init blocks give near-ties between next-token logits
         for name, parameter in model.named_parameters():
             if name.endswith(("c_proj.weight", "mlp.proj.weight")):
@@ -98,13 +101,26 @@ def test_convert_official_command(tmp_path, official_model, tokenizer, capsys):
     tokenizer_dir = tmp_path / "tok"
     tokenizer.save(tokenizer_dir)
     out = tmp_path / "converted"
-    assert main(["convert", "official", str(OFFICIAL_FIXTURE), str(out),
-                 "--tokenizer", str(tokenizer_dir)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "official",
+                str(OFFICIAL_FIXTURE),
+                str(out),
+                "--tokenizer",
+                str(tokenizer_dir),
+            ]
+        )
+        == 0
+    )
     assert (out / "tokenizer_config.json").is_file()
     hf = AutoModelForCausalLM.from_pretrained(out)
     ours = parcae.from_pretrained(out)
-    assert torch.equal(hf.generate(PROMPT, max_new_tokens=4, do_sample=False),
-                       generate(ours, PROMPT, 4, temperature=0))
+    assert torch.equal(
+        hf.generate(PROMPT, max_new_tokens=4, do_sample=False),
+        generate(ours, PROMPT, 4, temperature=0),
+    )
 
 
 def test_convert_unknown_source_is_one_error(tmp_path, capsys):

@@ -47,13 +47,16 @@ def gpt_model():
 def official():
     from safetensors.torch import load_file
 
-    return parcae.from_pretrained(OFFICIAL_FIXTURE), load_file(OFFICIAL_FIXTURE /
-                                                                "expected.safetensors")
+    return parcae.from_pretrained(OFFICIAL_FIXTURE), load_file(
+        OFFICIAL_FIXTURE / "expected.safetensors"
+    )
 
 
-TEXT = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
-        "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles "
-        "and by opposing end them. ") * 20
+TEXT = (
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+    "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles "
+    "and by opposing end them. "
+) * 20
 
 
 @pytest.fixture(scope="session")

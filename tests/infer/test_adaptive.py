@@ -6,8 +6,8 @@ import torch
 
 from parcae.errors import PromptError
 from parcae.infer.engine import ResidualExit, exit_rule
-from parcae.model import DepthPlan
 from parcae.infer.generate import GenerationStats, generate
+from parcae.model import DepthPlan
 
 IDS = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
 
@@ -17,9 +17,12 @@ def run(model, ids, num_steps, eps, prefill=None, sharing="full", criterion="res
     batch, seq = ids.shape
     cache = model.new_cache(batch, seq, num_steps, sharing)
     cuts = [0, seq] if prefill is None else [0, *range(prefill, seq + 1)]
-    outs = [model(ids[:, a:b], cache=cache,
-                  exit_rule=exit_rule(eps, criterion, model.config.vocab_size))
-            for a, b in zip(cuts, cuts[1:])]
+    outs = [
+        model(
+            ids[:, a:b], cache=cache, exit_rule=exit_rule(eps, criterion, model.config.vocab_size)
+        )
+        for a, b in zip(cuts, cuts[1:])
+    ]
     return torch.cat([o.logits for o in outs], 1), torch.cat([o.loop.steps for o in outs], 1)
 
 
@@ -67,13 +70,13 @@ def test_adaptive_depth_works_with_shared_slots(parcae_model, sharing):
 
 def test_generate_with_adaptive_depth_reports_steps(parcae_model):
     stats = GenerationStats()
-    generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0, adaptive=0.2,
-                          stats=stats)
+    generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0, adaptive=0.2, stats=stats)
     assert 1 <= stats.mean_steps <= 6
     assert stats.new_tokens == [8]
     fixed = generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0)
-    assert torch.equal(generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0,
-                                             adaptive=0.0), fixed)
+    assert torch.equal(
+        generate(parcae_model, [1, 2, 3, 4], 8, num_steps=6, temperature=0, adaptive=0.0), fixed
+    )
 
 
 def test_kl_criterion_eps_zero_equals_fixed_depth(parcae_model):

@@ -12,7 +12,7 @@ def incremental_logits(model, ids, prefill, num_steps, sharing="full"):
     cache = model.new_cache(batch, seq, num_steps, sharing)
     outputs = [model(ids[:, :prefill], cache=cache).logits]
     for i in range(prefill, seq):
-        outputs.append(model(ids[:, i:i + 1], cache=cache).logits)
+        outputs.append(model(ids[:, i : i + 1], cache=cache).logits)
     return torch.cat(outputs, dim=1)
 
 
@@ -57,22 +57,28 @@ def test_cheaper_sharing_approximates_worse(parcae_model):
     reference = parcae_model(ids, num_steps=6).logits[:, 4:]
 
     def error(sharing: str) -> float:
-        return float((incremental_logits(parcae_model, ids, 4, 6, sharing)[:, 4:]
-                      - reference).abs().mean())
+        return float(
+            (incremental_logits(parcae_model, ids, 4, 6, sharing)[:, 4:] - reference).abs().mean()
+        )
 
-    errors = {sharing: error(sharing)
-              for sharing in ("full", "last:4", "last:2", "ring:3", "ring:2", "shared")}
+    errors = {
+        sharing: error(sharing)
+        for sharing in ("full", "last:4", "last:2", "ring:3", "ring:2", "shared")
+    }
     assert errors["full"] < 1e-5 < errors["last:4"]
     assert errors["last:4"] < errors["last:2"] < errors["shared"]
     assert errors["ring:3"] < errors["ring:2"] < errors["shared"]
 
 
-@pytest.mark.parametrize("sharing, core_slots", [
-    ("full", [[2, 3, 4, 5], [6, 7, 8, 9]]),
-    ("ring:2", [[2, 3, 2, 3], [4, 5, 4, 5]]),
-    ("last:2", [[2, 2, 2, 3], [4, 4, 4, 5]]),
-    ("shared", [[2, 2, 2, 2], [3, 3, 3, 3]]),
-])
+@pytest.mark.parametrize(
+    "sharing, core_slots",
+    [
+        ("full", [[2, 3, 4, 5], [6, 7, 8, 9]]),
+        ("ring:2", [[2, 3, 2, 3], [4, 5, 4, 5]]),
+        ("last:2", [[2, 2, 2, 3], [4, 4, 4, 5]]),
+        ("shared", [[2, 2, 2, 2], [3, 3, 3, 3]]),
+    ],
+)
 def test_cache_slot_map_of_every_layer_and_step(parcae_model, sharing, core_slots):
     """parcae-tiny: prelude layers 0, 1; core layers 2, 3; coda layers 4, 5; T = 4."""
     cache = parcae_model.new_cache(1, 8, 4, sharing)
@@ -88,8 +94,13 @@ def test_a_cache_is_reused_across_requests(parcae_model):
     cache = parcae_model.new_cache(2, 12, 3)
     parcae_model(ids[:, :7], cache=cache)
     cache.reset()
-    again = torch.cat([parcae_model(ids[:, :5], cache=cache).logits,
-                       parcae_model(ids[:, 5:], cache=cache).logits], dim=1)
+    again = torch.cat(
+        [
+            parcae_model(ids[:, :5], cache=cache).logits,
+            parcae_model(ids[:, 5:], cache=cache).logits,
+        ],
+        dim=1,
+    )
     assert (again - parcae_model(ids, num_steps=3).logits).abs().max() < 1e-5
 
 
@@ -100,8 +111,9 @@ def test_a_released_row_starts_a_new_sequence_beside_a_running_one(parcae_model)
     parcae_model(ids[:, :6], cache=cache)
     cache.release([1])
     # row 0 continues with one token (left-padded to 4 columns), row 1 starts the new prompt
-    tokens = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), ids[:1, 6:7]], 1),
-                        new_prompt])
+    tokens = torch.cat(
+        [torch.cat([torch.zeros(1, 3, dtype=torch.long), ids[:1, 6:7]], 1), new_prompt]
+    )
     valid = torch.tensor([[False, False, False, True], [True] * 4])
     out = parcae_model(tokens, cache=cache, attention_mask=valid).logits
     continued = parcae_model(ids[:1, :7], num_steps=3).logits[:, -1]

@@ -12,20 +12,47 @@ from tests.conftest import OFFICIAL_FIXTURE
 
 
 def test_generate_streams_the_greedy_continuation(model_dir, parcae_model, tokenizer, capsys):
-    code = main(["generate", "--model", str(model_dir), "--prompt", "To be", "--temperature",
-                 "0", "--max-new-tokens", "6"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "To be",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "6",
+        ]
+    )
     assert code == 0
     prompt = [tokenizer.bos_id, *tokenizer.encode("To be")]
     ids = generate(parcae_model, prompt, 6, temperature=0, eos_token_id=tokenizer.eos_id)
-    expected = "To be" + tokenizer.decode([t for t in ids[0, len(prompt):].tolist()
-                                           if t != tokenizer.eos_id]) + "\n"
+    expected = (
+        "To be"
+        + tokenizer.decode([t for t in ids[0, len(prompt) :].tolist() if t != tokenizer.eos_id])
+        + "\n"
+    )
     assert capsys.readouterr().out == expected
 
 
 def test_generate_accepts_a_run_directory_and_prompt_ids(tmp_path, model_dir, capsys):
     shutil.copytree(model_dir, tmp_path / "run" / "model")
-    code = main(["generate", "--model", str(tmp_path / "run"), "--prompt-ids", "5,6,7",
-                 "--max-new-tokens", "3", "--seed", "0", "--adaptive", "0.01"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "run"),
+            "--prompt-ids",
+            "5,6,7",
+            "--max-new-tokens",
+            "3",
+            "--seed",
+            "0",
+            "--adaptive",
+            "0.01",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.strip()
 
@@ -37,12 +64,15 @@ def test_text_prompt_without_tokenizer_is_one_error(tmp_path, parcae_model, caps
     assert "--prompt-ids" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "/nonexistent/model", "--prompt", "x"], "no such model"),
-    (["--prompt-ids", "1,x"], "--prompt-ids"),
-    (["--prompt-ids", ""], "empty"),
-    (["--prompt-ids", "99999"], "outside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "/nonexistent/model", "--prompt", "x"], "no such model"),
+        (["--prompt-ids", "1,x"], "--prompt-ids"),
+        (["--prompt-ids", ""], "empty"),
+        (["--prompt-ids", "99999"], "outside the vocabulary"),
+    ],
+)
 def test_generate_errors_are_one_line(model_dir, capsys, argv, message):
     if "--model" not in argv:
         argv = ["--model", str(model_dir), *argv]
@@ -53,8 +83,7 @@ def test_generate_errors_are_one_line(model_dir, capsys, argv, message):
 
 def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("To be\n/reset\nor not\n/exit\n"))
-    code = main(["chat", "--model", str(model_dir), "--max-new-tokens", "4", "--temperature",
-                 "0"])
+    code = main(["chat", "--model", str(model_dir), "--max-new-tokens", "4", "--temperature", "0"])
     assert code == 0
     assert len(capsys.readouterr().out.strip().splitlines()) >= 2
 
@@ -62,9 +91,21 @@ def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):
 def test_generate_from_an_official_checkpoint_with_prompt_ids(official, capsys):
     model, expected = official
     prompt = expected["greedy_prompt"][0].tolist()
-    code = main(["generate", "--model", str(OFFICIAL_FIXTURE),
-                 "--prompt-ids", ",".join(map(str, prompt)), "--temperature", "0",
-                 "--num-steps", "4", "--max-new-tokens", "8"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(OFFICIAL_FIXTURE),
+            "--prompt-ids",
+            ",".join(map(str, prompt)),
+            "--temperature",
+            "0",
+            "--num-steps",
+            "4",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     assert code == 0
     printed = [int(token) for token in capsys.readouterr().out.split()]
-    assert printed == expected["greedy_tokens"][0, len(prompt):].tolist()
+    assert printed == expected["greedy_tokens"][0, len(prompt) :].tolist()

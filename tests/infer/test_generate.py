@@ -31,7 +31,7 @@ def test_batched_prompts_of_different_lengths_match_one_by_one(request, which):
     width = max(len(p) for p in prompts)
     for row, prompt in zip(batched, prompts):
         alone = generate(model, prompt, 8, temperature=0)[0]
-        assert row[width - len(prompt):].tolist() == alone.tolist()
+        assert row[width - len(prompt) :].tolist() == alone.tolist()
 
 
 def test_left_padded_tensor_with_attention_mask_matches_lists(parcae_model):
@@ -67,8 +67,9 @@ def test_eos_stops_rows_and_pads_after(parcae_model):
     out = generate(parcae_model, [5, 6, 7], 6, temperature=0)
     eos = int(out[0, 4])  # the second generated token becomes the EOS
     stats = GenerationStats()
-    stopped = generate(parcae_model, [5, 6, 7], 6, temperature=0, eos_token_id=eos,
-                                    pad_token_id=299, stats=stats)
+    stopped = generate(
+        parcae_model, [5, 6, 7], 6, temperature=0, eos_token_id=eos, pad_token_id=299, stats=stats
+    )
     first_eos = (stopped[0, 3:] == eos).nonzero()[0, 0].item()
     assert stopped.shape[1] == 3 + first_eos + 1
     assert stats.new_tokens == [first_eos + 1]
@@ -98,26 +99,32 @@ def test_generation_stops_when_the_context_is_full(parcae_model):
     assert out.shape[1] == context
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ([], "empty"),
-    ([[1, 2], []], "prompt 1 is empty"),
-    ([1, 300], "outside the vocabulary"),
-    ([-1], "outside the vocabulary"),
-    (list(range(64)), "must be shorter"),
-    ("hello", "token ids"),
-])
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ([], "empty"),
+        ([[1, 2], []], "prompt 1 is empty"),
+        ([1, 300], "outside the vocabulary"),
+        ([-1], "outside the vocabulary"),
+        (list(range(64)), "must be shorter"),
+        ("hello", "token ids"),
+    ],
+)
 def test_bad_prompts_give_one_clear_error(parcae_model, prompt, message):
     with pytest.raises(PromptError, match=message):
         generate(parcae_model, prompt, 4)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature"),
-    (dict(top_k=0), "top_k"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(num_steps=0), "num_steps"),
-    (dict(max_new_tokens=-1), "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
 def test_bad_generation_options_give_one_clear_error(parcae_model, kwargs, message):
     kwargs = {"max_new_tokens": 4, **kwargs}
     with pytest.raises(PromptError, match=message):

@@ -67,9 +67,11 @@ def reference_logits(cfg: dict, sd: dict, input_ids: torch.Tensor, steps: int) -
     seq = input_ids.shape[1]
     hd = cfg["n_embd"] // cfg["num_attention_heads"]
     rotations = freqs_cis(hd, seq, cfg["rope_settings"]["rope_base"])
-    stages = [("prelude", cfg["n_layers_in_prelude"]),
-              ("core_block", cfg["n_layers_in_recurrent_block"]),
-              ("coda", cfg["n_layers_in_coda"])]
+    stages = [
+        ("prelude", cfg["n_layers_in_prelude"]),
+        ("core_block", cfg["n_layers_in_recurrent_block"]),
+        ("coda", cfg["n_layers_in_coda"]),
+    ]
     total = sum(n for _, n in stages)
     layer_of, index = {}, 0
     for stage, count in stages:

@@ -13,9 +13,14 @@ from tests.conftest import OFFICIAL_FIXTURE
 FIXTURE_CONFIG = OFFICIAL_FIXTURE / "config.json"
 
 PAPER_COUNTS = {
-    "parcae-140m": 144_323_136, "parcae-370m": 388_003_328, "parcae-770m": 776_655_680,
-    "parcae-1.3b": 1_338_591_744, "gpt-140m": 143_141_184, "gpt-370m": 385_903_104,
-    "gpt-770m": 773_375_040, "gpt-1.3b": 1_333_868_544,
+    "parcae-140m": 144_323_136,
+    "parcae-370m": 388_003_328,
+    "parcae-770m": 776_655_680,
+    "parcae-1.3b": 1_338_591_744,
+    "gpt-140m": 143_141_184,
+    "gpt-370m": 385_903_104,
+    "gpt-770m": 773_375_040,
+    "gpt-1.3b": 1_333_868_544,
 }
 
 
@@ -25,8 +30,10 @@ def test_paper_presets_have_the_spec_parameter_counts(name):
 
 
 def test_tiny_presets_are_cpu_sized_and_gpt_tiny_shares_parcae_tiny_blocks():
-    counts = {n: parcae.create_model(n, device="meta").num_params()
-              for n in ("parcae-tiny", "gpt-tiny", "rdm-tiny")}
+    counts = {
+        n: parcae.create_model(n, device="meta").num_params()
+        for n in ("parcae-tiny", "gpt-tiny", "rdm-tiny")
+    }
     assert all(1_000_000 < c < 10_000_000 for c in counts.values())
     d = parcae.preset_config("parcae-tiny").d_model
     # the baseline lacks only the injection (B, A_log, dt_bias), C and the prelude norm
@@ -35,21 +42,24 @@ def test_tiny_presets_are_cpu_sized_and_gpt_tiny_shares_parcae_tiny_blocks():
     assert rdm.injection == "linear" and not rdm.prelude_norm
 
 
-@pytest.mark.parametrize("fields, named", [
-    (dict(d_model=100, n_heads=3), "n_heads"),
-    (dict(injection="gated"), "injection"),
-    (dict(mean_recurrence=0), "mean_recurrence"),
-    (dict(mean_recurrence=-2), "mean_recurrence"),
-    (dict(mean_backprop_depth=0), "mean_backprop_depth"),
-    (dict(n_kv_heads=4), "n_kv_heads"),
-    (dict(n_core=0), "n_core"),
-    (dict(state_init="random"), "state_init"),
-    (dict(sampling_scheme="uniform"), "sampling_scheme"),
-    (dict(depth_granularity="per-layer"), "depth_granularity"),
-    (dict(discretization="rk4"), "discretization"),
-    (dict(vocab_size=0), "vocab_size"),
-    (dict(logit_softcap=-1.0), "logit_softcap"),
-])
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        (dict(d_model=100, n_heads=3), "n_heads"),
+        (dict(injection="gated"), "injection"),
+        (dict(mean_recurrence=0), "mean_recurrence"),
+        (dict(mean_recurrence=-2), "mean_recurrence"),
+        (dict(mean_backprop_depth=0), "mean_backprop_depth"),
+        (dict(n_kv_heads=4), "n_kv_heads"),
+        (dict(n_core=0), "n_core"),
+        (dict(state_init="random"), "state_init"),
+        (dict(sampling_scheme="uniform"), "sampling_scheme"),
+        (dict(depth_granularity="per-layer"), "depth_granularity"),
+        (dict(discretization="rk4"), "discretization"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(logit_softcap=-1.0), "logit_softcap"),
+    ],
+)
 def test_bad_config_raises_one_line_error_naming_the_field(fields, named):
     with pytest.raises(ConfigError) as error:
         parcae.create_model("parcae-tiny", device="meta", **fields)
@@ -83,12 +93,19 @@ def test_official_config_round_trip_and_fixture_mapping():
         assert parcae.ParcaeConfig.from_official(preset.to_official()) == preset
 
 
-@pytest.mark.parametrize("field, value", [
-    ("nonlin_name", "GELU"), ("bias", True), ("use_abacus", True), ("model_class_name", "Huginn"),
-    ("recurrent_embedding_dimension", 128), ("injection_type", "gated"),
-    ("rope_settings", {"use_rope": False, "rope_condense_ratio": 1, "rope_base": 50000}),
-    ("a_new_field", 1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("nonlin_name", "GELU"),
+        ("bias", True),
+        ("use_abacus", True),
+        ("model_class_name", "Huginn"),
+        ("recurrent_embedding_dimension", 128),
+        ("injection_type", "gated"),
+        ("rope_settings", {"use_rope": False, "rope_condense_ratio": 1, "rope_base": 50000}),
+        ("a_new_field", 1),
+    ],
+)
 def test_official_values_we_cannot_honour_are_refused_by_name(field, value):
     data = json.loads(FIXTURE_CONFIG.read_text())
     data[field] = value

@@ -13,8 +13,9 @@ from parcae.model.flops import expected_depth, forward_flops_per_token, training
 from parcae.model.recurrence import sample_depth_plan
 
 SEQ_LEN = 48
-SMALL = dict(vocab_size=100, padding_multiple=64, context_length=64, d_model=64, ffn_dim=160,
-             n_heads=4)
+SMALL = dict(
+    vocab_size=100, padding_multiple=64, context_length=64, d_model=64, ffn_dim=160, n_heads=4
+)
 PARCAE = dict(SMALL, n_prelude=1, n_core=2, n_coda=3, mean_recurrence=6, mean_backprop_depth=2)
 GPT = dict(SMALL, n_layers=5)
 VARIANTS = {
@@ -49,10 +50,18 @@ def hand_count(model) -> dict[str, int]:
             counts["step"] += d * d
             counts["once"] += d * d
         else:
-            assert name in ("transformer.wte.weight", "transformer.ln_f.weight",
-                            "transformer.ln_prelude.weight", "transformer.adapter.A_log",
-                            "transformer.adapter.dt_bias") or name.startswith(
-                                "value_embeds.") or ".norm_" in name, name
+            assert (
+                name
+                in (
+                    "transformer.wte.weight",
+                    "transformer.ln_f.weight",
+                    "transformer.ln_prelude.weight",
+                    "transformer.adapter.A_log",
+                    "transformer.adapter.dt_bias",
+                )
+                or name.startswith("value_embeds.")
+                or ".norm_" in name
+            ), name
     return counts
 
 
@@ -81,8 +90,11 @@ def test_parcae_forward_flops_match_the_hand_count(variant):
     attention = attention_per_layer(config)
     outside = config.n_prelude + config.n_coda
     for steps in (0, 1, 5):
-        expected = (2 * counts["once"] + attention * outside
-                    + steps * (2 * counts["step"] + attention * config.n_core))
+        expected = (
+            2 * counts["once"]
+            + attention * outside
+            + steps * (2 * counts["step"] + attention * config.n_core)
+        )
         assert forward_flops_per_token(config, SEQ_LEN, steps) == pytest.approx(expected, rel=1e-12)
     assert forward_flops_per_token(config, SEQ_LEN) == forward_flops_per_token(config, SEQ_LEN, 6)
 
@@ -95,8 +107,11 @@ def test_parcae_training_flops_match_the_hand_count(variant):
     depth = expected_depth(config)
     step_forward = 2 * counts["step"] + attention * config.n_core
     # forward + backward = 3 × forward, except the no-grad steps (forward only)
-    expected = (3 * (2 * counts["once"] + attention * (config.n_prelude + config.n_coda))
-                + depth.no_grad * step_forward + 3 * depth.grad * step_forward)
+    expected = (
+        3 * (2 * counts["once"] + attention * (config.n_prelude + config.n_coda))
+        + depth.no_grad * step_forward
+        + 3 * depth.grad * step_forward
+    )
     assert training_flops_per_token(config, SEQ_LEN) == pytest.approx(expected, rel=1e-12)
 
 
@@ -123,7 +138,8 @@ def test_fixed_depth_training_costs_one_forward_per_no_grad_step_and_three_per_g
     at = [forward_flops_per_token(config, SEQ_LEN, steps) for steps in (0, 1)]
     slope = at[1] - at[0]
     assert training_flops_per_token(config, SEQ_LEN) == pytest.approx(
-        3 * at[0] + 4 * slope + 3 * 2 * slope, rel=1e-12)
+        3 * at[0] + 4 * slope + 3 * 2 * slope, rel=1e-12
+    )
 
 
 def test_attention_grows_with_the_sequence_and_gqa_does_not_change_it():
@@ -132,12 +148,14 @@ def test_attention_grows_with_the_sequence_and_gqa_does_not_change_it():
     layers = config.n_prelude + config.n_coda + 6 * config.n_core
     d = config.d_model
     difference = forward_flops_per_token(config, 2 * SEQ_LEN) - forward_flops_per_token(
-        config, SEQ_LEN)
+        config, SEQ_LEN
+    )
     assert difference == pytest.approx(layers * 2 * d * SEQ_LEN, rel=1e-12)
     # one kv head instead of four: k and v shrink by 3/4 each, the attention itself does not
     saved = 2 * 2 * d * (d - d // 4) * (config.n_prelude + config.n_coda + 6 * config.n_core)
     assert forward_flops_per_token(config, SEQ_LEN) - forward_flops_per_token(
-        grouped, SEQ_LEN) == pytest.approx(saved, rel=1e-12)
+        grouped, SEQ_LEN
+    ) == pytest.approx(saved, rel=1e-12)
 
 
 def test_paper_preset_training_flops_from_its_table_row():
@@ -151,8 +169,12 @@ def test_paper_preset_training_flops_from_its_table_row():
     core = 2 * block + gate
     once = 4 * block + 2 * gate + d * d + d * d + vocab * d  # + B, C, head
     attention = 2 * d * seq  # 2·H·hd·S
-    expected = (6 * once + 3 * attention * 4 + (2 * core + attention * 2) * depth.no_grad
-                + (6 * core + 3 * attention * 2) * depth.grad)
+    expected = (
+        6 * once
+        + 3 * attention * 4
+        + (2 * core + attention * 2) * depth.no_grad
+        + (6 * core + 3 * attention * 2) * depth.grad
+    )
     assert training_flops_per_token(config, seq) == pytest.approx(expected, rel=1e-12)
 
 
@@ -179,21 +201,32 @@ DEPTHS = [(8, 4), (6, 2), (3, 3), (2, 5), (1, 1)]
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("mean_recurrence, mean_backprop_depth", DEPTHS)
 def test_expected_depth_is_the_exact_expectation(scheme, mean_recurrence, mean_backprop_depth):
-    config = parcae.ParcaeConfig(**{**PARCAE, "sampling_scheme": scheme,
-                                    "mean_recurrence": mean_recurrence,
-                                    "mean_backprop_depth": mean_backprop_depth})
+    config = parcae.ParcaeConfig(
+        **{
+            **PARCAE,
+            "sampling_scheme": scheme,
+            "mean_recurrence": mean_recurrence,
+            "mean_backprop_depth": mean_backprop_depth,
+        }
+    )
     t = max(mean_recurrence - mean_backprop_depth, 0)
     depth = expected_depth(config)
     assert (depth.no_grad, depth.grad) == pytest.approx(
-        exact_depth(scheme, t, mean_backprop_depth), rel=1e-12, abs=1e-12)
+        exact_depth(scheme, t, mean_backprop_depth), rel=1e-12, abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("mean_recurrence, mean_backprop_depth", [(8, 4), (2, 5)])
 def test_expected_depth_matches_the_sampler(scheme, mean_recurrence, mean_backprop_depth):
-    config = parcae.ParcaeConfig(**{**PARCAE, "sampling_scheme": scheme,
-                                    "mean_recurrence": mean_recurrence,
-                                    "mean_backprop_depth": mean_backprop_depth})
+    config = parcae.ParcaeConfig(
+        **{
+            **PARCAE,
+            "sampling_scheme": scheme,
+            "mean_recurrence": mean_recurrence,
+            "mean_backprop_depth": mean_backprop_depth,
+        }
+    )
     rows = 200_000
     plan = sample_depth_plan(config, rows, 1, torch.Generator().manual_seed(0))
     depth = expected_depth(config)

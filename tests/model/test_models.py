@@ -55,12 +55,14 @@ def test_blocks_start_as_the_identity():
 
 def test_orthogonal_init_gives_orthonormal_columns_and_rows():
     model = parcae.create_model("parcae-tiny", init_orthogonal=True, **SMALL)
-    for weight in (model.transformer.wte.weight, model.transformer.prelude[0].mlp.fc.weight,
-                   model.transformer.prelude[0].attn.c_q.weight):
+    for weight in (
+        model.transformer.wte.weight,
+        model.transformer.prelude[0].mlp.fc.weight,
+        model.transformer.prelude[0].attn.c_q.weight,
+    ):
         w = weight.detach()
         gram = w.T @ w
-        torch.testing.assert_close(gram / gram.diagonal().mean(), torch.eye(64), atol=1e-5,
-                                   rtol=0)
+        torch.testing.assert_close(gram / gram.diagonal().mean(), torch.eye(64), atol=1e-5, rtol=0)
 
 
 def test_training_forward_is_reproducible_from_a_depth_plan():

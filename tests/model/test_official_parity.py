@@ -47,8 +47,9 @@ def test_fixture_greedy_decoding_by_full_forwards(official_model, expected):
 def test_reference_implementation_reproduces_fixture(expected):
     """Anchors the independent reference used below to the official outputs."""
     config = json.loads((OFFICIAL_FIXTURE / "config.json").read_text())
-    state = torch.load(OFFICIAL_FIXTURE / "pytorch_model.bin", map_location="cpu",
-                       weights_only=True)
+    state = torch.load(
+        OFFICIAL_FIXTURE / "pytorch_model.bin", map_location="cpu", weights_only=True
+    )
     for depth in DEPTHS:
         logits = reference_logits(config, state, expected["input_ids"], depth)
         torch.testing.assert_close(logits, expected[f"logits_T{depth}"], atol=1e-4, rtol=0)
@@ -57,8 +58,9 @@ def test_reference_implementation_reproduces_fixture(expected):
 def _official_checkpoint(tmp_path: Path, **fields) -> tuple[dict, dict]:
     """Write a randomly weighted official-format checkpoint (keys, prefixes and freqs_cis as the
     official code saves them) for a config built from `fields`."""
-    config = parcae.ParcaeConfig(vocab_size=96, padding_multiple=32, context_length=32,
-                                 state_init="zero", **fields)
+    config = parcae.ParcaeConfig(
+        vocab_size=96, padding_multiple=32, context_length=32, state_init="zero", **fields
+    )
     official = config.to_official()
     model = parcae.create_model(config)
     generator = torch.Generator().manual_seed(0)
@@ -86,13 +88,23 @@ CONFIG_SPACE = [
     dict(d_model=64, ffn_dim=128, n_heads=2, tie_embeddings=False),
     dict(d_model=64, ffn_dim=128, n_heads=2, qk_norm=False),
     dict(d_model=64, ffn_dim=128, n_heads=2, n_prelude=0, n_core=1, n_coda=0),
-    dict(d_model=64, ffn_dim=96, n_heads=1, n_prelude=3, n_core=2, n_coda=2, rope_theta=10000.0,
-         logit_softcap=15.0, norm_eps=1e-6),
+    dict(
+        d_model=64,
+        ffn_dim=96,
+        n_heads=1,
+        n_prelude=3,
+        n_core=2,
+        n_coda=2,
+        rope_theta=10000.0,
+        logit_softcap=15.0,
+        norm_eps=1e-6,
+    ),
 ]
 
 
-@pytest.mark.parametrize("fields", CONFIG_SPACE,
-                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize(
+    "fields", CONFIG_SPACE, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items())
+)
 def test_parity_across_official_config_space(tmp_path, fields):
     official, state = _official_checkpoint(tmp_path, **fields)
     model = parcae.from_pretrained(tmp_path)
@@ -100,5 +112,6 @@ def test_parity_across_official_config_space(tmp_path, fields):
     for depth in (1, 3):
         with torch.no_grad():
             ours = model(input_ids, num_steps=depth).logits
-        torch.testing.assert_close(ours, reference_logits(official, state, input_ids, depth),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            ours, reference_logits(official, state, input_ids, depth), atol=1e-4, rtol=1e-4
+        )

@@ -69,8 +69,11 @@ def test_unexpected_and_misshaped_keys_are_all_named(tmp_path):
     _edit_weights(directory, edit)
     with pytest.raises(CheckpointError) as error:
         parcae.from_pretrained(directory)
-    _assert_one_line(error, "unexpected keys: transformer.extra.weight",
-                     "transformer.C.weight has shape (64, 32)")
+    _assert_one_line(
+        error,
+        "unexpected keys: transformer.extra.weight",
+        "transformer.C.weight has shape (64, 32)",
+    )
 
 
 def test_missing_weights_file(tmp_path):

@@ -14,15 +14,29 @@ from parcae.model.flops import expected_depth
 from parcae.model.injection import DiagonalInjection
 from parcae.model.recurrence import DepthPlan, sample_depth_plan
 
-SMALL = dict(vocab_size=64, d_model=32, ffn_dim=64, n_heads=1, context_length=16,
-             value_embeddings=False, n_prelude=1, n_core=1, n_coda=1)
+SMALL = dict(
+    vocab_size=64,
+    d_model=32,
+    ffn_dim=64,
+    n_heads=1,
+    context_length=16,
+    value_embeddings=False,
+    n_prelude=1,
+    n_core=1,
+    n_coda=1,
+)
 
 
 @pytest.mark.parametrize("scheme", ["poisson-truncated-full", "poisson-full", "poisson", "fixed"])
 @pytest.mark.parametrize("granularity", ["per-batch", "per-sequence", "per-token"])
 def test_sampled_depth_means_match_the_scheme(scheme, granularity):
-    config = parcae.ParcaeConfig(sampling_scheme=scheme, depth_granularity=granularity,
-                                 mean_recurrence=8, mean_backprop_depth=4, **SMALL)
+    config = parcae.ParcaeConfig(
+        sampling_scheme=scheme,
+        depth_granularity=granularity,
+        mean_recurrence=8,
+        mean_backprop_depth=4,
+        **SMALL,
+    )
     generator = torch.Generator().manual_seed(0)
     draws = [sample_depth_plan(config, 64, 8, generator) for _ in range(100)]
     no_grad = torch.stack([d.no_grad_steps.float().mean() for d in draws]).mean()
@@ -40,8 +54,13 @@ def test_sampled_depth_means_match_the_scheme(scheme, granularity):
 
 
 def test_curriculum_ramps_the_no_grad_depth():
-    config = parcae.ParcaeConfig(mean_recurrence=8, mean_backprop_depth=4, curriculum_steps=100,
-                                 sampling_scheme="fixed", **SMALL)
+    config = parcae.ParcaeConfig(
+        mean_recurrence=8,
+        mean_backprop_depth=4,
+        curriculum_steps=100,
+        sampling_scheme="fixed",
+        **SMALL,
+    )
     depths = [int(sample_depth_plan(config, 1, 4, step=s).no_grad_steps[0]) for s in (0, 50, 100)]
     assert depths == [0, 2, 4]
 
@@ -128,13 +147,21 @@ def test_truncated_backprop_gives_no_gradient_through_the_first_steps():
     handle.remove()
     for name, p in model.named_parameters():
         reference = p.grad if p.grad is not None else torch.zeros_like(p)
-        torch.testing.assert_close(truncated[name], reference, atol=1e-6, rtol=1e-5,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            truncated[name],
+            reference,
+            atol=1e-6,
+            rtol=1e-5,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
 
 
 def _per_token(plan: DepthPlan, seq: int) -> DepthPlan:
-    return DepthPlan(plan.no_grad_steps[:, None].expand(-1, seq).contiguous(),
-                     plan.grad_steps[:, None].expand(-1, seq).contiguous(), plan.noise_seeds)
+    return DepthPlan(
+        plan.no_grad_steps[:, None].expand(-1, seq).contiguous(),
+        plan.grad_steps[:, None].expand(-1, seq).contiguous(),
+        plan.noise_seeds,
+    )
 
 
 def test_uniform_per_token_depth_equals_per_row_depth_with_gradients():
@@ -161,7 +188,8 @@ def test_per_token_depth_computes_only_active_tokens():
     model = parcae.create_model("parcae-tiny", depth_granularity="per-token", **SMALL).train()
     seen = []
     model.transformer.core_block[0].mlp.register_forward_hook(
-        lambda module, inputs, output: seen.append(inputs[0].shape[:-1].numel()))
+        lambda module, inputs, output: seen.append(inputs[0].shape[:-1].numel())
+    )
     plan = model.sample_depth_plan(4, 8, torch.Generator().manual_seed(0))
     assert plan.no_grad_steps.shape == (4, 8) and plan.total_steps.unique().numel() > 2
     out = model(torch.randint(0, 64, (4, 8)), torch.randint(0, 64, (4, 8)), depth_plan=plan)
@@ -189,8 +217,10 @@ def test_per_token_finished_tokens_keep_their_state():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(-1e4, 1e4), min_size=4, max_size=4),
-       st.lists(st.floats(-1e4, 1e4), min_size=4, max_size=4))
+@given(
+    st.lists(st.floats(-1e4, 1e4), min_size=4, max_size=4),
+    st.lists(st.floats(-1e4, 1e4), min_size=4, max_size=4),
+)
 def test_spectral_radius_below_one_for_any_parameters(log_a, dt_bias):
     injection = DiagonalInjection(4, 4)
     with torch.no_grad():

@@ -10,8 +10,9 @@ from parcae.data.prepare import prepare_dataset
 from parcae.data.tokenizer import Tokenizer
 from parcae.train.config import TrainConfig
 
-TINY_MODEL = dict(d_model=64, ffn_dim=128, n_heads=2, n_prelude=1, n_core=1, n_coda=1,
-                  context_length=64)
+TINY_MODEL = dict(
+    d_model=64, ffn_dim=128, n_heads=2, n_prelude=1, n_core=1, n_coda=1, context_length=64
+)
 
 
 @pytest.fixture(scope="session")
@@ -25,11 +26,28 @@ def data_dir(plays_dir, tmp_path_factory) -> Path:
 
 def tiny_config(data_dir: Path, out_dir: Path, **overrides) -> TrainConfig:
     """A run of a 64-wide Parcae on 32-token rows that takes about a second."""
-    fields = dict(model="parcae-tiny", model_overrides=dict(TINY_MODEL), data=str(data_dir),
-                  out_dir=str(out_dir), max_steps=6, batch_size=4, seq_len=32, lr=0.02,
-                  adam_lr=0.01, warmup_steps=2, eval_every=3, eval_batches=2,
-                  eval_batch_size=8, final_eval_batches=2, checkpoint_every=2,
-                  muon_momentum_warmup_steps=4, progress=False, tensorboard=False,
-                  sample_tokens=0, device="cpu", precision="fp32")
+    fields = dict(
+        model="parcae-tiny",
+        model_overrides=dict(TINY_MODEL),
+        data=str(data_dir),
+        out_dir=str(out_dir),
+        max_steps=6,
+        batch_size=4,
+        seq_len=32,
+        lr=0.02,
+        adam_lr=0.01,
+        warmup_steps=2,
+        eval_every=3,
+        eval_batches=2,
+        eval_batch_size=8,
+        final_eval_batches=2,
+        checkpoint_every=2,
+        muon_momentum_warmup_steps=4,
+        progress=False,
+        tensorboard=False,
+        sample_tokens=0,
+        device="cpu",
+        precision="fp32",
+    )
     fields.update(overrides)
     return TrainConfig(**fields)

@@ -14,8 +14,16 @@ def test_defaults_are_the_embedded_run():
 
 
 def test_dotted_overrides_parse_yaml_values():
-    config = load_config(None, ["lr=1e-3", "model_overrides.d_model=64", "eval_depths=[1, 3]",
-                                "resume=true", "model=gpt-tiny"])
+    config = load_config(
+        None,
+        [
+            "lr=1e-3",
+            "model_overrides.d_model=64",
+            "eval_depths=[1, 3]",
+            "resume=true",
+            "model=gpt-tiny",
+        ],
+    )
     assert config.lr == 1e-3 and config.model_overrides == {"d_model": 64}
     assert config.eval_depths == [1, 3] and config.resume is True and config.model == "gpt-tiny"
 
@@ -44,11 +52,17 @@ def test_unknown_key_in_yaml_is_refused(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("override, field", [
-    ("batch_size=0", "batch_size"), ("lr=-1", "lr"), ("optimizer=sgd", "optimizer"),
-    ("precision=fp8", "precision"), ("decay_fraction=2", "decay_fraction"),
-    ("batch_size=6", "micro_batch_size"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("batch_size=0", "batch_size"),
+        ("lr=-1", "lr"),
+        ("optimizer=sgd", "optimizer"),
+        ("precision=fp8", "precision"),
+        ("decay_fraction=2", "decay_fraction"),
+        ("batch_size=6", "micro_batch_size"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_field(override, field):
     overrides = [override] + (["micro_batch_size=4"] if field == "micro_batch_size" else [])
     with pytest.raises(ConfigError, match=f"'{field}'"):
@@ -56,10 +70,12 @@ def test_bad_values_are_refused_naming_the_field(override, field):
 
 
 def test_cli_prints_one_line_and_exits_2():
-    result = subprocess.run([sys.executable, "-m", "parcae", "train", "max_step=3"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "parcae", "train", "max_step=3"], capture_output=True, text=True
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("parcae: error: unknown training config key 'max_step'; "
-                               "did you mean max_steps")
+    assert lines[0].startswith(
+        "parcae: error: unknown training config key 'max_step'; did you mean max_steps"
+    )

@@ -21,8 +21,15 @@ def _losses(run_dir) -> dict[int, float]:
 
 def _config(data_dir, out_dir, **overrides):
     # three final eval batches: with two processes, one runs a padding batch in the last round
-    return tiny_config(data_dir, out_dir, max_steps=STEPS, eval_every=100, checkpoint_every=2,
-                       final_eval_batches=3, **overrides)
+    return tiny_config(
+        data_dir,
+        out_dir,
+        max_steps=STEPS,
+        eval_every=100,
+        checkpoint_every=2,
+        final_eval_batches=3,
+        **overrides,
+    )
 
 
 def _final_eval(run_dir) -> dict:
@@ -38,11 +45,21 @@ def single_run(data_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, single_run,
-                                                            parallel):
+def test_two_processes_match_one_with_the_same_global_batch(
+    data_dir, tmp_path, single_run, parallel
+):
     _config(data_dir, tmp_path / parallel, parallel=parallel).save(tmp_path / "run.yaml")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "parcae", "train", str(tmp_path / "run.yaml")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "parcae",
+        "train",
+        str(tmp_path / "run.yaml"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     two, one = _losses(tmp_path / parallel), _losses(single_run)
@@ -69,8 +86,9 @@ def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, 
     # distributed run (model, optimizer and data position) as if it had never stopped
     resumed = tmp_path / "resumed"
     ckpt.checkpoint_dir(resumed).mkdir(parents=True)
-    shutil.copy2(ckpt.checkpoint_dir(tmp_path / parallel) / "step_0000002.pt",
-                 ckpt.checkpoint_dir(resumed))
+    shutil.copy2(
+        ckpt.checkpoint_dir(tmp_path / parallel) / "step_0000002.pt", ckpt.checkpoint_dir(resumed)
+    )
     train(_config(data_dir, resumed, resume=True))
     continued = _losses(resumed)
     assert continued.keys() == {3, 4}

@@ -66,8 +66,7 @@ def test_resume_after_sigterm_gives_the_same_losses(data_dir, full_run, tmp_path
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = train(tiny_config(data_dir, tmp_path, checkpoint_every=100),
-                    after_backward=terminate)
+    stopped = train(tiny_config(data_dir, tmp_path, checkpoint_every=100), after_backward=terminate)
     assert stopped.interrupted_by == signal.SIGTERM and stopped.steps == 3
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000003.pt"]
     train(tiny_config(data_dir, tmp_path, resume=True))
@@ -88,8 +87,7 @@ train(load_config(sys.argv[1]), after_backward=hook)
 """
 
 
-def test_kill_9_between_checkpoints_then_resume_gives_the_same_losses(data_dir, full_run,
-                                                                     tmp_path):
+def test_kill_9_between_checkpoints_then_resume_gives_the_same_losses(data_dir, full_run, tmp_path):
     _, reference = full_run
     config = tiny_config(data_dir, tmp_path / "run")
     config.save(tmp_path / "run.yaml")
@@ -136,12 +134,16 @@ def test_an_existing_run_is_not_overwritten_without_resume(data_dir, full_run):
 
 @pytest.mark.parametrize("preset", ["gpt-tiny", "rdm-tiny"])
 def test_baselines_train_with_the_same_loop(data_dir, tmp_path, preset):
-    overrides = {k: v for k, v in tiny_config(data_dir, tmp_path).model_overrides.items()
-                 if preset == "rdm-tiny" or k not in ("n_prelude", "n_core", "n_coda")}
+    overrides = {
+        k: v
+        for k, v in tiny_config(data_dir, tmp_path).model_overrides.items()
+        if preset == "rdm-tiny" or k not in ("n_prelude", "n_core", "n_coda")
+    }
     if preset == "gpt-tiny":
         overrides["n_layers"] = 3
-    result = train(tiny_config(data_dir, tmp_path, model=preset, model_overrides=overrides,
-                               max_steps=2))
+    result = train(
+        tiny_config(data_dir, tmp_path, model=preset, model_overrides=overrides, max_steps=2)
+    )
     depths = [r.depth for r in result.final_eval]
     assert depths == ([None] if preset == "gpt-tiny" else [1, 2, 4])
     assert all(math.isfinite(r.bpb) for r in result.final_eval)

@@ -19,8 +19,12 @@ def test_groups_put_embeddings_injection_and_vectors_in_adam():
     groups = group_parameters(model)
     adam = {name for name, _ in groups.adam}
     matrix = {name for name, _ in groups.matrix}
-    assert {"transformer.wte.weight", "transformer.adapter.A_log", "transformer.adapter.B",
-            "transformer.C.weight"} <= adam
+    assert {
+        "transformer.wte.weight",
+        "transformer.adapter.A_log",
+        "transformer.adapter.B",
+        "transformer.C.weight",
+    } <= adam
     assert all(p.dim() == 2 for _, p in groups.matrix)
     assert "transformer.core_block.0.attn.c_q.weight" in matrix
     assert len(adam) + len(matrix) == len({id(p) for p in model.parameters()})
@@ -29,8 +33,16 @@ def test_groups_put_embeddings_injection_and_vectors_in_adam():
 def _losses_on_one_batch(optimizer_name: str, lr: float) -> list[float]:
     torch.manual_seed(0)
     model = create_model("parcae-tiny", vocab_size=128, **TINY_MODEL)
-    config = TrainConfig(optimizer=optimizer_name, lr=lr, adam_lr=0.01, weight_decay=0.0,
-                         adam_betas=(0.8, 0.95), adam_eps=1e-10, muon_momentum=0.9, ns_steps=5)
+    config = TrainConfig(
+        optimizer=optimizer_name,
+        lr=lr,
+        adam_lr=0.01,
+        weight_decay=0.0,
+        adam_betas=(0.8, 0.95),
+        adam_eps=1e-10,
+        muon_momentum=0.9,
+        ns_steps=5,
+    )
     optimizer = build_optimizer(model, config, torch.float32)
     ids = torch.randint(0, 128, (4, 33), generator=torch.Generator().manual_seed(1))
     losses = []

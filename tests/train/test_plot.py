@@ -12,12 +12,17 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _write_run(run_dir, depths: list[str], spectral_radius: bool) -> None:
     run_dir.mkdir(parents=True)
-    records = [{"kind": "train", "step": s, "tokens": 100 * s, "loss": 5.0 - 0.1 * s}
-               for s in range(1, 5)]
+    records = [
+        {"kind": "train", "step": s, "tokens": 100 * s, "loss": 5.0 - 0.1 * s} for s in range(1, 5)
+    ]
     for step in (2, 4):
-        record = {"kind": "eval", "step": step, "tokens": 100 * step,
-                  "val_loss": {d: 4.0 - 0.1 * i for i, d in enumerate(depths)},
-                  "val_bpb": {d: 2.0 - 0.05 * i for i, d in enumerate(depths)}}
+        record = {
+            "kind": "eval",
+            "step": step,
+            "tokens": 100 * step,
+            "val_loss": {d: 4.0 - 0.1 * i for i, d in enumerate(depths)},
+            "val_bpb": {d: 2.0 - 0.05 * i for i, d in enumerate(depths)},
+        }
         if spectral_radius:
             record["spectral_radius"] = 0.9 + 0.01 * step
         records.append(record)
@@ -43,7 +48,10 @@ def test_a_directory_without_metrics_is_refused_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no metrics.jsonl"):
         plot_runs([tmp_path / "empty"])
-    result = subprocess.run([sys.executable, "-m", "parcae", "plot", str(tmp_path / "empty")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "parcae", "plot", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "no metrics.jsonl" in result.stderr and "Traceback" not in result.stderr

@@ -38,8 +38,10 @@ class Batch:
     targets: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(self.inputs.to(device, non_blocking=non_blocking),
-                     self.targets.to(device, non_blocking=non_blocking))
+        return Batch(
+            self.inputs.to(device, non_blocking=non_blocking),
+            self.targets.to(device, non_blocking=non_blocking),
+        )
 
 
 class TokenStream:
@@ -58,7 +60,7 @@ class TokenStream:
         index = bisect.bisect_right(self.offsets, start) - 1
         while start < end:
             shard, base = self.shards[index], self.offsets[index]
-            piece = shard[start - base: min(end - base, len(shard))]
+            piece = shard[start - base : min(end - base, len(shard))]
             pieces.append(piece)
             start += len(piece)
             index += 1
@@ -72,12 +74,14 @@ def _make_batch(stream: TokenStream, rows: list[int], seq_len: int) -> Batch:
     return Batch(torch.from_numpy(inputs.copy()), torch.from_numpy(targets.copy()))
 
 
-def _open(data_dir: str | os.PathLike, split: str, batch_size: int, seq_len: int
-          ) -> tuple[TokenStream, dict, int]:
+def _open(
+    data_dir: str | os.PathLike, split: str, batch_size: int, seq_len: int
+) -> tuple[TokenStream, dict, int]:
     """The split's stream, the manifest and the number of rows per epoch (validated)."""
     if batch_size <= 0 or seq_len <= 0:
-        raise ConfigError(f"batch size and seq_len must be positive, "
-                          f"got {batch_size} and {seq_len}")
+        raise ConfigError(
+            f"batch size and seq_len must be positive, got {batch_size} and {seq_len}"
+        )
     manifest = load_manifest(data_dir)
     stream = TokenStream(open_split(data_dir, split, manifest))
     rows = max(len(stream) - 1, 0) // seq_len
@@ -149,9 +153,14 @@ class TokenLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The exact position (same on every rank), plus what it is only valid for."""
-        return {"cursor": self.cursor, "seed": self.seed, "seq_len": self.seq_len,
-                "split": self.split, "tokens": len(self.stream),
-                "tokenizer_hash": self.tokenizer_hash}
+        return {
+            "cursor": self.cursor,
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "split": self.split,
+            "tokens": len(self.stream),
+            "tokenizer_hash": self.tokenizer_hash,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at `state["cursor"]`; refuses a state from another split, seed, seq_len or
@@ -159,8 +168,10 @@ class TokenLoader:
         mine = self.state_dict()
         for key in ("seed", "seq_len", "split", "tokens", "tokenizer_hash"):
             if state.get(key) != mine[key]:
-                raise DataError(f"loader state has {key}={state.get(key)!r}, "
-                                f"this loader {mine[key]!r}; cannot resume")
+                raise DataError(
+                    f"loader state has {key}={state.get(key)!r}, "
+                    f"this loader {mine[key]!r}; cannot resume"
+                )
         self.cursor = int(state["cursor"])
 
 

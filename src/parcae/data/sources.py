@@ -32,13 +32,16 @@ def _decode(data: bytes, where: str) -> str:
     """UTF-8 text of `data`, refusing binary data (NUL bytes) and invalid UTF-8."""
     nul = data.find(b"\0")
     if nul >= 0:
-        raise DataError(f"{where}: binary data (NUL byte at offset {nul}); "
-                        "only UTF-8 text is accepted")
+        raise DataError(
+            f"{where}: binary data (NUL byte at offset {nul}); only UTF-8 text is accepted"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{where}: not UTF-8 (byte 0x{data[error.start]:02x} at offset "
-                        f"{error.start}); convert it to UTF-8") from None
+        raise DataError(
+            f"{where}: not UTF-8 (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); convert it to UTF-8"
+        ) from None
 
 
 def _read_txt(path: Path, text_field: str) -> Iterator[str]:
@@ -57,12 +60,14 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or text_field not in record:
-                raise DataError(f"{where}: no field {text_field!r} "
-                                "(choose another with --text-field)")
+                raise DataError(
+                    f"{where}: no field {text_field!r} (choose another with --text-field)"
+                )
             text = record[text_field]
             if not isinstance(text, str):
-                raise DataError(f"{where}: field {text_field!r} is {type(text).__name__}, "
-                                "not a string")
+                raise DataError(
+                    f"{where}: field {text_field!r} is {type(text).__name__}, not a string"
+                )
             yield text
 
 
@@ -100,8 +105,10 @@ def _files(path: Path) -> list[Path]:
             raise DataError(f"{path}: no {', '.join(READERS)} files in this directory")
         return files
     if path.suffix not in READERS:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} "
-                        f"(use {', '.join(READERS)} or a directory)")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r} "
+            f"(use {', '.join(READERS)} or a directory)"
+        )
     return [path]
 
 
@@ -123,8 +130,9 @@ def _iter_hf(name: str, text_field: str) -> Iterator[str]:
         stream = datasets.load_dataset(dataset_name, config or None, split="train", streaming=True)
         for record in stream:
             if text_field not in record:
-                raise DataError(f"{HF_PREFIX}{name}: no field {text_field!r} "
-                                f"(fields: {', '.join(record)})")
+                raise DataError(
+                    f"{HF_PREFIX}{name}: no field {text_field!r} (fields: {', '.join(record)})"
+                )
             yield record[text_field]
     except DataError:
         raise
@@ -136,7 +144,7 @@ def _iter_hf(name: str, text_field: str) -> Iterator[str]:
 def iter_documents(input_spec: str, text_field: str = "text") -> Iterator[str]:
     """Yield the non-empty documents of `input_spec`; raises DataError if there are none."""
     if input_spec.startswith(HF_PREFIX):
-        documents = _iter_hf(input_spec[len(HF_PREFIX):], text_field)
+        documents = _iter_hf(input_spec[len(HF_PREFIX) :], text_field)
     elif input_spec in recipes.RECIPES:
         documents = _iter_local(recipes.RECIPES[input_spec](), text_field)
     else:

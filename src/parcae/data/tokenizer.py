@@ -38,11 +38,15 @@ MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 def _byte_decoder() -> dict[str, int]:
     """Inverse of the GPT-2 byte-to-unicode map of byte-level BPE: printable bytes map to
     themselves, the other 68 bytes to chr(256), chr(257), ... in byte order (one char per byte)."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), 256)}
+    printable = {
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), 256),
+    }
     shifted = [byte for byte in range(256) if byte not in printable]
-    return ({chr(byte): byte for byte in printable}
-            | {chr(256 + i): byte for i, byte in enumerate(shifted)})
+    return {chr(byte): byte for byte in printable} | {
+        chr(256 + i): byte for i, byte in enumerate(shifted)
+    }
 
 
 class Tokenizer:
@@ -62,14 +66,18 @@ class Tokenizer:
         """Learn BPE merges from `texts` until the vocabulary (specials included) has
         `vocab_size` entries."""
         if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(f"vocab size must be at least {MIN_VOCAB_SIZE} "
-                              f"(3 specials + 256 bytes), got {vocab_size}")
+            raise ConfigError(
+                f"vocab size must be at least {MIN_VOCAB_SIZE} "
+                f"(3 specials + 256 bytes), got {vocab_size}"
+            )
         backend = HFTokenizer(models.BPE(unk_token=None, byte_fallback=False))
         backend.normalizer = None
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
@@ -90,13 +98,15 @@ class Tokenizer:
         path = Path(path)
         file = path / FILE_NAME if path.is_dir() else path
         if not file.is_file():
-            raise DataError(f"no tokenizer at {path} "
-                            f"(expected a {FILE_NAME} file or a directory holding one)")
+            raise DataError(
+                f"no tokenizer at {path} (expected a {FILE_NAME} file or a directory holding one)"
+            )
         try:
             backend = HFTokenizer.from_file(str(file))
         except Exception as error:  # tokenizers raises a bare Exception on malformed files
-            raise DataError(f"{file}: not a valid tokenizer.json "
-                            f"({str(error).splitlines()[0]})") from error
+            raise DataError(
+                f"{file}: not a valid tokenizer.json ({str(error).splitlines()[0]})"
+            ) from error
         return cls(backend)
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -116,8 +126,9 @@ class Tokenizer:
     @property
     def hash(self) -> str:
         """Stable content hash: sha256 of the canonical JSON of the tokenizer, 16 hex digits."""
-        canonical = json.dumps(json.loads(self.backend.to_str()), sort_keys=True,
-                               separators=(",", ":"))
+        canonical = json.dumps(
+            json.loads(self.backend.to_str()), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def encode(self, text: str) -> list[int]:
@@ -136,15 +147,19 @@ class Tokenizer:
     def token_byte_lengths(self) -> np.ndarray:
         """(vocab_size,) int64: UTF-8 bytes each token stands for, 0 for special tokens."""
         byte_of = _byte_decoder()
-        special = {token.content for token in self.backend.get_added_tokens_decoder().values()
-                   if token.special}
+        special = {
+            token.content
+            for token in self.backend.get_added_tokens_decoder().values()
+            if token.special
+        }
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         for token, index in self.backend.get_vocab(with_added_tokens=True).items():
             if token in special:
                 continue
             if not all(char in byte_of for char in token):
-                raise DataError(f"token {token!r} is not byte-level: "
-                                "not a byte-level BPE tokenizer")
+                raise DataError(
+                    f"token {token!r} is not byte-level: not a byte-level BPE tokenizer"
+                )
             lengths[index] = len(token)
         return lengths
 

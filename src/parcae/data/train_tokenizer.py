@@ -41,8 +41,14 @@ class _Partition:
     """Streams the training documents while setting aside (up to HELDOUT_CHARS of) the
     held-out ones."""
 
-    def __init__(self, input_spec: str, text_field: str, val_fraction: float,
-                 max_chars: int | None, progress: bool):
+    def __init__(
+        self,
+        input_spec: str,
+        text_field: str,
+        val_fraction: float,
+        max_chars: int | None,
+        progress: bool,
+    ):
         self.source = (input_spec, text_field)
         self.val_fraction, self.max_chars, self.progress = val_fraction, max_chars, progress
         self.heldout: list[str] = []
@@ -50,8 +56,13 @@ class _Partition:
         self.first_train = ""
 
     def __iter__(self) -> Iterator[str]:
-        documents = tqdm(iter_documents(*self.source), desc="tokenizer", unit="doc", delay=1.0,
-                         disable=not self.progress)
+        documents = tqdm(
+            iter_documents(*self.source),
+            desc="tokenizer",
+            unit="doc",
+            delay=1.0,
+            disable=not self.progress,
+        )
         for text in documents:
             if split_of(text, self.val_fraction) == "val":
                 self.heldout_documents += 1
@@ -95,8 +106,9 @@ def train_tokenizer(
         train_documents=partition.documents,
         train_chars=partition.chars,
         heldout_documents=partition.heldout_documents,
-        heldout_bytes_per_token=(tokenizer.bytes_per_token(partition.heldout)
-                                 if partition.heldout else None),
+        heldout_bytes_per_token=(
+            tokenizer.bytes_per_token(partition.heldout) if partition.heldout else None
+        ),
         train_bytes_per_token=tokenizer.bytes_per_token([partition.first_train]),
         seconds=seconds,
     )

@@ -47,10 +47,16 @@ SUMS = ("nats", "tokens", "bytes", "norm", "residual", "batches")  # accumulated
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, token_bytes: Tensor,
-             depths: list[int | None], device: torch.device | str = "cpu",
-             autocast: contextlib.AbstractContextManager | None = None,
-             rank: int = 0, world_size: int = 1) -> list[EvalResult]:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    token_bytes: Tensor,
+    depths: list[int | None],
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[EvalResult]:
     """Loss and bpb of `model` on `batches` (objects with `.inputs`/`.targets`, (B, S) int64)
     at every depth in `depths` (None: the model's default). `token_bytes`: (V,) int64 bytes
     per token id. The data is read once; each batch runs once per depth.
@@ -72,8 +78,7 @@ def evaluate(model: nn.Module, batches: Iterable, token_bytes: Tensor,
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
             for row, depth in enumerate(depths):
                 with autocast or contextlib.nullcontext():
-                    output = model(inputs, num_steps=depth) if depth is not None \
-                        else model(inputs)
+                    output = model(inputs, num_steps=depth) if depth is not None else model(inputs)
                 if counted:
                     sums[row] += _batch_sums(output, targets, token_bytes)
     finally:
@@ -84,8 +89,9 @@ def evaluate(model: nn.Module, batches: Iterable, token_bytes: Tensor,
         reduced = sums.to(device)
         dist.all_reduce(reduced)
         sums = reduced.cpu()
-    return [_result(model, depth, dict(zip(SUMS, row.tolist())))
-            for depth, row in zip(depths, sums)]
+    return [
+        _result(model, depth, dict(zip(SUMS, row.tolist()))) for depth, row in zip(depths, sums)
+    ]
 
 
 def _rounds(batches: Iterable, size: int) -> Iterable[list]:
@@ -105,13 +111,21 @@ def _batch_sums(output, targets: Tensor, token_bytes: Tensor) -> Tensor:
     bytes (special tokens left out), the loop's state norm and residual, one batch."""
     target_bytes = token_bytes[targets]
     counted = target_bytes > 0
-    nats = F.cross_entropy(output.logits.float().flatten(0, 1), targets.flatten(),
-                           reduction="none").view_as(targets)
+    nats = F.cross_entropy(
+        output.logits.float().flatten(0, 1), targets.flatten(), reduction="none"
+    ).view_as(targets)
     loop = output.loop
-    return torch.tensor([float(nats[counted].sum()), int(counted.sum()), int(target_bytes.sum()),
-                         float(loop.state_norm) if loop is not None else 0.0,
-                         float(loop.residual) if loop is not None else 0.0, 1.0],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [
+            float(nats[counted].sum()),
+            int(counted.sum()),
+            int(target_bytes.sum()),
+            float(loop.state_norm) if loop is not None else 0.0,
+            float(loop.residual) if loop is not None else 0.0,
+            1.0,
+        ],
+        dtype=torch.float64,
+    )
 
 
 def _result(model: nn.Module, depth: int | None, total: dict[str, float]) -> EvalResult:
@@ -121,7 +135,8 @@ def _result(model: nn.Module, depth: int | None, total: dict[str, float]) -> Eva
         depth=depth if depth is not None or not looped else model.config.mean_recurrence,
         loss=total["nats"] / max(tokens, 1),
         bpb=total["nats"] / (math.log(2) * max(n_bytes, 1)),
-        tokens=tokens, bytes=n_bytes,
+        tokens=tokens,
+        bytes=n_bytes,
         state_norm=total["norm"] / batches if looped else None,
         residual=total["residual"] / batches if looped else None,
     )

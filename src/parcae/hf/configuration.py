@@ -44,10 +44,11 @@ class ParcaeHFConfig(PretrainedConfig):
     def to_parcae(self) -> TransformerConfig:
         """Our config, from this config's fields."""
         config_class = CONFIG_CLASSES[self.architecture]
-        fields = {field.name: getattr(self, field.name)
-                  for field in dataclasses.fields(config_class)}
+        fields = {
+            field.name: getattr(self, field.name) for field in dataclasses.fields(config_class)
+        }
         return TransformerConfig.from_dict({"architecture": self.architecture, **fields})
 
     @classmethod
-    def from_parcae(cls, config: TransformerConfig, **kwargs: Any) -> "ParcaeHFConfig":
+    def from_parcae(cls, config: TransformerConfig, **kwargs: Any) -> ParcaeHFConfig:
         return cls(**config.to_dict(), **kwargs)

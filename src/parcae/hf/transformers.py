@@ -73,7 +73,7 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
         return False  # our own cache is returned by forward and handed back by generate
 
     @classmethod
-    def from_parcae(cls, model) -> "ParcaeForCausalLM":
+    def from_parcae(cls, model) -> ParcaeForCausalLM:
         """Wrap (a copy of the weights of) a parcae model."""
         wrapper = cls(ParcaeHFConfig.from_parcae(model.config))
         wrapper.model.load_state_dict(model.state_dict())
@@ -86,8 +86,12 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
         empty."""
         if module is self.model:
             config = module.config
-            cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta,
-                                     device=module.rope_cos.device)
+            cos, sin = rotary_tables(
+                config.head_dim,
+                config.context_length,
+                config.rope_theta,
+                device=module.rope_cos.device,
+            )
             module.rope_cos.copy_(cos)
             module.rope_sin.copy_(sin)
 
@@ -100,10 +104,16 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.model.lm_head
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                past_key_values: ParcaeCache | None = None, labels: Tensor | None = None,
-                use_cache: bool | None = None, num_steps: int | None = None,
-                **kwargs: Any) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values: ParcaeCache | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        num_steps: int | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
         use_cache = self.config.use_cache if use_cache is None else use_cache
         padded = attention_mask is not None and not bool(attention_mask.bool().all())
         if past_key_values is None and not use_cache and not padded:
@@ -118,26 +128,39 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
             past_key_values = self._new_cache(input_ids.shape[0], num_steps)
         seq = input_ids.shape[1]
         cache = past_key_values.cache
-        valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                 else attention_mask[:, -seq:].bool())
+        valid = (
+            torch.ones_like(input_ids, dtype=torch.bool)
+            if attention_mask is None
+            else attention_mask[:, -seq:].bool()
+        )
         cache.reserve(seq)
         out = self.model(input_ids, cache=cache, attention_mask=valid)
-        return CausalLMOutputWithPast(logits=out.logits,
-                                      past_key_values=past_key_values if use_cache else None)
+        return CausalLMOutputWithPast(
+            logits=out.logits, past_key_values=past_key_values if use_cache else None
+        )
 
     def _new_cache(self, batch: int, num_steps: int | None) -> ParcaeCache:
         columns = min(INITIAL_CACHE_COLUMNS, self.model.config.context_length)
         return ParcaeCache(self.model.new_cache(batch, columns, num_steps))
 
-    def prepare_inputs_for_generation(self, input_ids: Tensor, past_key_values=None,
-                                      attention_mask: Tensor | None = None,
-                                      num_steps: int | None = None, **kwargs: Any) -> dict:
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        past_key_values=None,
+        attention_mask: Tensor | None = None,
+        num_steps: int | None = None,
+        **kwargs: Any,
+    ) -> dict:
         """Feed only the tokens the cache has not seen."""
         if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.get_seq_length():]
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "past_key_values": past_key_values, "use_cache": kwargs.get("use_cache", True),
-                "num_steps": num_steps}
+            input_ids = input_ids[:, past_key_values.get_seq_length() :]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "use_cache": kwargs.get("use_cache", True),
+            "num_steps": num_steps,
+        }
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> PreTrainedTokenizerFast:
@@ -149,12 +172,14 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> PreTrainedT
 
 
 def to_transformers_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=BOS,
-                                   eos_token=EOS, pad_token=PAD)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend, bos_token=BOS, eos_token=EOS, pad_token=PAD
+    )
 
 
-def convert_official(source: str | os.PathLike, out: str | os.PathLike,
-                     tokenizer: str | os.PathLike | None = None) -> Path:
+def convert_official(
+    source: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None
+) -> Path:
     """Convert an official checkpoint directory into one that `parcae.from_pretrained` and
     `AutoModelForCausalLM.from_pretrained` both load; optionally save a tokenizer with it."""
     model = from_pretrained(source)

@@ -13,6 +13,12 @@ from parcae.infer.engine import EXIT_CRITERIA, KLExit, ResidualExit, exit_rule, 
 from parcae.infer.generate import GenerationStats, generate, prepare_prompts
 
 __all__ = [
-    "EXIT_CRITERIA", "GenerationStats", "KLExit", "ResidualExit", "exit_rule", "generate",
-    "prepare_prompts", "sample_next",
+    "EXIT_CRITERIA",
+    "GenerationStats",
+    "KLExit",
+    "ResidualExit",
+    "exit_rule",
+    "generate",
+    "prepare_prompts",
+    "sample_next",
 ]

@@ -4,10 +4,10 @@
 Sampling: `sample_next` draws from softmax(logits / temperature), restricted to the top_k tokens
 and the top_p nucleus (temperature 0 is greedy).
 
-Exit rules: the model's forward runs the loop (`parcae.model.loop.run_loop`); at inference it is given an
-exit rule, asked after every loop step. A token whose score falls below `eps` stops: its state is
-frozen and later tokens attend to the keys and values of its last step. T stays the maximum;
-eps = 0 never exits and equals the fixed-depth forward. Criteria (`EXIT_CRITERIA`):
+Exit rules: the model's forward runs the loop (`parcae.model.loop.run_loop`); at inference it
+is given an exit rule, asked after every loop step. A token whose score falls below `eps` stops:
+its state is frozen and later tokens attend to the keys and values of its last step. T stays the
+maximum; eps = 0 never exits and equals the fixed-depth forward. Criteria (`EXIT_CRITERIA`):
 
 - `residual`: the loop residual r = ‖h_{t+1} - h_t‖ / ‖h_{t+1}‖ (free: no extra compute);
 - `kl`: KL(p_t || p_{t+1}) between the next-token distributions of successive steps, each from
@@ -47,7 +47,7 @@ class KLExit:
         self.previous: Tensor | None = None
 
     def __call__(self, residual: Tensor, h: Tensor, readout: Readout) -> Tensor:
-        log_p = torch.log_softmax(readout(h)[..., :self.vocab_size].float(), dim=-1)
+        log_p = torch.log_softmax(readout(h)[..., : self.vocab_size].float(), dim=-1)
         before, self.previous = self.previous, log_p
         if before is None:
             return torch.zeros(log_p.shape[:-1], dtype=torch.bool, device=log_p.device)
@@ -57,13 +57,15 @@ class KLExit:
         return kl < self.eps
 
 
-def exit_rule(eps: float | None, criterion: str = "residual",
-              vocab_size: int | None = None) -> ExitRule | None:
+def exit_rule(
+    eps: float | None, criterion: str = "residual", vocab_size: int | None = None
+) -> ExitRule | None:
     """The rule for threshold `eps` on `criterion` (None: no early exit). A `KLExit` keeps the
     previous step's distribution: make one per forward."""
     if criterion not in EXIT_CRITERIA:
-        raise PromptError(f"unknown adaptive-depth criterion {criterion!r}; use "
-                          f"{' or '.join(EXIT_CRITERIA)}")
+        raise PromptError(
+            f"unknown adaptive-depth criterion {criterion!r}; use {' or '.join(EXIT_CRITERIA)}"
+        )
     if eps is None:
         return None
     if not eps >= 0:
@@ -71,8 +73,13 @@ def exit_rule(eps: float | None, criterion: str = "residual",
     return ResidualExit(eps) if criterion == "residual" else KLExit(eps, vocab_size)
 
 
-def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> Tensor:
+def sample_next(
+    logits: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Tensor:
     """Next token per row from logits (B, V): argmax at temperature 0, else a draw from
     softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus."""
     if temperature == 0:
@@ -92,8 +99,9 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
-                    max_new_tokens: int) -> None:
+def check_sampling(
+    temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int
+) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise PromptError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     if not temperature >= 0:

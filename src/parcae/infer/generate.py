@@ -32,8 +32,9 @@ class GenerationStats:
     cache_bytes: int = 0
 
 
-def prepare_prompts(model: LanguageModel, input_ids, attention_mask: Tensor | None = None,
-                    pad_token_id: int = 0) -> tuple[Tensor, Tensor]:
+def prepare_prompts(
+    model: LanguageModel, input_ids, attention_mask: Tensor | None = None, pad_token_id: int = 0
+) -> tuple[Tensor, Tensor]:
     """Validate prompts and left-pad them: ids int64 (B, P) and valid bool (B, P).
 
     input_ids: a list of ints, a list of lists of ints (any lengths), or a tensor (P,) or
@@ -51,8 +52,9 @@ def prepare_prompts(model: LanguageModel, input_ids, attention_mask: Tensor | No
         else:
             valid = attention_mask.to(device=device).bool()
             if valid.shape != ids.shape:
-                raise PromptError(f"attention_mask has shape {tuple(valid.shape)}, input_ids "
-                                  f"{tuple(ids.shape)}")
+                raise PromptError(
+                    f"attention_mask has shape {tuple(valid.shape)}, input_ids {tuple(ids.shape)}"
+                )
             if bool((valid[:, :-1] & ~valid[:, 1:]).any()):
                 raise PromptError("attention_mask must be left padding (0s, then 1s)")
         ids = torch.where(valid, ids, pad_token_id)
@@ -69,26 +71,31 @@ def prepare_prompts(model: LanguageModel, input_ids, attention_mask: Tensor | No
             raise PromptError(f"{label} is empty: give at least one token")
         bad = [token for token in row if not 0 <= token < config.vocab_size]
         if bad:
-            raise PromptError(f"{label} has token id {bad[0]} outside the vocabulary "
-                              f"[0, {config.vocab_size})")
+            raise PromptError(
+                f"{label} has token id {bad[0]} outside the vocabulary [0, {config.vocab_size})"
+            )
         if len(row) >= config.context_length:
-            raise PromptError(f"{label} has {len(row)} tokens; the model's context holds "
-                              f"{config.context_length}, so prompts must be shorter")
+            raise PromptError(
+                f"{label} has {len(row)} tokens; the model's context holds "
+                f"{config.context_length}, so prompts must be shorter"
+            )
     if ids is None:
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         valid = torch.zeros(len(rows), width, dtype=torch.bool)
         for b, row in enumerate(rows):
-            ids[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            valid[b, width - len(row):] = True
+            ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            valid[b, width - len(row) :] = True
         ids, valid = ids.to(device), valid.to(device)
     return ids, valid
 
 
 def _as_rows(input_ids) -> list[list[int]]:
     if not isinstance(input_ids, Sequence) or isinstance(input_ids, (str, bytes)):
-        raise PromptError(f"input_ids must be token ids (a tensor or lists of ints), "
-                          f"got {type(input_ids).__name__}")
+        raise PromptError(
+            f"input_ids must be token ids (a tensor or lists of ints), "
+            f"got {type(input_ids).__name__}"
+        )
     if len(input_ids) == 0 or not isinstance(input_ids[0], (Sequence, Tensor)):
         input_ids = [input_ids]
     rows = []
@@ -101,13 +108,26 @@ def _as_rows(input_ids) -> list[list[int]]:
 
 
 @torch.no_grad()
-def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: int | None = None,
-             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             eos_token_id: int | None = None, seed: int | None = None, streamer=None, *,
-             attention_mask: Tensor | None = None, pad_token_id: int | None = None,
-             adaptive: float | None = None, adaptive_criterion: str = "residual",
-             cache_sharing: str | CacheSharing | None = None,
-             use_cache: bool = True, stats: GenerationStats | None = None) -> Tensor:
+def generate(
+    model: LanguageModel,
+    input_ids,
+    max_new_tokens: int,
+    num_steps: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    seed: int | None = None,
+    streamer=None,
+    *,
+    attention_mask: Tensor | None = None,
+    pad_token_id: int | None = None,
+    adaptive: float | None = None,
+    adaptive_criterion: str = "residual",
+    cache_sharing: str | CacheSharing | None = None,
+    use_cache: bool = True,
+    stats: GenerationStats | None = None,
+) -> Tensor:
     """Continue each prompt by up to `max_new_tokens` tokens; returns int64 (B, P + N): the
     left-padded prompts then the new tokens (after a row's EOS, `pad_token_id`).
 
@@ -143,13 +163,21 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
         streamer.put(ids.cpu())
 
     def forward(tokens: Tensor, tokens_valid: Tensor, cache: KVCache):
-        return model(tokens, cache=cache, attention_mask=tokens_valid, last_only=True,
-                     exit_rule=exit_rule(adaptive, adaptive_criterion, config.vocab_size))
+        return model(
+            tokens,
+            cache=cache,
+            attention_mask=tokens_valid,
+            last_only=True,
+            exit_rule=exit_rule(adaptive, adaptive_criterion, config.vocab_size),
+        )
 
     def steps_of(out) -> Tensor:
         """Loop steps of each row's last token (0 for a GPT)."""
-        return (out.loop.steps[:, -1] if out.loop is not None
-                else torch.zeros(batch, dtype=torch.long, device=ids.device))
+        return (
+            out.loop.steps[:, -1]
+            if out.loop is not None
+            else torch.zeros(batch, dtype=torch.long, device=ids.device)
+        )
 
     total = prompt_len + max_new_tokens
     cache = model.new_cache(batch, max(total - 1, prompt_len), num_steps, cache_sharing)
@@ -158,8 +186,9 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     sequence, sequence_valid = ids, valid
     for index in range(max_new_tokens):
-        token = sample_next(out.logits[:, -1, :config.vocab_size], temperature, top_k, top_p,
-                            generator)
+        token = sample_next(
+            out.logits[:, -1, : config.vocab_size], temperature, top_k, top_p, generator
+        )
         token = torch.where(finished, pad_token_id, token)
         generated.append(token)
         if streamer is not None:
@@ -174,18 +203,24 @@ def generate(model: LanguageModel, input_ids, max_new_tokens: int, num_steps: in
         else:
             sequence = torch.cat([sequence, token[:, None]], dim=1)
             sequence_valid = torch.cat([sequence_valid, step_valid], dim=1)
-            out = forward(sequence, sequence_valid,
-                          model.new_cache(batch, sequence.shape[1], num_steps, cache_sharing))
+            out = forward(
+                sequence,
+                sequence_valid,
+                model.new_cache(batch, sequence.shape[1], num_steps, cache_sharing),
+            )
         steps_used.append(torch.where(finished, 0, steps_of(out)))
     if streamer is not None:
         streamer.end()
     new = torch.stack(generated, dim=1) if generated else ids[:, :0]
     if stats is not None:
-        counted = torch.stack(steps_used[:len(generated)], dim=1) if generated else None
+        counted = torch.stack(steps_used[: len(generated)], dim=1) if generated else None
         produced = ~_after_eos(new, eos_token_id)
         stats.new_tokens = produced.sum(dim=1).tolist()
-        stats.mean_steps = (float(counted[produced].float().mean())
-                            if counted is not None and bool(produced.any()) else 0.0)
+        stats.mean_steps = (
+            float(counted[produced].float().mean())
+            if counted is not None and bool(produced.any())
+            else 0.0
+        )
         stats.cache_bytes = cache.nbytes
     return torch.cat([ids, new], dim=1)
 

@@ -15,8 +15,8 @@ import torch
 
 from parcae.data.tokenizer import FILE_NAME, Tokenizer
 from parcae.errors import CheckpointError
-from parcae.model.base import LanguageModel
 from parcae.model import from_pretrained
+from parcae.model.base import LanguageModel
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -30,8 +30,10 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return path
     if (path / "model" / "config.json").is_file():
         return path / "model"
-    raise CheckpointError(f"{path}: neither a model directory (no config.json) nor a run "
-                          f"directory (no model/config.json)")
+    raise CheckpointError(
+        f"{path}: neither a model directory (no config.json) nor a run "
+        f"directory (no model/config.json)"
+    )
 
 
 def find_tokenizer(model_dir: Path) -> Tokenizer | None:
@@ -42,9 +44,9 @@ def find_tokenizer(model_dir: Path) -> Tokenizer | None:
     return None
 
 
-def load_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu",
-                       dtype: torch.dtype | None = None
-                       ) -> tuple[LanguageModel, Tokenizer | None]:
+def load_for_inference(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[LanguageModel, Tokenizer | None]:
     """(model in eval mode, tokenizer or None) from a model or run directory."""
     model_dir = resolve_model_dir(path)
     model = from_pretrained(model_dir, device=device, dtype=dtype)

@@ -18,8 +18,9 @@ class TextStreamer:
     `eos_id`; without a tokenizer, writes token ids separated by spaces.
     """
 
-    def __init__(self, tokenizer: Tokenizer | None, out: TextIO = sys.stdout,
-                 eos_id: int | None = None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer | None, out: TextIO = sys.stdout, eos_id: int | None = None
+    ) -> None:
         self.tokenizer, self.out, self.eos_id = tokenizer, out, eos_id
         self.ids: list[int] = []
         self.written = 0
@@ -42,14 +43,14 @@ class TextStreamer:
             text = self.tokenizer.decode(self.ids)
             if text.endswith("\ufffd"):
                 return
-            self.out.write(text[self.written:])
+            self.out.write(text[self.written :])
             self.written = len(text)
         self.out.flush()
 
     def end(self) -> None:
         if self.tokenizer is not None:
             text = self.tokenizer.decode(self.ids)
-            self.out.write(text[self.written:])
+            self.out.write(text[self.written :])
             self.written = len(text)
         self.out.write("\n")
         self.out.flush()

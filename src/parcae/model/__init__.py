@@ -11,12 +11,12 @@ import torch
 
 from parcae.errors import CheckpointError, ConfigError
 from parcae.model.base import CausalLMOutput, LanguageModel
+from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import CONFIG_CLASSES, GPTConfig, ParcaeConfig, TransformerConfig
 from parcae.model.gpt import GPT
+from parcae.model.loop import LoopStats
 from parcae.model.parcae import Parcae
 from parcae.model.presets import PRESETS
-from parcae.model.cache import CacheSharing, KVCache
-from parcae.model.loop import LoopStats
 from parcae.model.recurrence import DepthPlan
 from parcae.model.serialization import (
     load_state_dict_strict,
@@ -41,8 +41,11 @@ def preset_config(name: str, **overrides: Any) -> TransformerConfig:
     return TransformerConfig.from_dict({"architecture": architecture, **fields, **overrides})
 
 
-def create_model(preset_or_config: str | TransformerConfig,
-                 device: str | torch.device | None = None, **overrides: Any) -> LanguageModel:
+def create_model(
+    preset_or_config: str | TransformerConfig,
+    device: str | torch.device | None = None,
+    **overrides: Any,
+) -> LanguageModel:
     """A freshly initialised model from a preset name or a config, plus field overrides.
 
     device: default the current default device (so `with torch.device("meta"):` applies). On
@@ -55,8 +58,9 @@ def create_model(preset_or_config: str | TransformerConfig,
     elif isinstance(preset_or_config, TransformerConfig):
         config = preset_or_config.replace(**overrides) if overrides else preset_or_config
     else:
-        raise ConfigError(f"expected a preset name or a model config, "
-                          f"got {type(preset_or_config).__name__}")
+        raise ConfigError(
+            f"expected a preset name or a model config, got {type(preset_or_config).__name__}"
+        )
     with torch.device("meta"):
         model = MODEL_CLASSES[config.architecture](config)
     if device.type != "meta":
@@ -66,8 +70,9 @@ def create_model(preset_or_config: str | TransformerConfig,
     return model
 
 
-def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None) -> LanguageModel:
+def from_pretrained(
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LanguageModel:
     """Load a model directory (ours or official) strictly; returns the model in eval mode."""
     path = Path(path)
     if not path.exists():
@@ -83,7 +88,21 @@ def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 __all__ = [
-    "CONFIG_CLASSES", "GPT", "GPTConfig", "Parcae", "ParcaeConfig", "TransformerConfig",
-    "CacheSharing", "CausalLMOutput", "DepthPlan", "KVCache", "LoopStats", "LanguageModel",
-    "create_model", "from_pretrained", "list_presets", "preset_config", "save_pretrained",
+    "CONFIG_CLASSES",
+    "GPT",
+    "GPTConfig",
+    "Parcae",
+    "ParcaeConfig",
+    "TransformerConfig",
+    "CacheSharing",
+    "CausalLMOutput",
+    "DepthPlan",
+    "KVCache",
+    "LoopStats",
+    "LanguageModel",
+    "create_model",
+    "from_pretrained",
+    "list_presets",
+    "preset_config",
+    "save_pretrained",
 ]

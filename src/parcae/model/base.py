@@ -62,15 +62,20 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         d, vocab = config.d_model, config.padded_vocab_size
-        self.transformer = nn.ModuleDict({
-            "wte": nn.Embedding(vocab, d),
-            "ln_f": RMSNorm(d, config.norm_eps),
-        })
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(vocab, d),
+                "ln_f": RMSNorm(d, config.norm_eps),
+            }
+        )
         kv_width = config.n_kv_heads * config.head_dim
-        self.value_embeds = nn.ModuleDict({
-            str(i): nn.Embedding(vocab, kv_width)
-            for i in range(config.total_layers) if config.has_value_embedding(i)
-        })
+        self.value_embeds = nn.ModuleDict(
+            {
+                str(i): nn.Embedding(vocab, kv_width)
+                for i in range(config.total_layers)
+                if config.has_value_embedding(i)
+            }
+        )
         self.lm_head = nn.Linear(d, vocab, bias=False)
         self.tie_weights()
         cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta)
@@ -96,8 +101,9 @@ class LanguageModel(nn.Module):
         if not config.tie_embeddings:
             init_matrix_(self.lm_head.weight, std, config.init_orthogonal)
         self.transformer.ln_f.weight.fill_(1.0)
-        cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta,
-                                 device=self.rope_cos.device)
+        cos, sin = rotary_tables(
+            config.head_dim, config.context_length, config.rope_theta, device=self.rope_cos.device
+        )
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
@@ -108,18 +114,31 @@ class LanguageModel(nn.Module):
         `coda_layers` index it)."""
         raise NotImplementedError
 
-    def recur(self, x: Tensor, context: TokenContext, positions: Tensor | None,
-              num_steps: int | None, depth_plan: DepthPlan | None,
-              exit_rule: ExitRule | None) -> tuple[Tensor, LoopStats]:
+    def recur(
+        self,
+        x: Tensor,
+        context: TokenContext,
+        positions: Tensor | None,
+        num_steps: int | None,
+        depth_plan: DepthPlan | None,
+        exit_rule: ExitRule | None,
+    ) -> tuple[Tensor, LoopStats]:
         """The loop between prelude and coda (looped models only)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- forward
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None,
-                num_steps: int | None = None, depth_plan: DepthPlan | None = None,
-                cache: KVCache | None = None, attention_mask: Tensor | None = None,
-                exit_rule: ExitRule | None = None, last_only: bool = False) -> CausalLMOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        num_steps: int | None = None,
+        depth_plan: DepthPlan | None = None,
+        cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        exit_rule: ExitRule | None = None,
+        last_only: bool = False,
+    ) -> CausalLMOutput:
         """input_ids, labels: int64 (B, S).
 
         Depth (looped models; a GPT ignores these): `num_steps` runs exactly T loop steps, all
@@ -133,19 +152,33 @@ class LanguageModel(nn.Module):
         """
         if cache is None:
             if attention_mask is not None:
-                raise ConfigError("attention_mask (left padding) needs a cache: pass "
-                                  "cache=model.new_cache(...)")
-            return self._forward(input_ids, labels, num_steps, depth_plan, None, None,
-                                 exit_rule, last_only)
+                raise ConfigError(
+                    "attention_mask (left padding) needs a cache: pass cache=model.new_cache(...)"
+                )
+            return self._forward(
+                input_ids, labels, num_steps, depth_plan, None, None, exit_rule, last_only
+            )
         with torch.no_grad():
-            valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                     else attention_mask.bool())
-            return self._forward(input_ids, labels, num_steps, depth_plan, cache, valid,
-                                 exit_rule, last_only)
+            valid = (
+                torch.ones_like(input_ids, dtype=torch.bool)
+                if attention_mask is None
+                else attention_mask.bool()
+            )
+            return self._forward(
+                input_ids, labels, num_steps, depth_plan, cache, valid, exit_rule, last_only
+            )
 
-    def _forward(self, input_ids: Tensor, labels: Tensor | None, num_steps: int | None,
-                 depth_plan: DepthPlan | None, cache: KVCache | None, valid: Tensor | None,
-                 exit_rule: ExitRule | None, last_only: bool) -> CausalLMOutput:
+    def _forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None,
+        num_steps: int | None,
+        depth_plan: DepthPlan | None,
+        cache: KVCache | None,
+        valid: Tensor | None,
+        exit_rule: ExitRule | None,
+        last_only: bool,
+    ) -> CausalLMOutput:
         config = self.config
         positions = None
         if cache is None:
@@ -167,14 +200,24 @@ class LanguageModel(nn.Module):
     def run_blocks(self, x: Tensor, layers: range, context: TokenContext) -> Tensor:
         """Apply the distinct blocks `layers` (a prelude or coda) to x (B, S, d)."""
         cache = context.cache
-        for layer, block in zip(layers, self.blocks()[layers.start:layers.stop]):
-            x = block(x, context.rope, context.value_embeds.get(layer),
-                      None if cache is None else cache.site(layer))
+        for layer, block in zip(layers, self.blocks()[layers.start : layers.stop]):
+            x = block(
+                x,
+                context.rope,
+                context.value_embeds.get(layer),
+                None if cache is None else cache.site(layer),
+            )
         return x
 
-    def new_cache(self, batch: int, max_length: int, num_steps: int | None = None,
-                  sharing: str | CacheSharing | None = None, device=None, dtype=None
-                  ) -> KVCache:
+    def new_cache(
+        self,
+        batch: int,
+        max_length: int,
+        num_steps: int | None = None,
+        sharing: str | CacheSharing | None = None,
+        device=None,
+        dtype=None,
+    ) -> KVCache:
         """An empty `KVCache` for `batch` rows of up to `max_length` tokens, for loop depth
         `num_steps` (default mean_recurrence; a GPT has no loop)."""
         if num_steps is None:
@@ -183,8 +226,10 @@ class LanguageModel(nn.Module):
 
     def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:
         if seq_len > self.config.context_length:
-            raise ConfigError(f"sequence length {seq_len} exceeds the model's context_length "
-                              f"{self.config.context_length}")
+            raise ConfigError(
+                f"sequence length {seq_len} exceeds the model's context_length "
+                f"{self.config.context_length}"
+            )
         return self.rope_cos[:seq_len], self.rope_sin[:seq_len]
 
     def value_embeddings(self, input_ids: Tensor) -> dict[int, Tensor]:

@@ -55,7 +55,7 @@ class CacheSharing:
     window: int = 0  # m for `ring` and `last`
 
     @classmethod
-    def parse(cls, spec: "str | CacheSharing | None") -> "CacheSharing":
+    def parse(cls, spec: str | CacheSharing | None) -> CacheSharing:
         """`full`, `ring:M`, `last:M` or `shared` (= `ring:1`)."""
         if spec is None:
             return cls()
@@ -68,8 +68,10 @@ class CacheSharing:
             return cls()
         if name in ("ring", "last") and window.isdigit() and int(window) > 0:
             return cls(name, int(window))
-        raise PromptError(f"unknown cache sharing {spec!r}; use full, shared, ring:M or last:M "
-                          f"(M a positive integer)")
+        raise PromptError(
+            f"unknown cache sharing {spec!r}; use full, shared, ring:M or last:M "
+            f"(M a positive integer)"
+        )
 
     def num_slots(self, num_steps: int) -> int:
         if self.kind == "full":
@@ -88,8 +90,15 @@ class CacheSharing:
         return self.kind if self.kind == "full" else f"{self.kind}:{self.window}"
 
 
-def attend_tokens(attn: CausalSelfAttention, q: Tensor, keys: Tensor, values: Tensor,
-                  mask: Tensor | None, tokens: tuple[Tensor, Tensor], query_len: int) -> Tensor:
+def attend_tokens(
+    attn: CausalSelfAttention,
+    q: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    mask: Tensor | None,
+    tokens: tuple[Tensor, Tensor],
+    query_len: int,
+) -> Tensor:
     """Attention of N scattered queries q (1, H, N, hd) at (rows, cols) = `tokens`, over the
     keys and values (B, Hkv, L, hd) of their rows -> heads (1, N, H*hd).
 
@@ -99,8 +108,9 @@ def attend_tokens(attn: CausalSelfAttention, q: Tensor, keys: Tensor, values: Te
     held, local = rows.unique(sorted=True, return_inverse=True)
     grid = q.new_zeros(len(held), query_len, *q.shape[1:2], q.shape[-1])
     grid = grid.index_put((local, cols), q[0].transpose(0, 1))  # (R, query_len, H, hd)
-    heads = attn.mix(grid.transpose(1, 2), keys[held], values[held],
-                     None if mask is None else mask[held])
+    heads = attn.mix(
+        grid.transpose(1, 2), keys[held], values[held], None if mask is None else mask[held]
+    )
     return heads[local, cols][None]
 
 
@@ -114,7 +124,7 @@ class LoopKV:
         self.keys: dict[int, Tensor] = {}
         self.values: dict[int, Tensor] = {}
 
-    def site(self, layer: int, active: Active) -> "_LoopKVSite":
+    def site(self, layer: int, active: Active) -> _LoopKVSite:
         return _LoopKVSite(self, layer, active)
 
 
@@ -137,8 +147,15 @@ class _LoopKVSite:
         keys = keys.index_put(active.tokens, k[0])
         values = values.index_put(active.tokens, v[0])
         store.keys[self.layer], store.values[self.layer] = keys, values
-        return attend_tokens(attn, q, keys.transpose(1, 2), values.transpose(1, 2), None,
-                             active.tokens, keys.shape[1])
+        return attend_tokens(
+            attn,
+            q,
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            None,
+            active.tokens,
+            keys.shape[1],
+        )
 
 
 class KVCache:
@@ -151,8 +168,16 @@ class KVCache:
     Build one with `model.new_cache(...)`.
     """
 
-    def __init__(self, model, batch: int, max_length: int, num_steps: int = 0,
-                 sharing: "str | CacheSharing | None" = None, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        model,
+        batch: int,
+        max_length: int,
+        num_steps: int = 0,
+        sharing: str | CacheSharing | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
         config = self.config = model.config
         parameter = next(model.parameters())
         device = parameter.device if device is None else device
@@ -167,8 +192,7 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
         self.positions = torch.zeros(batch, max_length, dtype=torch.long, device=device)
-        self.state_table = (model.eval_state_table(device, dtype) if config.is_looped
-                            else None)
+        self.state_table = model.eval_state_table(device, dtype) if config.is_looped else None
         self.length = 0
         self.max_length = max_length
         self.new_columns = 0
@@ -190,13 +214,12 @@ class KVCache:
         if layer in config.core_layers:
             index = layer - config.core_layers.start
             first_core = len(config.prelude_layers)
-            return (first_core + index * self.core_slots
-                    + self.sharing.slot(step, self.num_steps))
+            return first_core + index * self.core_slots + self.sharing.slot(step, self.num_steps)
         if layer in config.coda_layers:
             return self.first_coda + layer - config.coda_layers.start
         return layer
 
-    def site(self, layer: int, active: Active | None = None) -> "CacheSite":
+    def site(self, layer: int, active: Active | None = None) -> CacheSite:
         """The site of `layer` for the forward in progress; a core layer's at `active.step`."""
         step = 0 if active is None else active.step
         previous = self.slot(layer, step - 1) if step > 0 else None
@@ -212,8 +235,9 @@ class KVCache:
         seq = valid.shape[1]
         start, end = self.length, self.length + seq
         if end > self.max_length:
-            raise PromptError(f"the cache holds {self.max_length} tokens; cannot add {seq} "
-                              f"to {self.length}")
+            raise PromptError(
+                f"the cache holds {self.max_length} tokens; cannot add {seq} to {self.length}"
+            )
         positions = (self.next_positions()[:, None] + valid.long().cumsum(dim=1) - 1).clamp_min(0)
         self.valid[:, start:end] = valid
         self.positions[:, start:end] = positions
@@ -227,8 +251,9 @@ class KVCache:
     def initial_state(self, positions: Tensor, dtype: torch.dtype) -> Tensor:
         """h_0 (B, S, d_r) of tokens at `positions` (B, S): rows of `state_table`, or zeros."""
         if self.state_table is None:
-            return torch.zeros(*positions.shape, self.config.d_model, device=positions.device,
-                               dtype=dtype)
+            return torch.zeros(
+                *positions.shape, self.config.d_model, device=positions.device, dtype=dtype
+            )
         return self.state_table[positions].to(dtype)
 
     def fill_skipped_steps(self, steps_run: int) -> None:
@@ -251,7 +276,7 @@ class KVCache:
 
     def next_positions(self) -> Tensor:
         """(B,) the position of each row's next token."""
-        return self.valid[:, :self.length].sum(dim=1)
+        return self.valid[:, : self.length].sum(dim=1)
 
     # ------------------------------------------------------------ reuse
 

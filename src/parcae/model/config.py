@@ -66,32 +66,59 @@ class TransformerConfig:
         self._validate_transformer()
 
     def _validate_transformer(self) -> None:
-        for name in ("vocab_size", "padding_multiple", "context_length", "d_model", "ffn_dim",
-                     "n_heads"):
+        for name in (
+            "vocab_size",
+            "padding_multiple",
+            "context_length",
+            "d_model",
+            "ffn_dim",
+            "n_heads",
+        ):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value > 0, name,
-                     f"must be a positive integer, got {value!r}")
+            _require(
+                isinstance(value, int) and value > 0,
+                name,
+                f"must be a positive integer, got {value!r}",
+            )
         if self.padded_vocab_size is None:
             multiple = self.padding_multiple
             self.padded_vocab_size = multiple * math.ceil(self.vocab_size / multiple)
-        _require(self.padded_vocab_size >= self.vocab_size, "padded_vocab_size",
-                 f"{self.padded_vocab_size} is smaller than vocab_size {self.vocab_size}")
+        _require(
+            self.padded_vocab_size >= self.vocab_size,
+            "padded_vocab_size",
+            f"{self.padded_vocab_size} is smaller than vocab_size {self.vocab_size}",
+        )
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        _require(self.d_model % self.n_heads == 0, "n_heads",
-                 f"{self.n_heads} heads do not divide d_model {self.d_model}")
-        _require(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
-                 f"{self.n_kv_heads} kv heads must be positive and divide n_heads {self.n_heads}")
-        _require(self.head_dim % 2 == 0, "n_heads",
-                 f"head dim {self.head_dim} must be even for rotary embeddings")
+        _require(
+            self.d_model % self.n_heads == 0,
+            "n_heads",
+            f"{self.n_heads} heads do not divide d_model {self.d_model}",
+        )
+        _require(
+            self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0,
+            "n_kv_heads",
+            f"{self.n_kv_heads} kv heads must be positive and divide n_heads {self.n_heads}",
+        )
+        _require(
+            self.head_dim % 2 == 0,
+            "n_heads",
+            f"head dim {self.head_dim} must be even for rotary embeddings",
+        )
         _require(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
         _require(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
-        _require(self.logit_softcap is None or self.logit_softcap > 0, "logit_softcap",
-                 f"must be positive or None, got {self.logit_softcap}")
+        _require(
+            self.logit_softcap is None or self.logit_softcap > 0,
+            "logit_softcap",
+            f"must be positive or None, got {self.logit_softcap}",
+        )
         if self.value_embeddings:
-            _require(self.d_model >= VALUE_EMBED_GATE_CHANNELS, "d_model",
-                     f"value-embedding gates read {VALUE_EMBED_GATE_CHANNELS} channels; "
-                     f"d_model {self.d_model} is too small (set value_embeddings=False)")
+            _require(
+                self.d_model >= VALUE_EMBED_GATE_CHANNELS,
+                "d_model",
+                f"value-embedding gates read {VALUE_EMBED_GATE_CHANNELS} channels; "
+                f"d_model {self.d_model} is too small (set value_embeddings=False)",
+            )
 
     @property
     def head_dim(self) -> int:
@@ -130,14 +157,16 @@ class TransformerConfig:
         return {"architecture": self.architecture, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TransformerConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
         """Build from `to_dict()` output (the `architecture` key selects the class)."""
         data = dict(data)
         architecture = data.pop("architecture", cls.architecture)
         config_class = CONFIG_CLASSES.get(architecture)
         if config_class is None:
-            raise ConfigError(f"invalid config field 'architecture': {architecture!r} is not one "
-                              f"of {', '.join(CONFIG_CLASSES)}")
+            raise ConfigError(
+                f"invalid config field 'architecture': {architecture!r} is not one "
+                f"of {', '.join(CONFIG_CLASSES)}"
+            )
         known = {f.name for f in dataclasses.fields(config_class)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -147,7 +176,7 @@ class TransformerConfig:
         except TypeError as error:
             raise ConfigError(f"invalid config: {error}") from None
 
-    def replace(self, **overrides: Any) -> "TransformerConfig":
+    def replace(self, **overrides: Any) -> TransformerConfig:
         """A copy with `overrides` applied (unknown names are refused)."""
         return self.from_dict({**self.to_dict(), **overrides})
 
@@ -162,8 +191,11 @@ class GPTConfig(TransformerConfig):
 
     def __post_init__(self) -> None:
         self._validate_transformer()
-        _require(isinstance(self.n_layers, int) and self.n_layers > 0, "n_layers",
-                 f"must be a positive integer, got {self.n_layers!r}")
+        _require(
+            isinstance(self.n_layers, int) and self.n_layers > 0,
+            "n_layers",
+            f"must be a positive integer, got {self.n_layers!r}",
+        )
 
     @property
     def prelude_layers(self) -> range:
@@ -207,14 +239,22 @@ class ParcaeConfig(TransformerConfig):
         self._validate_transformer()
         for name in ("n_prelude", "n_core", "n_coda", "curriculum_steps"):
             value = getattr(self, name)
-            _require(isinstance(value, int) and value >= 0, name,
-                     f"must be a non-negative integer, got {value!r}")
+            _require(
+                isinstance(value, int) and value >= 0,
+                name,
+                f"must be a non-negative integer, got {value!r}",
+            )
         _require(self.n_core > 0, "n_core", "the recurrent block needs at least one layer")
-        _require(isinstance(self.mean_recurrence, int) and self.mean_recurrence > 0,
-                 "mean_recurrence", f"must be a positive integer, got {self.mean_recurrence!r}")
-        _require(isinstance(self.mean_backprop_depth, int) and self.mean_backprop_depth > 0,
-                 "mean_backprop_depth",
-                 f"must be a positive integer, got {self.mean_backprop_depth!r}")
+        _require(
+            isinstance(self.mean_recurrence, int) and self.mean_recurrence > 0,
+            "mean_recurrence",
+            f"must be a positive integer, got {self.mean_recurrence!r}",
+        )
+        _require(
+            isinstance(self.mean_backprop_depth, int) and self.mean_backprop_depth > 0,
+            "mean_backprop_depth",
+            f"must be a positive integer, got {self.mean_backprop_depth!r}",
+        )
         _require_choice(self.injection, "injection", INJECTIONS)
         _require_choice(self.discretization, "discretization", DISCRETIZATIONS)
         _require_choice(self.state_init, "state_init", STATE_INITS)
@@ -237,7 +277,7 @@ class ParcaeConfig(TransformerConfig):
         return range(first_coda, first_coda + self.n_coda)
 
     @classmethod
-    def from_official(cls, data: dict[str, Any]) -> "ParcaeConfig":
+    def from_official(cls, data: dict[str, Any]) -> ParcaeConfig:
         """From the official implementation's `config.json` dict (see `parcae.model.official`);
         a value we cannot honour is refused under its official field name."""
         fields = official_to_fields(data)

@@ -80,19 +80,25 @@ def _outer_and_step(config: TransformerConfig, seq_len: int) -> tuple[float, flo
     the injection's per-step weights."""
     d, attention = config.d_model, attention_flops(config, seq_len)
     outer_layers = len(config.prelude_layers) + len(config.coda_layers)
-    outer = (_blocks_params(config, config.prelude_layers)
-             + _blocks_params(config, config.coda_layers) + d * config.padded_vocab_size)
+    outer = (
+        _blocks_params(config, config.prelude_layers)
+        + _blocks_params(config, config.coda_layers)
+        + d * config.padded_vocab_size
+    )
     step = 0
     if config.is_looped:
         inject_once, inject_step = INJECTIONS[config.injection].matmul_weights(d, d)
         outer += inject_once + d * d  # and C
         step = _blocks_params(config, config.core_layers) + inject_step
-    return (2.0 * outer + attention * outer_layers,
-            2.0 * step + attention * len(config.core_layers))
+    return (
+        2.0 * outer + attention * outer_layers,
+        2.0 * step + attention * len(config.core_layers),
+    )
 
 
-def forward_flops_per_token(config: TransformerConfig, seq_len: int,
-                            num_steps: int | None = None) -> float:
+def forward_flops_per_token(
+    config: TransformerConfig, seq_len: int, num_steps: int | None = None
+) -> float:
     """Inference FLOPs per token at loop depth `num_steps` (default μ_rec; ignored for GPT)."""
     outer, step = _outer_and_step(config, seq_len)
     if not config.is_looped:

@@ -21,7 +21,8 @@ class GPT(LanguageModel):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
         self.transformer["h"] = nn.ModuleList(
-            Block(config, config.has_value_embedding(i)) for i in range(config.n_layers))
+            Block(config, config.has_value_embedding(i)) for i in range(config.n_layers)
+        )
 
     def blocks(self) -> list[Block]:
         return list(self.transformer.h)

@@ -125,7 +125,7 @@ class LinearInjection(Injection):
         init_matrix_(self.adapter.weight, std, orthogonal)
 
     def prepare(self, e: Tensor) -> Tensor:
-        return F.linear(e, self.adapter.weight[:, self.state_dim:])
+        return F.linear(e, self.adapter.weight[:, self.state_dim :])
 
     def step(self, h: Tensor, prepared: Tensor) -> Tensor:
         return F.linear(h, self.adapter.weight[:, : self.state_dim]) + prepared
@@ -158,7 +158,6 @@ INJECTIONS: dict[str, type[Injection]] = {
 }
 
 
-def build_injection(kind: str, state_dim: int, input_dim: int, discretization: str
-                    ) -> Injection:
+def build_injection(kind: str, state_dim: int, input_dim: int, discretization: str) -> Injection:
     """The injection module named by `ParcaeConfig.injection`."""
     return INJECTIONS[kind](state_dim, input_dim, discretization)

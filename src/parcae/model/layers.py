@@ -35,8 +35,9 @@ class RMSNorm(nn.Module):
 
 def rotary_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
     """cos, sin of shape (length, head_dim/2): angle[p, i] = p * theta^(-2i/head_dim)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64)
-                         / head_dim)
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
+    )
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float64), inv_freq)
     return angles.cos().float(), angles.sin().float()
 
@@ -67,11 +68,19 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
         self.c_v = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
         self.c_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
-        self.ve_gate = (nn.Linear(VALUE_EMBED_GATE_CHANNELS, self.n_kv_heads, bias=False)
-                        if has_value_embedding else None)
+        self.ve_gate = (
+            nn.Linear(VALUE_EMBED_GATE_CHANNELS, self.n_kv_heads, bias=False)
+            if has_value_embedding
+            else None
+        )
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None,
-                site: AttentionSite | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        value_embed: Tensor | None,
+        site: AttentionSite | None = None,
+    ) -> Tensor:
         """x: (B, S, d) already normed; value_embed: (B, S, Hkv*hd) or None -> (B, S, d).
 
         Without a `site`, causal self-attention over the S tokens of x. With one, the new keys
@@ -81,8 +90,9 @@ class CausalSelfAttention(nn.Module):
         heads = self.mix(q, k, v) if site is None else site.attend(self, q, k, v)
         return self.c_proj(heads)
 
-    def project(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def project(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """q (B, H, S, hd) and k, v (B, Hkv, S, hd): projected, value embedding added to v,
         rotated (rope: cos, sin of the positions of x) and QK-normed."""
         batch, seq, _ = x.shape
@@ -161,8 +171,13 @@ class Block(nn.Module):
         self.norm_2 = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], value_embed: Tensor | None,
-                site: AttentionSite | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        value_embed: Tensor | None,
+        site: AttentionSite | None = None,
+    ) -> Tensor:
         """x: (B, S, d); rope: cos, sin (S, hd/2) or (B, S, hd/2); value_embed: (B, S, Hkv*hd)
         or None; site: see `CausalSelfAttention.forward`."""
         x = x + self.attn(self.norm_1(x), rope, value_embed, site)

@@ -22,9 +22,9 @@ the input of the adaptive exit rule at inference (`parcae.infer.engine`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -65,6 +65,7 @@ class Active:
     def take_rope(self, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """cos, sin for the active part: tables (S, hd/2) are shared by every row, tables
         (B, S, hd/2) hold per-row positions."""
+
         def one(table: Tensor) -> Tensor:
             if table.dim() == 2:
                 return table if self.tokens is None else table[self.tokens[1]]
@@ -131,8 +132,9 @@ class TokenSchedule:
     """Per-token depths `total` (B, S), the first `no_grad` (B, S) of them without gradient,
     fewer where `exit_rule` stops a token after a step (it is asked after every step)."""
 
-    def __init__(self, total: Tensor, no_grad: Tensor | None = None,
-                 exit_rule: ExitRule | None = None) -> None:
+    def __init__(
+        self, total: Tensor, no_grad: Tensor | None = None, exit_rule: ExitRule | None = None
+    ) -> None:
         self.total, self.no_grad, self.exit_rule = total, no_grad, exit_rule
         self.sampled_steps = int(total.sum())
         self.stopped = torch.zeros_like(total, dtype=torch.bool)
@@ -198,8 +200,9 @@ StepFn = Callable[[Tensor, Active], Tensor]
 """step(h_active, active) -> the next state of the active units (same shape)."""
 
 
-def run_loop(step: StepFn, h: Tensor, schedule: Schedule, readout: Readout | None = None
-             ) -> tuple[Tensor, LoopStats]:
+def run_loop(
+    step: StepFn, h: Tensor, schedule: Schedule, readout: Readout | None = None
+) -> tuple[Tensor, LoopStats]:
     """Apply the loop to h (B, S, d_r) as `schedule` directs; returns h_T and `LoopStats`.
 
     `readout` (h -> logits) is handed to the schedule's exit rule (the KL criterion uses it)."""
@@ -218,7 +221,11 @@ def run_loop(step: StepFn, h: Tensor, schedule: Schedule, readout: Readout | Non
         executed += active.count
         schedule.observe(residual, h, readout)
     with torch.no_grad():
-        stats = LoopStats(state_norm=h.detach().float().norm(dim=-1).mean(),
-                          residual=residual.mean(), steps=steps, executed_steps=executed,
-                          sampled_steps=schedule.sampled_steps)
+        stats = LoopStats(
+            state_norm=h.detach().float().norm(dim=-1).mean(),
+            residual=residual.mean(),
+            steps=steps,
+            executed_steps=executed,
+            sampled_steps=schedule.sampled_steps,
+        )
     return h, stats

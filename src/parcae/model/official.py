@@ -68,8 +68,16 @@ FIXED = {
 
 # fields that choose an implementation or an initial-weight recipe, not what a model computes
 IGNORED = {
-    "name", "hf_config", "attn_impl", "init_strategy", "skip_initialization", "use_fused_head",
-    "activation_checkpoint_impl", "simple_ops", "strategy", "_is_recurrent_block_config",
+    "name",
+    "hf_config",
+    "attn_impl",
+    "init_strategy",
+    "skip_initialization",
+    "use_fused_head",
+    "activation_checkpoint_impl",
+    "simple_ops",
+    "strategy",
+    "_is_recurrent_block_config",
 }
 
 ROPE_DEFAULTS = {"use_rope": True, "rope_condense_ratio": 1}
@@ -83,13 +91,21 @@ def official_to_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Our config fields for an official `config.json` dict, refusing what we cannot honour."""
     if not isinstance(data, dict):
         raise ConfigError(f"official config must be a JSON object, got {type(data).__name__}")
-    known = set(RENAMED) | set(FIXED) | IGNORED | {
-        "rope_settings", "recurrent_embedding_dimension",
-        "recurrent_intermediation_embedding_dimension"}
+    known = (
+        set(RENAMED)
+        | set(FIXED)
+        | IGNORED
+        | {
+            "rope_settings",
+            "recurrent_embedding_dimension",
+            "recurrent_intermediation_embedding_dimension",
+        }
+    )
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"official config has field(s) this version cannot honour: "
-                          f"{', '.join(unknown)}")
+        raise ConfigError(
+            f"official config has field(s) this version cannot honour: {', '.join(unknown)}"
+        )
     for name, allowed in FIXED.items():
         if name in data and data[name] not in allowed:
             raise _refuse(name, data[name], f"only {allowed[0]!r} is supported")
@@ -98,17 +114,23 @@ def official_to_fields(data: dict[str, Any]) -> dict[str, Any]:
     for name, allowed in ROPE_DEFAULTS.items():
         if rope.get(name, allowed) != allowed:
             raise _refuse(f"rope_settings.{name}", rope[name], f"only {allowed!r} is supported")
-    fields: dict[str, Any] = {ours: data[theirs] for theirs, ours in RENAMED.items()
-                              if theirs in data}
+    fields: dict[str, Any] = {
+        ours: data[theirs] for theirs, ours in RENAMED.items() if theirs in data
+    }
     if "rope_base" in rope:
         fields["rope_theta"] = float(rope["rope_base"])
 
     width, ffn = data.get("n_embd"), data.get("intermediate_size")
-    for name, expected in (("recurrent_embedding_dimension", width),
-                           ("recurrent_intermediation_embedding_dimension", ffn)):
+    for name, expected in (
+        ("recurrent_embedding_dimension", width),
+        ("recurrent_intermediation_embedding_dimension", ffn),
+    ):
         if data.get(name) not in (None, expected):
-            raise _refuse(name, data[name], f"a recurrent width different from the model's "
-                                            f"({expected}) is not supported")
+            raise _refuse(
+                name,
+                data[name],
+                f"a recurrent width different from the model's ({expected}) is not supported",
+            )
     return fields
 
 
@@ -133,15 +155,24 @@ def fields_to_official(fields: dict[str, Any]) -> dict[str, Any]:
     }
     for name, (value, required) in inexpressible.items():
         if value != required:
-            raise ConfigError(f"config field '{name}' = {value!r} has no official equivalent "
-                              f"(the official format requires {required!r})")
+            raise ConfigError(
+                f"config field '{name}' = {value!r} has no official equivalent "
+                f"(the official format requires {required!r})"
+            )
     data: dict[str, Any] = {"name": "parcae", "hf_config": {}}
     data.update({theirs: fields[ours] for theirs, ours in RENAMED.items()})
     data["rope_settings"] = {**ROPE_DEFAULTS, "rope_base": fields["rope_theta"]}
     data.update({name: allowed[0] for name, allowed in FIXED.items()})
     data["recurrent_embedding_dimension"] = fields["d_model"]
     data["recurrent_intermediation_embedding_dimension"] = fields["ffn_dim"]
-    data.update(init_strategy="scaled-zero", attn_impl="sdpa", skip_initialization=False,
-                use_fused_head="pytorch", activation_checkpoint_impl="per-iteration",
-                simple_ops=False, strategy="single", _is_recurrent_block_config=False)
+    data.update(
+        init_strategy="scaled-zero",
+        attn_impl="sdpa",
+        skip_initialization=False,
+        use_fused_head="pytorch",
+        activation_checkpoint_impl="per-iteration",
+        simple_ops=False,
+        strategy="single",
+        _is_recurrent_block_config=False,
+    )
     return data

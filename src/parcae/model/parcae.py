@@ -36,13 +36,15 @@ class Parcae(LanguageModel):
         def blocks(layers: range) -> nn.ModuleList:
             return nn.ModuleList(Block(config, config.has_value_embedding(i)) for i in layers)
 
-        self.transformer.update({
-            "prelude": blocks(config.prelude_layers),
-            "adapter": build_injection(config.injection, d, d, config.discretization),
-            "core_block": blocks(config.core_layers),
-            "C": nn.Linear(d, d, bias=False),
-            "coda": blocks(config.coda_layers),
-        })
+        self.transformer.update(
+            {
+                "prelude": blocks(config.prelude_layers),
+                "adapter": build_injection(config.injection, d, d, config.discretization),
+                "core_block": blocks(config.core_layers),
+                "C": nn.Linear(d, d, bias=False),
+                "coda": blocks(config.coda_layers),
+            }
+        )
         if config.prelude_norm:
             self.transformer["ln_prelude"] = RMSNorm(d, config.norm_eps)
 
@@ -74,8 +76,9 @@ class Parcae(LanguageModel):
         transition = self.transition()
         return None if transition is None else float(transition.max())
 
-    def sample_depth_plan(self, batch_size: int, seq_len: int,
-                          generator: torch.Generator | None = None, step: int = 0) -> DepthPlan:
+    def sample_depth_plan(
+        self, batch_size: int, seq_len: int, generator: torch.Generator | None = None, step: int = 0
+    ) -> DepthPlan:
         """Training depths for a micro-batch (see `parcae.model.recurrence`)."""
         return sample_depth_plan(self.config, batch_size, seq_len, generator, step)
 
@@ -111,8 +114,7 @@ class Parcae(LanguageModel):
         kind = self.config.state_init
         if kind == "like-init":
             std = scaled_zero_std(d)
-            return nn.init.trunc_normal_(noise, std=std, a=-3 * std, b=3 * std,
-                                         generator=generator)
+            return nn.init.trunc_normal_(noise, std=std, a=-3 * std, b=3 * std, generator=generator)
         noise.normal_(generator=generator)
         if kind == "embed":
             return noise / math.sqrt(d)
@@ -121,9 +123,15 @@ class Parcae(LanguageModel):
             return (noise - mean) / std
         return noise  # normal
 
-    def recur(self, x: Tensor, context: TokenContext, positions: Tensor | None,
-              num_steps: int | None, depth_plan: DepthPlan | None,
-              exit_rule: ExitRule | None) -> tuple[Tensor, LoopStats]:
+    def recur(
+        self,
+        x: Tensor,
+        context: TokenContext,
+        positions: Tensor | None,
+        num_steps: int | None,
+        depth_plan: DepthPlan | None,
+        exit_rule: ExitRule | None,
+    ) -> tuple[Tensor, LoopStats]:
         """C h_T (B, S, d) from the prelude output x (B, S, d): e = ln_prelude(x), h_0, then
         the loop (see `parcae.model.loop` for the schedules and `LanguageModel.forward` for the
         arguments)."""
@@ -134,8 +142,9 @@ class Parcae(LanguageModel):
         cache, store = context.cache, None
         if cache is not None:
             if num_steps is not None and num_steps != cache.num_steps:
-                raise ConfigError(f"num_steps={num_steps} but the cache was made for "
-                                  f"{cache.num_steps} loop steps")
+                raise ConfigError(
+                    f"num_steps={num_steps} but the cache was made for {cache.num_steps} loop steps"
+                )
             h = cache.initial_state(positions, e.dtype)
             total = torch.full((batch, seq), cache.num_steps, device=e.device)
             schedule = TokenSchedule(total, exit_rule=exit_rule)
@@ -144,8 +153,9 @@ class Parcae(LanguageModel):
             h = self.initial_state(batch, seq, plan, e.device, e.dtype)
             if plan.per_token or exit_rule is not None:
                 plan = plan.per_token_plan(seq)
-                schedule = TokenSchedule(plan.total_steps.to(e.device),
-                                         plan.no_grad_steps.to(e.device), exit_rule)
+                schedule = TokenSchedule(
+                    plan.total_steps.to(e.device), plan.no_grad_steps.to(e.device), exit_rule
+                )
                 store = LoopKV(batch, seq)
             else:
                 schedule = RowSchedule(plan, e.device)
@@ -154,8 +164,13 @@ class Parcae(LanguageModel):
             x = t.adapter.step(h, active.take(prepared))
             rope = active.take_rope(context.rope)
             for layer, block in zip(config.core_layers, t.core_block):
-                site = (cache.site(layer, active) if cache is not None
-                        else store.site(layer, active) if store is not None else None)
+                site = (
+                    cache.site(layer, active)
+                    if cache is not None
+                    else store.site(layer, active)
+                    if store is not None
+                    else None
+                )
                 x = block(x, rope, active.take(context.value_embeds.get(layer)), site)
             return x
 
@@ -167,8 +182,9 @@ class Parcae(LanguageModel):
             cache.fill_skipped_steps(int(stats.steps.max()))
         return t.C(h), stats
 
-    def _depth_plan(self, batch: int, seq: int, num_steps: int | None,
-                    depth_plan: DepthPlan | None) -> DepthPlan:
+    def _depth_plan(
+        self, batch: int, seq: int, num_steps: int | None, depth_plan: DepthPlan | None
+    ) -> DepthPlan:
         """`num_steps` for every row; else `depth_plan`; else sampled (training) or
         `mean_recurrence` (eval)."""
         if num_steps is not None:

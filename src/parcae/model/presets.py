@@ -22,19 +22,32 @@ _PAPER_SIZES = {  # name: (d_model, ffn_dim, heads, layers per stage)
     "1.3b": (1536, 6144, 12, 8),
 }
 
-TINY_COMMON: dict[str, Any] = dict(vocab_size=4096, context_length=256, d_model=192,
-                                   ffn_dim=768, n_heads=3, init_orthogonal=True)
+TINY_COMMON: dict[str, Any] = dict(
+    vocab_size=4096, context_length=256, d_model=192, ffn_dim=768, n_heads=3, init_orthogonal=True
+)
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
 for _size, (_d, _ff, _heads, _stage) in _PAPER_SIZES.items():
     _common = dict(PAPER_COMMON, d_model=_d, ffn_dim=_ff, n_heads=_heads)
-    PRESETS[f"parcae-{_size}"] = ("parcae", dict(
-        _common, n_prelude=_stage, n_core=_stage, n_coda=_stage,
-        mean_recurrence=8, mean_backprop_depth=4))
+    PRESETS[f"parcae-{_size}"] = (
+        "parcae",
+        dict(
+            _common,
+            n_prelude=_stage,
+            n_core=_stage,
+            n_coda=_stage,
+            mean_recurrence=8,
+            mean_backprop_depth=4,
+        ),
+    )
     PRESETS[f"gpt-{_size}"] = ("gpt", dict(_common, n_layers=3 * _stage))
 
-PRESETS["parcae-tiny"] = ("parcae", dict(TINY_COMMON, n_prelude=2, n_core=2, n_coda=2,
-                                         mean_recurrence=4, mean_backprop_depth=2))
+PRESETS["parcae-tiny"] = (
+    "parcae",
+    dict(TINY_COMMON, n_prelude=2, n_core=2, n_coda=2, mean_recurrence=4, mean_backprop_depth=2),
+)
 PRESETS["gpt-tiny"] = ("gpt", dict(TINY_COMMON, n_layers=6))
-PRESETS["rdm-tiny"] = ("parcae", dict(PRESETS["parcae-tiny"][1], injection="linear",
-                                      prelude_norm=False))
+PRESETS["rdm-tiny"] = (
+    "parcae",
+    dict(PRESETS["parcae-tiny"][1], injection="linear", prelude_norm=False),
+)

@@ -39,15 +39,18 @@ class DepthPlan:
     noise_seeds: Tensor
 
     @classmethod
-    def fixed(cls, batch_size: int, steps: int, device=None) -> "DepthPlan":
+    def fixed(cls, batch_size: int, steps: int, device=None) -> DepthPlan:
         """Exactly `steps` loop steps for every row, all with gradient."""
         zeros = torch.zeros(batch_size, dtype=torch.long, device=device)
         return cls(zeros, zeros + steps, zeros)
 
-    def rows(self, start: int, stop: int) -> "DepthPlan":
+    def rows(self, start: int, stop: int) -> DepthPlan:
         """The plan of rows [start, stop) (a rank's or a micro-batch's share of a global plan)."""
-        return DepthPlan(self.no_grad_steps[start:stop], self.grad_steps[start:stop],
-                         self.noise_seeds[start:stop])
+        return DepthPlan(
+            self.no_grad_steps[start:stop],
+            self.grad_steps[start:stop],
+            self.noise_seeds[start:stop],
+        )
 
     @property
     def total_steps(self) -> Tensor:
@@ -57,12 +60,14 @@ class DepthPlan:
     def per_token(self) -> bool:
         return self.no_grad_steps.dim() == 2
 
-    def per_token_plan(self, seq_len: int) -> "DepthPlan":
+    def per_token_plan(self, seq_len: int) -> DepthPlan:
         """The same depths as a per-token plan ((B, S) step counts)."""
         if self.per_token:
             return self
+
         def expand(steps: Tensor) -> Tensor:
             return steps[:, None].expand(-1, seq_len).contiguous()
+
         return DepthPlan(expand(self.no_grad_steps), expand(self.grad_steps), self.noise_seeds)
 
 
@@ -78,8 +83,13 @@ def _poisson(rate: float, shape: tuple[int, ...], generator: torch.Generator | N
     return torch.poisson(rates, generator=generator).long()
 
 
-def sample_depth_plan(config: ParcaeConfig, batch_size: int, seq_len: int,
-                      generator: torch.Generator | None = None, step: int = 0) -> DepthPlan:
+def sample_depth_plan(
+    config: ParcaeConfig,
+    batch_size: int,
+    seq_len: int,
+    generator: torch.Generator | None = None,
+    step: int = 0,
+) -> DepthPlan:
     """Draw a `DepthPlan` for a (batch_size, seq_len) micro-batch, on the CPU."""
     ramp = _curriculum_ramp(config, step)
     t = max(config.mean_recurrence - config.mean_backprop_depth, 0)
@@ -89,8 +99,9 @@ def sample_depth_plan(config: ParcaeConfig, batch_size: int, seq_len: int,
     if config.curriculum_target in ("backward", "both"):
         s = max(math.ceil(s * ramp), 1)
 
-    shape = {"per-batch": (1,), "per-sequence": (batch_size,),
-             "per-token": (batch_size, seq_len)}[config.depth_granularity]
+    shape = {"per-batch": (1,), "per-sequence": (batch_size,), "per-token": (batch_size, seq_len)}[
+        config.depth_granularity
+    ]
     scheme = config.sampling_scheme
     if scheme == "poisson-truncated-full":
         total = _poisson(t + s, shape, generator).clamp(min=1)

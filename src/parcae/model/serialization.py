@@ -65,8 +65,10 @@ def _parcae_fields(data: dict[str, Any]) -> dict[str, Any]:
     if config_class is None:
         return data  # from_dict names the unknown architecture
     names = {field.name for field in dataclasses.fields(config_class)}
-    return {"architecture": data["architecture"],
-            **{key: value for key, value in data.items() if key in names}}
+    return {
+        "architecture": data["architecture"],
+        **{key: value for key, value in data.items() if key in names},
+    }
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -76,15 +78,22 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if weights_file.is_file():
             break
     else:
-        raise CheckpointError(f"{path}: no weights file "
-                              f"(expected one of {', '.join(WEIGHT_FILES)})")
+        raise CheckpointError(
+            f"{path}: no weights file (expected one of {', '.join(WEIGHT_FILES)})"
+        )
     try:
         if weights_file.suffix == ".safetensors":
             state = load_file(weights_file)
         else:
             state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, SafetensorError, EOFError, ValueError,
-            pickle.UnpicklingError) as error:
+    except (
+        OSError,
+        RuntimeError,
+        SafetensorError,
+        EOFError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{weights_file}: unreadable weights ({message})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
@@ -103,7 +112,7 @@ def normalise_keys(state: dict[str, Any]) -> dict[str, Any]:
             changed = False
             for prefix in STRIPPED_PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         if key not in DERIVED_KEYS:
             normalised[key] = value
     return normalised
@@ -127,12 +136,18 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
         if not isinstance(value, Tensor):
             problems.append(f"{key} is a {type(value).__name__}, not a tensor")
         elif value.shape != expected[key].shape:
-            problems.append(f"{key} has shape {tuple(value.shape)}, "
-                            f"the config needs {tuple(expected[key].shape)}")
-    if tied and not problems and not torch.equal(state["lm_head.weight"],
-                                                 state["transformer.wte.weight"]):
-        problems.append("lm_head.weight differs from transformer.wte.weight but the config "
-                        "ties them")
+            problems.append(
+                f"{key} has shape {tuple(value.shape)}, "
+                f"the config needs {tuple(expected[key].shape)}"
+            )
+    if (
+        tied
+        and not problems
+        and not torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    ):
+        problems.append(
+            "lm_head.weight differs from transformer.wte.weight but the config ties them"
+        )
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
@@ -142,14 +157,18 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
     """Write `config.json` and `model.safetensors` into `path`, atomically per file."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = {**model.config.to_dict(), "model_type": "parcae",
-              "parcae_format_version": FORMAT_VERSION}
+    config = {
+        **model.config.to_dict(),
+        "model_type": "parcae",
+        "parcae_format_version": FORMAT_VERSION,
+    }
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
     _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
-    _atomic_write(path / "config.json",
-                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    _atomic_write(
+        path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n")
+    )
 
 
 def _atomic_write(target: Path, write) -> None:

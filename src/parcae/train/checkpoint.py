@@ -33,8 +33,11 @@ def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -73,8 +76,9 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any],
-                    keep: int) -> Path:
+def save_checkpoint(
+    out_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int
+) -> Path:
     """Write `state` as the checkpoint of `step` (temp file, fsync, rename), then delete all
     but the newest `keep` checkpoints."""
     directory = checkpoint_dir(out_dir)
@@ -92,8 +96,9 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any]
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, required: Collection[str] = ("step", "rng")
-                    ) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, required: Collection[str] = ("step", "rng")
+) -> dict[str, Any]:
     """The state saved at `path`, refused unless it holds the `required` keys."""
     path = Path(path)
     try:
@@ -102,8 +107,9 @@ def load_checkpoint(path: str | os.PathLike, required: Collection[str] = ("step"
         raise CheckpointError(f"{path}: not a readable training checkpoint ({error})") from None
     missing = set(required) - set(state)
     if missing:
-        raise CheckpointError(f"{path}: not a training checkpoint "
-                              f"(missing {', '.join(sorted(missing))})")
+        raise CheckpointError(
+            f"{path}: not a training checkpoint (missing {', '.join(sorted(missing))})"
+        )
     return state
 
 
@@ -128,8 +134,13 @@ class Checkpointer:
     may be collectives); the main process writes.
     """
 
-    def __init__(self, config: TrainConfig, info: DistInfo, components: dict[str, Stateful],
-                 model_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        info: DistInfo,
+        components: dict[str, Stateful],
+        model_config: dict[str, Any],
+    ) -> None:
         self.config, self.info, self.components = config, info, components
         self.model_config = model_config
         self.out_dir = Path(config.out_dir)
@@ -146,8 +157,13 @@ class Checkpointer:
         states = {name: component.state_dict() for name, component in self.components.items()}
         if not self.info.is_main:
             return None
-        state = {**states, "step": step, "rng": rng_state(),
-                 "train_config": self.config.to_dict(), "model_config": self.model_config}
+        state = {
+            **states,
+            "step": step,
+            "rng": rng_state(),
+            "train_config": self.config.to_dict(),
+            "model_config": self.model_config,
+        }
         return save_checkpoint(self.out_dir, step, state, self.config.keep_checkpoints)
 
     def restore(self, say: Callable[[str], None]) -> int:
@@ -157,20 +173,26 @@ class Checkpointer:
         latest = self.latest()
         if not self.config.resume:
             if latest is not None:
-                raise CheckpointError(f"{self.out_dir} already holds checkpoints; pass "
-                                      "resume=true to continue that run or choose another "
-                                      "out_dir")
+                raise CheckpointError(
+                    f"{self.out_dir} already holds checkpoints; pass "
+                    "resume=true to continue that run or choose another "
+                    "out_dir"
+                )
             return 0
         if latest is None:
-            say(f"parcae: resume=true but no checkpoint in {checkpoint_dir(self.out_dir)}; "
-                "starting fresh")
+            say(
+                f"parcae: resume=true but no checkpoint in {checkpoint_dir(self.out_dir)}; "
+                "starting fresh"
+            )
             return 0
         state = load_checkpoint(latest, ("step", "rng", *self.components))
         saved = state.get("train_config", {})
         for key in RESUME_KEYS:
             if key in saved and saved[key] != getattr(self.config, key):
-                raise CheckpointError(f"{latest}: was trained with {key}={saved[key]!r}, this "
-                                      f"run has {getattr(self.config, key)!r}; cannot resume")
+                raise CheckpointError(
+                    f"{latest}: was trained with {key}={saved[key]!r}, this "
+                    f"run has {getattr(self.config, key)!r}; cannot resume"
+                )
         for name, component in self.components.items():
             component.load_state_dict(state[name])
         set_rng_state(state["rng"])

@@ -24,8 +24,10 @@ def _train(args: argparse.Namespace) -> int:
     if not result.is_main:  # under torchrun, rank 0 reports
         return 0
     if result.final_eval:
-        print(f"final validation after {result.steps} steps ({result.tokens:,} tokens"
-              f"{f', {result.skipped_steps} skipped' if result.skipped_steps else ''}):")
+        print(
+            f"final validation after {result.steps} steps ({result.tokens:,} tokens"
+            f"{f', {result.skipped_steps} skipped' if result.skipped_steps else ''}):"
+        )
         for line in format_eval(result.final_eval).split("  "):
             print(f"  {line}")
         print(f"model saved to {result.out_dir / 'model'}")
@@ -48,15 +50,17 @@ def register(subparsers) -> None:
         "train",
         help="train a model (default: parcae-tiny on Shakespeare, under 10 minutes on 2 CPU cores)",
         description="Train from an optional YAML config plus key=value overrides (dotted keys "
-                    "set nested fields, e.g. model_overrides.d_model=128). Without arguments: "
-                    "parcae-tiny on the built-in Shakespeare corpus. Distributed: "
-                    "torchrun --nproc_per_node=N -m parcae train ... (DDP; parallel=fsdp "
-                    "shards the model with FSDP2)")
+        "set nested fields, e.g. model_overrides.d_model=128). Without arguments: "
+        "parcae-tiny on the built-in Shakespeare corpus. Distributed: "
+        "torchrun --nproc_per_node=N -m parcae train ... (DDP; parallel=fsdp "
+        "shards the model with FSDP2)",
+    )
     train.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     train.set_defaults(func=_train)
 
     plot = subparsers.add_parser("plot", help="plot training runs (PNG files)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
-    plot.add_argument("--out", default=None,
-                      help="directory for the PNGs (default: the first run's plots/)")
+    plot.add_argument(
+        "--out", default=None, help="directory for the PNGs (default: the first run's plots/)"
+    )
     plot.set_defaults(func=_plot)

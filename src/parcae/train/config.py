@@ -102,21 +102,41 @@ class TrainConfig:
         _choice(self.optimizer, "optimizer", OPTIMIZERS)
         _choice(self.precision, "precision", PRECISIONS)
         _choice(self.parallel, "parallel", PARALLEL)
-        for name in ("batch_size", "seq_len", "eval_every", "checkpoint_every", "keep_checkpoints",
-                     "log_every", "eval_batch_size", "ns_steps", "vocab_size"):
+        for name in (
+            "batch_size",
+            "seq_len",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "eval_batch_size",
+            "ns_steps",
+            "vocab_size",
+        ):
             _positive_int(getattr(self, name), name)
-        for name in ("micro_batch_size", "max_steps", "max_tokens", "eval_batches",
-                     "final_eval_batches"):
+        for name in (
+            "micro_batch_size",
+            "max_steps",
+            "max_tokens",
+            "eval_batches",
+            "final_eval_batches",
+        ):
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), name)
         for name in ("warmup_steps", "muon_momentum_warmup_steps", "sample_tokens", "seed"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
-                   f"must be a non-negative integer, got {value!r}")
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                name,
+                f"must be a non-negative integer, got {value!r}",
+            )
         for name in ("max_flops", "tokens_per_param"):
             value = getattr(self, name)
-            _check(value is None or (_is_number(value) and value > 0), name,
-                   f"must be a positive number, got {value!r}")
+            _check(
+                value is None or (_is_number(value) and value > 0),
+                name,
+                f"must be a positive number, got {value!r}",
+            )
         if all(getattr(self, key) is None for key in BUDGET_KEYS):
             self.max_steps = DEFAULT_MAX_STEPS
         for name in ("lr", "adam_lr", "adam_eps"):
@@ -125,24 +145,38 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip", "sample_temperature"):
             value = getattr(self, name)
             _check(_is_number(value) and value >= 0, name, f"must be >= 0, got {value!r}")
-        for name in ("decay_fraction", "final_lr_fraction", "muon_momentum",
-                     "muon_momentum_start"):
+        for name in ("decay_fraction", "final_lr_fraction", "muon_momentum", "muon_momentum_start"):
             value = getattr(self, name)
-            _check(_is_number(value) and 0 <= value <= 1, name,
-                   f"must be in [0, 1], got {value!r}")
-        _check(_is_number(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
-               f"must be in (0, 1), got {self.val_fraction!r}")
-        _check(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
-               "adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas!r}")
-        _check(isinstance(self.model_overrides, dict), "model_overrides",
-               f"must be a mapping of model config fields, got {self.model_overrides!r}")
+            _check(_is_number(value) and 0 <= value <= 1, name, f"must be in [0, 1], got {value!r}")
+        _check(
+            _is_number(self.val_fraction) and 0 < self.val_fraction < 1,
+            "val_fraction",
+            f"must be in (0, 1), got {self.val_fraction!r}",
+        )
+        _check(
+            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+            "adam_betas",
+            f"must be two numbers in [0, 1), got {self.adam_betas!r}",
+        )
+        _check(
+            isinstance(self.model_overrides, dict),
+            "model_overrides",
+            f"must be a mapping of model config fields, got {self.model_overrides!r}",
+        )
         if self.eval_depths is not None:
-            _check(isinstance(self.eval_depths, list) and len(self.eval_depths) > 0
-                   and all(isinstance(t, int) and t > 0 for t in self.eval_depths),
-                   "eval_depths", f"must be a list of positive integers, got {self.eval_depths!r}")
+            _check(
+                isinstance(self.eval_depths, list)
+                and len(self.eval_depths) > 0
+                and all(isinstance(t, int) and t > 0 for t in self.eval_depths),
+                "eval_depths",
+                f"must be a list of positive integers, got {self.eval_depths!r}",
+            )
         if self.micro_batch_size is not None:
-            _check(self.batch_size % self.micro_batch_size == 0, "micro_batch_size",
-                   f"{self.micro_batch_size} does not divide batch_size {self.batch_size}")
+            _check(
+                self.batch_size % self.micro_batch_size == 0,
+                "micro_batch_size",
+                f"{self.micro_batch_size} does not divide batch_size {self.batch_size}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -150,7 +184,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         unknown = [key for key in data if key not in FIELDS]
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0]))
@@ -189,8 +223,11 @@ def _check(condition: bool, name: str, reason: str) -> None:
 
 
 def _positive_int(value: Any, name: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
-           f"must be a positive integer, got {value!r}")
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        name,
+        f"must be a positive integer, got {value!r}",
+    )
 
 
 def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -199,9 +236,11 @@ def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
 
 def _unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}" \
-        f"{close[-1]}?" if close else \
-        f"; valid keys: {', '.join(FIELDS)}"
+    hint = (
+        f"; did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
+        if close
+        else f"; valid keys: {', '.join(FIELDS)}"
+    )
     return f"unknown training config key {key!r}{hint}"
 
 
@@ -222,11 +261,15 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
     if path[0] not in FIELDS:
         raise ConfigError(_unknown_key_message(path[0]))
     if len(path) > 1:
-        default = FIELDS[path[0]].default_factory if \
-            FIELDS[path[0]].default_factory is not dataclasses.MISSING else None
+        default = (
+            FIELDS[path[0]].default_factory
+            if FIELDS[path[0]].default_factory is not dataclasses.MISSING
+            else None
+        )
         if default is None:
-            raise ConfigError(f"training config key {path[0]!r} is not a mapping; "
-                              f"write {path[0]}=VALUE")
+            raise ConfigError(
+                f"training config key {path[0]!r} is not a mapping; write {path[0]}=VALUE"
+            )
         node = data.setdefault(path[0], default())
         for part in path[1:-1]:
             node = node.setdefault(part, {})
@@ -235,8 +278,9 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
         data[path[0]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-                ) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
     """The defaults, updated by the YAML file at `path` (if any), then by `overrides`."""
     data: dict[str, Any] = {}
     if path is not None:

@@ -50,8 +50,10 @@ def resolve_data_dir(config: TrainConfig, prepare: bool, progress: bool = True) 
         if not (directory / FILE_NAME).is_file():
             report = train_tokenizer(spec, vocab_size, directory, val_fraction, progress=progress)
             if progress:
-                print(f"parcae: trained a {report.tokenizer.vocab_size}-token tokenizer in "
-                      f"{report.seconds:.1f} s -> {report.path}")
+                print(
+                    f"parcae: trained a {report.tokenizer.vocab_size}-token tokenizer in "
+                    f"{report.seconds:.1f} s -> {report.path}"
+                )
         prepare_dataset(spec, directory, directory, val_fraction, progress=progress)
     return directory
 
@@ -59,13 +61,16 @@ def resolve_data_dir(config: TrainConfig, prepare: bool, progress: bool = True) 
 def batch_split(config: TrainConfig, world_size: int) -> tuple[int, int]:
     """(rows per process per step B/W, rows per micro-batch)."""
     if config.batch_size % world_size:
-        raise ConfigError(f"batch_size {config.batch_size} is not divisible by the "
-                          f"{world_size} processes")
+        raise ConfigError(
+            f"batch_size {config.batch_size} is not divisible by the {world_size} processes"
+        )
     per_rank = config.batch_size // world_size
     micro = min(config.micro_batch_size or per_rank, per_rank)
     if per_rank % micro:
-        raise ConfigError(f"micro_batch_size {micro} does not divide the {per_rank} rows "
-                          "each process takes per step")
+        raise ConfigError(
+            f"micro_batch_size {micro} does not divide the {per_rank} rows "
+            "each process takes per step"
+        )
     return per_rank, micro
 
 
@@ -82,13 +87,19 @@ class TrainData:
         self.token_bytes = torch.from_numpy(self.tokenizer.token_byte_lengths())  # (V,) int64
         self.rows, self.micro = batch_split(config, info.world_size)
         self.first_row = info.rank * self.rows  # this process's first row in a global batch
-        self.loader = TokenLoader(directory, "train", batch_size=self.rows,
-                                  seq_len=config.seq_len, seed=config.seed, rank=info.rank,
-                                  world_size=info.world_size)
+        self.loader = TokenLoader(
+            directory,
+            "train",
+            batch_size=self.rows,
+            seq_len=config.seq_len,
+            seed=config.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+        )
         self.eval_batch_size, self.seq_len = config.eval_batch_size, config.seq_len
 
     @classmethod
-    def build(cls, config: TrainConfig, info: dist.DistInfo, progress: bool) -> "TrainData":
+    def build(cls, config: TrainConfig, info: dist.DistInfo, progress: bool) -> TrainData:
         """Prepare the data on the main process (the others wait), then open it everywhere."""
         resolve_data_dir(config, prepare=info.is_main, progress=progress)
         dist.barrier(info)
@@ -100,8 +111,9 @@ class TrainData:
 
     def eval_batches(self, max_batches: int | None) -> Iterator[Batch]:
         """The validation split in order, `eval_batch_size` rows a batch (all when None)."""
-        return iter_eval_batches(self.directory, "val", self.eval_batch_size, self.seq_len,
-                                 max_batches)
+        return iter_eval_batches(
+            self.directory, "val", self.eval_batch_size, self.seq_len, max_batches
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return self.loader.state_dict()

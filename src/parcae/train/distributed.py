@@ -76,8 +76,9 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def wrap_model(model: nn.Module, info: DistInfo, device: torch.device,
-               strategy: str = "ddp") -> nn.Module:
+def wrap_model(
+    model: nn.Module, info: DistInfo, device: torch.device, strategy: str = "ddp"
+) -> nn.Module:
     """The module to call for training steps.
 
     `ddp`: a DistributedDataParallel wrapper around `model`. `fsdp`: `model` itself, sharded in
@@ -89,8 +90,9 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device,
         return _fully_shard(model, device)
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                   else None)
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
@@ -152,11 +154,11 @@ def load_model_state(model: nn.Module, state: dict) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
-                         state: dict) -> None:
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a `full_optimizer_state`, resharding it like the parameters."""
-    set_optimizer_state_dict(model, optimizer, state,
-                             options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def all_reduce_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -23,8 +23,7 @@ def loop_diagnostics(model: nn.Module) -> dict[str, float]:
     if transition is None:
         return {}
     transition = dist.full_tensor(transition)
-    return {"spectral_radius": float(transition.max()),
-            "transition_mean": float(transition.mean())}
+    return {"spectral_radius": float(transition.max()), "transition_mean": float(transition.mean())}
 
 
 class Evaluator:
@@ -35,20 +34,35 @@ class Evaluator:
     processes and the sums all-reduced.
     """
 
-    def __init__(self, config: TrainConfig, model: TrainModel, data: TrainData,
-                 info: dist.DistInfo, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: TrainModel,
+        data: TrainData,
+        info: dist.DistInfo,
+        metrics: Metrics,
+    ) -> None:
         self.model, self.data, self.info, self.metrics = model, data, info, metrics
-        self.depths = config.eval_depths if config.eval_depths and model.looped \
+        self.depths = (
+            config.eval_depths
+            if config.eval_depths and model.looped
             else default_depths(model.model)
+        )
 
     def run(self, step: int, tokens: int, max_batches: int | None) -> list[EvalResult]:
         """Results at each depth over `max_batches` validation batches (all when None), logged
         as the eval record of `step` after `tokens` training tokens."""
         model = self.model
-        results = evaluate(model.model, self.data.eval_batches(max_batches),
-                           self.data.token_bytes, self.depths, device=model.device,
-                           autocast=model.autocast(), rank=self.info.rank,
-                           world_size=self.info.world_size)
+        results = evaluate(
+            model.model,
+            self.data.eval_batches(max_batches),
+            self.data.token_bytes,
+            self.depths,
+            device=model.device,
+            autocast=model.autocast(),
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+        )
         diagnostics = loop_diagnostics(model.model) if model.looped else {}
         self.metrics.log_eval(step, tokens, results, diagnostics)
         return results

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -79,17 +79,24 @@ def train(config: TrainConfig, after_backward: AfterBackward | None = None) -> T
         dist.teardown(info)
 
 
-def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
-           after_backward: AfterBackward | None) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    info: dist.DistInfo,
+    after_backward: AfterBackward | None,
+) -> TrainResult:
     metrics = Metrics(config, info)
     data = TrainData.build(config, info, progress=metrics.show)
     model = TrainModel.build(config, data.tokenizer.vocab_size, device, info)
     steps_total = total_steps(config, model.params, model.flops_per_token)
     optimizer = Optimizer.build(config, model, steps_total)
     counters = Counters()
-    checkpointer = Checkpointer(config, info, {"model": model, "optimizer": optimizer,
-                                               "loader": data, "counters": counters},
-                                model.config.to_dict())
+    checkpointer = Checkpointer(
+        config,
+        info,
+        {"model": model, "optimizer": optimizer, "loader": data, "counters": counters},
+        model.config.to_dict(),
+    )
     step = checkpointer.restore(metrics.say)
     metrics.open(model, data.directory, step, steps_total)
     evaluator = Evaluator(config, model, data, info, metrics)
@@ -103,21 +110,32 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                 after_backward(model.model, step)
             loss = float(dist.all_reduce_mean(loss, info))
             if not math.isfinite(loss):
-                raise TrainingError(f"loss is {loss} at step {step + 1}; training stopped (the "
-                                    f"last good checkpoint is {checkpointer.latest() or 'none'}; "
-                                    "try a lower lr)")
+                raise TrainingError(
+                    f"loss is {loss} at step {step + 1}; training stopped (the "
+                    f"last good checkpoint is {checkpointer.latest() or 'none'}; "
+                    "try a lower lr)"
+                )
             grad_norm = optimizer.step()
             if not math.isfinite(grad_norm):
                 counters.skipped += 1
-                metrics.say(f"parcae: step {step + 1}: gradient norm {grad_norm}, step skipped "
-                            f"({counters.skipped} so far)")
+                metrics.say(
+                    f"parcae: step {step + 1}: gradient norm {grad_norm}, step skipped "
+                    f"({counters.skipped} so far)"
+                )
             step += 1
             counters.tokens += config.batch_size * config.seq_len
-            metrics.log_step(step, time.perf_counter() - started,
-                             force=not math.isfinite(grad_norm),
-                             mean_depth=mean_depth if model.looped else None, loss=loss,
-                             lr=optimizer.lr, lr_factor=lr_factor, tokens=counters.tokens,
-                             grad_norm=grad_norm, skipped=counters.skipped)
+            metrics.log_step(
+                step,
+                time.perf_counter() - started,
+                force=not math.isfinite(grad_norm),
+                mean_depth=mean_depth if model.looped else None,
+                loss=loss,
+                lr=optimizer.lr,
+                lr_factor=lr_factor,
+                tokens=counters.tokens,
+                grad_norm=grad_norm,
+                skipped=counters.skipped,
+            )
             if step % config.eval_every == 0 and step < steps_total:
                 results = evaluator.run(step, counters.tokens, config.eval_batches)
                 metrics.say(f"step {step}: {format_eval(results)}")
@@ -126,8 +144,10 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
                 checkpointer.save(step)
             if stop and step < steps_total:  # a signal during the last step: just finish
                 interrupted = signals.received or signal.SIGTERM
-                metrics.say(f"parcae: stopped by signal {interrupted} at step {step}; "
-                            "checkpoint saved, continue with resume=true")
+                metrics.say(
+                    f"parcae: stopped by signal {interrupted} at step {step}; "
+                    "checkpoint saved, continue with resume=true"
+                )
                 break
     final, sample = [], None
     if interrupted is None:
@@ -136,6 +156,13 @@ def _train(config: TrainConfig, device: torch.device, info: dist.DistInfo,
         if exported is not None and config.sample_tokens > 0:
             sample = sample_text(exported, data.tokenizer, config, device)
     metrics.close()
-    return TrainResult(out_dir=Path(config.out_dir), steps=step, tokens=counters.tokens,
-                       skipped_steps=counters.skipped, final_eval=final, sample=sample,
-                       interrupted_by=interrupted, is_main=info.is_main)
+    return TrainResult(
+        out_dir=Path(config.out_dir),
+        steps=step,
+        tokens=counters.tokens,
+        skipped_steps=counters.skipped,
+        final_eval=final,
+        sample=sample,
+        interrupted_by=interrupted,
+        is_main=info.is_main,
+    )

@@ -45,8 +45,11 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= last_step
+    ]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -64,9 +67,14 @@ def _clean(value: Any) -> Any:
 class MetricsLogger:
     """Appends records to the JSONL file and mirrors numeric fields to TensorBoard and W&B."""
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True,
-                 wandb: bool = False, wandb_project: str = "parcae",
-                 config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "parcae",
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / METRICS_FILE, "a")
@@ -80,12 +88,18 @@ class MetricsLogger:
             try:
                 import wandb as wandb_module
             except ImportError:
-                print("parcae: wandb=true but wandb is not installed (pip install wandb); "
-                      "logging to metrics.jsonl and TensorBoard only")
+                print(
+                    "parcae: wandb=true but wandb is not installed (pip install wandb); "
+                    "logging to metrics.jsonl and TensorBoard only"
+                )
             else:
-                self._wandb = wandb_module.init(project=wandb_project, dir=str(self.run_dir),
-                                                name=self.run_dir.name, config=config,
-                                                resume="allow")
+                self._wandb = wandb_module.init(
+                    project=wandb_project,
+                    dir=str(self.run_dir),
+                    name=self.run_dir.name,
+                    config=config,
+                    resume="allow",
+                )
 
     def log(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(_clean(record)) + "\n")
@@ -113,8 +127,9 @@ def _flatten(record: dict[str, Any], prefix: str):
             continue
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}/{key}")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value):
+        elif (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ):
             yield f"{prefix}/{key}", float(value)
 
 
@@ -132,13 +147,18 @@ def format_eval(results: list[EvalResult]) -> str:
     return "  ".join(f"T={depth_key(r)}: loss {r.loss:.4f} bpb {r.bpb:.4f}" for r in results)
 
 
-def eval_record(results: list[EvalResult], step: int, tokens: int,
-                diagnostics: dict[str, float]) -> dict:
+def eval_record(
+    results: list[EvalResult], step: int, tokens: int, diagnostics: dict[str, float]
+) -> dict:
     """The eval record of `results`; a looped model adds its state norm and residual per depth
     and at the deepest one (`state_norm_final`, `residual_final`), then `diagnostics`."""
-    record = {"kind": "eval", "step": step, "tokens": tokens,
-              "val_loss": {depth_key(r): r.loss for r in results},
-              "val_bpb": {depth_key(r): r.bpb for r in results}}
+    record = {
+        "kind": "eval",
+        "step": step,
+        "tokens": tokens,
+        "val_loss": {depth_key(r): r.loss for r in results},
+        "val_bpb": {depth_key(r): r.bpb for r in results},
+    }
     looped = [r for r in results if r.state_norm is not None]
     if looped:
         deepest = max(looped, key=lambda r: r.depth)
@@ -177,35 +197,56 @@ class Metrics:
             config.save(out_dir / "config.yaml")
             if step > 0:
                 truncate_metrics(out_dir, step)
-            self._logger = MetricsLogger(out_dir, config.tensorboard, config.wandb,
-                                         config.wandb_project, config.to_dict())
+            self._logger = MetricsLogger(
+                out_dir, config.tensorboard, config.wandb, config.wandb_project, config.to_dict()
+            )
             precision = "bf16" if model.dtype == torch.bfloat16 else "fp32"
-            self.say(f"parcae: training {config.model} ({model.params:,} parameters, "
-                     f"{model.flops_per_token / 1e6:.1f} MFLOPs/token) for {total_steps} steps "
-                     f"of {config.batch_size}x{config.seq_len} tokens on "
-                     f"{self.info.world_size}x{model.device.type} in {precision}; data {data_dir}")
-        self._bar = tqdm(total=total_steps, initial=step, disable=not self.show, unit="step",
-                         dynamic_ncols=True, file=sys.stdout)
+            self.say(
+                f"parcae: training {config.model} ({model.params:,} parameters, "
+                f"{model.flops_per_token / 1e6:.1f} MFLOPs/token) for {total_steps} steps "
+                f"of {config.batch_size}x{config.seq_len} tokens on "
+                f"{self.info.world_size}x{model.device.type} in {precision}; data {data_dir}"
+            )
+        self._bar = tqdm(
+            total=total_steps,
+            initial=step,
+            disable=not self.show,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stdout,
+        )
 
-    def log_step(self, step: int, seconds: float, *, force: bool, mean_depth: float | None,
-                 **values: float) -> None:
+    def log_step(
+        self, step: int, seconds: float, *, force: bool, mean_depth: float | None, **values: float
+    ) -> None:
         """The train record of `step` (done in `seconds`) from `values` (loss, lr, lr_factor,
         tokens, grad_norm, skipped), every `log_every` steps or when `force`d; the bar moves
         on every step."""
         tokens_per_s = self.config.batch_size * self.config.seq_len / seconds
         mfu = self._flops_per_token * tokens_per_s / self._peak
         if self._logger is not None and (step % self.config.log_every == 0 or force):
-            record = {"kind": "train", "step": step, **values, "tokens_per_s": tokens_per_s,
-                      "mfu": mfu, "step_time": seconds}
+            record = {
+                "kind": "train",
+                "step": step,
+                **values,
+                "tokens_per_s": tokens_per_s,
+                "mfu": mfu,
+                "step_time": seconds,
+            }
             if mean_depth is not None:
                 record["mean_depth"] = mean_depth
             self._logger.log(record)
         self._bar.update(1)
-        self._bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{tokens_per_s:,.0f}",
-                              mfu=f"{mfu:.1%}", refresh=False)
+        self._bar.set_postfix(
+            loss=f"{values['loss']:.3f}",
+            tok_s=f"{tokens_per_s:,.0f}",
+            mfu=f"{mfu:.1%}",
+            refresh=False,
+        )
 
-    def log_eval(self, step: int, tokens: int, results: list[EvalResult],
-                 diagnostics: dict[str, float]) -> None:
+    def log_eval(
+        self, step: int, tokens: int, results: list[EvalResult], diagnostics: dict[str, float]
+    ) -> None:
         if self._logger is not None:
             self._logger.log(eval_record(results, step, tokens, diagnostics))
 

@@ -46,8 +46,10 @@ def build_model_config(config: TrainConfig, vocab_size: int) -> TransformerConfi
     overrides = {"vocab_size": vocab_size, **config.model_overrides}
     model_config = preset_config(config.model, **overrides)
     if config.seq_len > model_config.context_length:
-        raise ConfigError(f"invalid training config 'seq_len': {config.seq_len} exceeds the "
-                          f"model's context_length {model_config.context_length}")
+        raise ConfigError(
+            f"invalid training config 'seq_len': {config.seq_len} exceeds the "
+            f"model's context_length {model_config.context_length}"
+        )
     return model_config
 
 
@@ -64,6 +66,7 @@ def _checkpoint_blocks(model: nn.Module) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         apply_activation_checkpointing,
     )
+
     from parcae.model.layers import Block
 
     apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, Block))
@@ -75,9 +78,11 @@ def _compile_blocks(model: nn.Module, device: torch.device) -> None:
     from parcae.model.layers import Block
 
     if device.type == "cpu" and cpp_compiler() is None:
-        raise ConfigError("compile=true on the CPU needs a C++ compiler for torch.compile's "
-                          "inductor backend (g++ or clang++, or $CXX); install one or set "
-                          "compile=false")
+        raise ConfigError(
+            "compile=true on the CPU needs a C++ compiler for torch.compile's "
+            "inductor backend (g++ or clang++, or $CXX); install one or set "
+            "compile=false"
+        )
     for module in model.modules():
         if isinstance(module, Block):
             module.compile(dynamic=True)
@@ -103,8 +108,9 @@ class TrainModel:
     flops_per_token: float
 
     @classmethod
-    def build(cls, config: TrainConfig, vocab_size: int, device: torch.device,
-              info: dist.DistInfo) -> "TrainModel":
+    def build(
+        cls, config: TrainConfig, vocab_size: int, device: torch.device, info: dist.DistInfo
+    ) -> TrainModel:
         """A freshly initialised model, prepared to train on `info.world_size` processes."""
         model_config = build_model_config(config, vocab_size)
         torch.manual_seed(config.seed)
@@ -116,9 +122,15 @@ class TrainModel:
             _compile_blocks(model, device)
         runner = dist.wrap_model(model, info, device, config.parallel)
         bf16 = use_bf16(config.precision, device)
-        return cls(model=model, runner=runner, config=model_config, device=device,
-                   dtype=torch.bfloat16 if bf16 else torch.float32, params=params,
-                   flops_per_token=training_flops_per_token(model_config, config.seq_len))
+        return cls(
+            model=model,
+            runner=runner,
+            config=model_config,
+            device=device,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+            params=params,
+            flops_per_token=training_flops_per_token(model_config, config.seq_len),
+        )
 
     @property
     def looped(self) -> bool:
@@ -127,8 +139,9 @@ class TrainModel:
 
     def autocast(self) -> torch.autocast:
         """The autocast context of a forward pass: bf16 when training in bf16, else off."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              enabled=self.dtype == torch.bfloat16)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16
+        )
 
     def state_dict(self) -> dict:
         """Whole tensors on the CPU (a collective under FSDP; only the main rank receives)."""

@@ -62,8 +62,15 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, groups: list[dict]) -> None:
-        defaults = dict(lr=1e-3, weight_decay=0.0, momentum=0.95, ns_steps=5,
-                        ns_dtype="float32", betas=(0.8, 0.95), eps=1e-10)
+        defaults = dict(
+            lr=1e-3,
+            weight_decay=0.0,
+            momentum=0.95,
+            ns_steps=5,
+            ns_dtype="float32",
+            betas=(0.8, 0.95),
+            eps=1e-10,
+        )
         for group in groups:
             group.setdefault("initial_lr", group["lr"])
             group.setdefault("initial_weight_decay", group.get("weight_decay", 0.0))
@@ -87,8 +94,9 @@ class MuonAdamW(torch.optim.Optimizer):
             if not state:
                 state["momentum"] = torch.zeros_like(param)
                 reduced = (rows, 1) if rows >= cols else (1, cols)
-                state["second_moment"] = torch.zeros(reduced, dtype=torch.float32,
-                                                     device=param.device)
+                state["second_moment"] = torch.zeros(
+                    reduced, dtype=torch.float32, device=param.device
+                )
             buffer = state["momentum"]
             buffer.lerp_(grad, 1 - momentum)
             update = full_tensor(grad.lerp(buffer, momentum))  # all-gathered under FSDP

@@ -35,8 +35,13 @@ class ParamGroups:
     matrix: list[tuple[str, nn.Parameter]]
 
 
-ADAM_PREFIXES = ("transformer.wte.", "value_embeds.", "lm_head.", "transformer.adapter.",
-                 "transformer.C.")
+ADAM_PREFIXES = (
+    "transformer.wte.",
+    "value_embeds.",
+    "lm_head.",
+    "transformer.adapter.",
+    "transformer.C.",
+)
 
 
 def group_parameters(model: nn.Module) -> ParamGroups:
@@ -60,13 +65,24 @@ def build_optimizer(model: nn.Module, config: TrainConfig, ns_dtype: torch.dtype
     weight decay, the `adam` group at `adam_lr` without)."""
     groups = group_parameters(model)
     betas, eps = config.adam_betas, config.adam_eps
-    adam = dict(kind="adamw", params=[p for _, p in groups.adam], lr=config.adam_lr,
-                weight_decay=0.0, betas=betas, eps=eps)
-    matrices = dict(params=[p for _, p in groups.matrix], lr=config.lr,
-                    weight_decay=config.weight_decay)
+    adam = dict(
+        kind="adamw",
+        params=[p for _, p in groups.adam],
+        lr=config.adam_lr,
+        weight_decay=0.0,
+        betas=betas,
+        eps=eps,
+    )
+    matrices = dict(
+        params=[p for _, p in groups.matrix], lr=config.lr, weight_decay=config.weight_decay
+    )
     if config.optimizer == "muon":
-        matrices.update(kind="muon", momentum=config.muon_momentum, ns_steps=config.ns_steps,
-                        ns_dtype=str(ns_dtype).removeprefix("torch."))
+        matrices.update(
+            kind="muon",
+            momentum=config.muon_momentum,
+            ns_steps=config.ns_steps,
+            ns_dtype=str(ns_dtype).removeprefix("torch."),
+        )
     else:
         matrices.update(kind="adamw", betas=betas, eps=eps)
     return MuonAdamW([g for g in (adam, matrices) if g["params"]])
@@ -79,18 +95,23 @@ class Optimizer:
     full (unsharded) optimizer state keyed by parameter name.
     """
 
-    def __init__(self, model: nn.Module, optimizer: MuonAdamW, schedule: Schedule,
-                 grad_clip: float) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: MuonAdamW, schedule: Schedule, grad_clip: float
+    ) -> None:
         self.model, self.optimizer, self._schedule = model, optimizer, schedule
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.max_norm = grad_clip if grad_clip > 0 else math.inf
 
     @classmethod
-    def build(cls, config: TrainConfig, model: TrainModel, total_steps: int) -> "Optimizer":
+    def build(cls, config: TrainConfig, model: TrainModel, total_steps: int) -> Optimizer:
         """From `config`'s optimizer and schedule keys and `grad_clip` (0: no clipping), for a
         run of `total_steps` steps in the model's training precision."""
-        return cls(model.model, build_optimizer(model.model, config, model.dtype),
-                   Schedule.from_config(config, total_steps), config.grad_clip)
+        return cls(
+            model.model,
+            build_optimizer(model.model, config, model.dtype),
+            Schedule.from_config(config, total_steps),
+            config.grad_clip,
+        )
 
     @property
     def lr(self) -> float:

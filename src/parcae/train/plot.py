@@ -20,8 +20,9 @@ def run_labels(run_dirs: list[str | os.PathLike]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def plot_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None
-              ) -> list[Path]:
+def plot_runs(
+    run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Write loss/bpb vs tokens (runs overlaid), val loss vs depth T and ρ(Ā) vs step."""
     import matplotlib
 
@@ -54,15 +55,27 @@ def plot_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | No
     figure, (loss_axis, bpb_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for name, records in runs.items():
         train = [r for r in records if r.get("kind") == "train"]
-        loss_axis.plot([r["tokens"] for r in train], [r["loss"] for r in train], alpha=0.5,
-                       label=f"{name} train")
+        loss_axis.plot(
+            [r["tokens"] for r in train],
+            [r["loss"] for r in train],
+            alpha=0.5,
+            label=f"{name} train",
+        )
         evals = [r for r in records if r.get("kind") == "eval"]
         if evals:
             depth = _deepest(evals[-1]["val_loss"])
-            loss_axis.plot([r["tokens"] for r in evals], [r["val_loss"][depth] for r in evals],
-                           marker="o", label=f"{name} val (T={depth})")
-            bpb_axis.plot([r["tokens"] for r in evals], [r["val_bpb"][depth] for r in evals],
-                          marker="o", label=f"{name} (T={depth})")
+            loss_axis.plot(
+                [r["tokens"] for r in evals],
+                [r["val_loss"][depth] for r in evals],
+                marker="o",
+                label=f"{name} val (T={depth})",
+            )
+            bpb_axis.plot(
+                [r["tokens"] for r in evals],
+                [r["val_bpb"][depth] for r in evals],
+                marker="o",
+                label=f"{name} (T={depth})",
+            )
     loss_axis.set_title("loss")
     bpb_axis.set_title("validation bits per byte")
     bpb_axis.set_xlabel("tokens")
@@ -79,8 +92,12 @@ def plot_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | No
             losses = {k: v for k, v in evals[-1]["val_loss"].items() if k != "model"}
             if losses:
                 depths = sorted(losses, key=int)
-                axis.plot([int(d) for d in depths], [losses[d] for d in depths], marker="o",
-                          label=f"{name} (step {evals[-1]['step']})")
+                axis.plot(
+                    [int(d) for d in depths],
+                    [losses[d] for d in depths],
+                    marker="o",
+                    label=f"{name} (step {evals[-1]['step']})",
+                )
             else:
                 axis.axhline(evals[-1]["val_loss"]["model"], linestyle="--", label=name)
     axis.set_title("validation loss vs loop depth T")
@@ -90,8 +107,12 @@ def plot_runs(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | No
     for name, records in runs.items():
         radius = [r for r in records if r.get("kind") == "eval" and "spectral_radius" in r]
         if radius:
-            axis.plot([r["step"] for r in radius], [r["spectral_radius"] for r in radius],
-                      marker="o", label=name)
+            axis.plot(
+                [r["step"] for r in radius],
+                [r["spectral_radius"] for r in radius],
+                marker="o",
+                label=name,
+            )
     axis.set_title("spectral radius ρ(Ā)")
     finish(figure, axis, "spectral_radius.png", "step", "ρ(Ā)")
     return written

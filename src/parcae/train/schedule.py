@@ -37,13 +37,20 @@ def total_steps(config: TrainConfig, params: int, flops_per_token: float) -> int
         limits.append(int(config.tokens_per_param * params // tokens_per_step))
     steps = min(limits)
     if steps < 1:
-        raise ConfigError(f"the training budget allows {steps} steps of {tokens_per_step:,} "
-                          "tokens; raise it or lower batch_size/seq_len")
+        raise ConfigError(
+            f"the training budget allows {steps} steps of {tokens_per_step:,} "
+            "tokens; raise it or lower batch_size/seq_len"
+        )
     return steps
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, decay_fraction: float,
-                  final_fraction: float = 0.0) -> float:
+def lr_multiplier(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    decay_fraction: float,
+    final_fraction: float = 0.0,
+) -> float:
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     decay_steps = math.ceil(decay_fraction * total_steps)
@@ -77,21 +84,27 @@ class Schedule:
     momentum_warmup_steps: int
 
     @classmethod
-    def from_config(cls, config: TrainConfig, total_steps: int) -> "Schedule":
-        return cls(total_steps=total_steps, warmup_steps=config.warmup_steps,
-                   decay_fraction=config.decay_fraction,
-                   final_lr_fraction=config.final_lr_fraction,
-                   momentum_start=config.muon_momentum_start, momentum_end=config.muon_momentum,
-                   momentum_warmup_steps=config.muon_momentum_warmup_steps)
+    def from_config(cls, config: TrainConfig, total_steps: int) -> Schedule:
+        return cls(
+            total_steps=total_steps,
+            warmup_steps=config.warmup_steps,
+            decay_fraction=config.decay_fraction,
+            final_lr_fraction=config.final_lr_fraction,
+            momentum_start=config.muon_momentum_start,
+            momentum_end=config.muon_momentum,
+            momentum_warmup_steps=config.muon_momentum_warmup_steps,
+        )
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
         """Set every group's lr (`initial_lr` × factor), weight decay and Muon momentum for
         `step`; returns the lr factor."""
-        factor = lr_multiplier(step, self.total_steps, self.warmup_steps, self.decay_fraction,
-                               self.final_lr_fraction)
+        factor = lr_multiplier(
+            step, self.total_steps, self.warmup_steps, self.decay_fraction, self.final_lr_fraction
+        )
         decay = weight_decay_multiplier(step, self.total_steps)
-        momentum = muon_momentum(step, self.momentum_start, self.momentum_end,
-                                 self.momentum_warmup_steps)
+        momentum = muon_momentum(
+            step, self.momentum_start, self.momentum_end, self.momentum_warmup_steps
+        )
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
             group["weight_decay"] = group["initial_weight_decay"] * decay

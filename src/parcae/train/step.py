@@ -21,8 +21,10 @@ from parcae.train.model import TrainModel
 
 def plan_seed(seed: int, step: int) -> int:
     """A 63-bit seed for the depth plan of `step`, from (seed, step)."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(2, np.uint32).view(np.uint64)[0]
-               >> np.uint64(1))
+    return int(
+        np.random.SeedSequence([seed, step]).generate_state(2, np.uint32).view(np.uint64)[0]
+        >> np.uint64(1)
+    )
 
 
 def depth_plan(model: TrainModel, config: TrainConfig, step: int) -> DepthPlan | None:
@@ -31,12 +33,12 @@ def depth_plan(model: TrainModel, config: TrainConfig, step: int) -> DepthPlan |
     if not model.looped:
         return None
     generator = torch.Generator().manual_seed(plan_seed(config.seed, step))
-    return model.model.sample_depth_plan(config.batch_size, config.seq_len, generator,
-                                         step=step)
+    return model.model.sample_depth_plan(config.batch_size, config.seq_len, generator, step=step)
 
 
-def forward_backward(model: TrainModel, data: TrainData, plan: DepthPlan | None
-                     ) -> tuple[torch.Tensor, float]:
+def forward_backward(
+    model: TrainModel, data: TrainData, plan: DepthPlan | None
+) -> tuple[torch.Tensor, float]:
     """Forward and backward over this process's rows of the next batch, gradients reduced
     across processes on the last micro-batch. Returns (mean loss, a 0-d tensor; mean executed
     loop depth, 0 for a fixed-depth model)."""
@@ -45,8 +47,8 @@ def forward_backward(model: TrainModel, data: TrainData, plan: DepthPlan | None
     accumulation = rows // micro
     loss_sum, depth_sum = torch.zeros((), device=device), 0.0
     for first in range(0, rows, micro):
-        inputs = batch.inputs[first:first + micro].to(device, non_blocking=True)
-        targets = batch.targets[first:first + micro].to(device, non_blocking=True)
+        inputs = batch.inputs[first : first + micro].to(device, non_blocking=True)
+        targets = batch.targets[first : first + micro].to(device, non_blocking=True)
         rows_plan = None
         if plan is not None:  # this micro-batch's rows of the global plan
             start = data.first_row + first
