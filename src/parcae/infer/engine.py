@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from parcae.errors import PromptError
-from parcae.model.loop import ExitRule, Readout
+from parcae.model.loop import ExitRule, Readout, relative_update
 
 EXIT_CRITERIA = ("residual", "kl")
 
@@ -33,8 +33,8 @@ class ResidualExit:
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
-    def __call__(self, residual: Tensor, h: Tensor, readout: Readout) -> Tensor:
-        return residual < self.eps
+    def __call__(self, h: Tensor, h_prev: Tensor, readout: Readout) -> Tensor:
+        return relative_update(h, h_prev) < self.eps
 
 
 class KLExit:
@@ -46,7 +46,7 @@ class KLExit:
         self.eps, self.vocab_size = eps, vocab_size
         self.previous: Tensor | None = None
 
-    def __call__(self, residual: Tensor, h: Tensor, readout: Readout) -> Tensor:
+    def __call__(self, h: Tensor, h_prev: Tensor, readout: Readout) -> Tensor:
         log_p = torch.log_softmax(readout(h)[..., : self.vocab_size].float(), dim=-1)
         before, self.previous = self.previous, log_p
         if before is None:

@@ -185,7 +185,9 @@ class KVCache:
         self.sharing = CacheSharing.parse(sharing)
         self.num_steps = num_steps if config.is_looped else 0
         self.core_slots = self.sharing.num_slots(self.num_steps) if config.is_looped else 0
-        self.first_coda = len(config.prelude_layers) + len(config.core_layers) * self.core_slots
+        self.core_layers, self.coda_layers = config.core_layers, config.coda_layers
+        self.first_core = len(config.prelude_layers)
+        self.first_coda = self.first_core + len(config.core_layers) * self.core_slots
         n_slots = self.first_coda + len(config.coda_layers)
         shape = (n_slots, batch, config.n_kv_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
@@ -210,13 +212,13 @@ class KVCache:
 
     def slot(self, layer: int, step: int = 0) -> int:
         """Slot of distinct layer `layer` (a core layer: at loop step `step`)."""
-        config = self.config
-        if layer in config.core_layers:
-            index = layer - config.core_layers.start
-            first_core = len(config.prelude_layers)
-            return first_core + index * self.core_slots + self.sharing.slot(step, self.num_steps)
-        if layer in config.coda_layers:
-            return self.first_coda + layer - config.coda_layers.start
+        if layer in self.core_layers:
+            index = layer - self.core_layers.start
+            return (
+                self.first_core + index * self.core_slots + self.sharing.slot(step, self.num_steps)
+            )
+        if layer in self.coda_layers:
+            return self.first_coda + layer - self.coda_layers.start
         return layer
 
     def site(self, layer: int, active: Active | None = None) -> CacheSite:
@@ -259,7 +261,7 @@ class KVCache:
     def fill_skipped_steps(self, steps_run: int) -> None:
         """After a loop that ended at step `steps_run` < T (every token exited), give the
         skipped steps' slots the last keys and values of the new columns."""
-        for layer in self.config.core_layers:
+        for layer in self.core_layers:
             for step in range(max(steps_run, 1), self.num_steps):
                 self._copy_columns(self.slot(layer, step - 1), self.slot(layer, step))
 

@@ -96,7 +96,11 @@ class Schedule(Protocol):
 
     def __iter__(self) -> Iterator[Active]: ...
 
-    def observe(self, residual: Tensor, h: Tensor, readout: Readout | None) -> None: ...
+    def observe(self, h: Tensor, h_prev: Tensor, readout: Readout | None) -> None: ...
+
+    def steps_taken(self, shape: torch.Size) -> Tensor:
+        """int64 (B, S): loop steps each token ran (after the iteration)."""
+        ...
 
 
 class RowSchedule:
@@ -120,12 +124,17 @@ class RowSchedule:
                 every = rows.numel() == batch
                 yield Active(step=t, count=rows.numel(), rows=None if every else rows, grad=grad)
 
-    def observe(self, residual: Tensor, h: Tensor, readout: Readout | None) -> None:
+    def observe(self, h: Tensor, h_prev: Tensor, readout: Readout | None) -> None:
         pass
+
+    def steps_taken(self, shape: torch.Size) -> Tensor:
+        return (self.no_grad + self.grad)[:, None].expand(shape)
 
 
 ExitRule = Callable[[Tensor, Tensor, Readout], Tensor]
-"""exit_rule(residual (B, S), h (B, S, d_r), readout) -> bool (B, S): tokens that may stop."""
+"""exit_rule(h, h_prev, readout) -> bool (B, S), the tokens that may stop: h (B, S, d_r) the
+state after the step, h_prev the state before each token's latest step (so the loop residual is
+`relative_update(h, h_prev)`), readout(h) -> logits."""
 
 
 class TokenSchedule:
@@ -137,52 +146,75 @@ class TokenSchedule:
     ) -> None:
         self.total, self.no_grad, self.exit_rule = total, no_grad, exit_rule
         self.sampled_steps = int(total.sum())
-        self.stopped = torch.zeros_like(total, dtype=torch.bool)
-        self.running = ~self.stopped
+        self.max_steps = int(total.max()) if total.numel() else 0
+        # every token runs every step: no masks to compute (inference without early exit)
+        self.lockstep = exit_rule is None and self.sampled_steps == self.max_steps * total.numel()
+        self.stop_step = torch.full_like(total, self.max_steps)  # step count where one stopped
+        self.running: Tensor | None = None
+        self.step = 0
+
+    @classmethod
+    def fixed(
+        cls, shape: torch.Size, steps: int, device: torch.device, exit_rule: ExitRule | None
+    ) -> TokenSchedule:
+        """`steps` for every token (inference), fewer where `exit_rule` stops one."""
+        return cls(torch.full(shape, steps, device=device), exit_rule=exit_rule)
 
     def __iter__(self) -> Iterator[Active]:
         tracking = torch.is_grad_enabled()
-        for t in range(int(self.total.max()) if self.total.numel() else 0):
-            self.running = (self.total > t) & ~self.stopped
-            every = bool(self.running.all())
-            if not every and not bool(self.running.any()):
-                return
-            tokens = None if every else self.running.nonzero(as_tuple=True)
+        for t in range(self.max_steps):
+            self.step = t
+            tokens = None
+            if not self.lockstep:
+                self.running = (self.total > t) & (self.stop_step > t)
+                if not bool(self.running.all()):
+                    tokens = self.running.nonzero(as_tuple=True)
+                    if tokens[0].numel() == 0:
+                        return
             grad_tokens = None
             if tracking and self.no_grad is not None:
                 in_grad = self.no_grad <= t
                 grad_tokens = in_grad[tokens][None] if tokens else in_grad
                 if bool(grad_tokens.all()):
                     grad_tokens = None
-            count = self.running.numel() if every else tokens[0].numel()
+            count = self.total.numel() if tokens is None else tokens[0].numel()
             yield Active(step=t, count=count, tokens=tokens, grad=True, grad_tokens=grad_tokens)
 
-    def observe(self, residual: Tensor, h: Tensor, readout: Readout | None) -> None:
+    def observe(self, h: Tensor, h_prev: Tensor, readout: Readout | None) -> None:
         if self.exit_rule is not None:
-            self.stopped = self.stopped | (self.running & self.exit_rule(residual, h, readout))
+            stops = self.running & self.exit_rule(h, h_prev, readout)
+            self.stop_step = torch.where(stops, self.step + 1, self.stop_step)
 
-
-def token_schedule(plan: DepthPlan, device: torch.device) -> TokenSchedule:
-    """The schedule of a per-token plan ((B, S) step counts)."""
-    return TokenSchedule(plan.total_steps.to(device), plan.no_grad_steps.to(device))
+    def steps_taken(self, shape: torch.Size) -> Tensor:
+        return self.total if self.lockstep else torch.minimum(self.total, self.stop_step)
 
 
 @dataclass
 class LoopStats:
     """What one forward's loop did.
 
-    state_norm: mean L2 norm of h_T over tokens; residual: mean over tokens of each token's last
-    relative update r (module docstring); detached 0-d tensors, so reading them is the caller's
-    choice of when to synchronise. steps: int64 (B, S), loop steps each token ran.
-    executed_steps / sampled_steps: units (row-steps for a row schedule, token-steps for a
-    token schedule) the core ran vs. the sum of the schedule's depths.
+    steps: int64 (B, S), loop steps each token ran; executed_steps / sampled_steps: units
+    (row-steps for a row schedule, token-steps for a token schedule) the core ran vs. the sum of
+    the schedule's depths. final_state, previous_state: (B, S, d_r) detached, h_T and the state
+    before each token's last step, from which `state_norm` and `residual` are computed when read
+    (detached 0-d tensors, so reading them is the caller's choice of when to synchronise).
     """
 
-    state_norm: Tensor
-    residual: Tensor
     steps: Tensor
     executed_steps: int
     sampled_steps: int
+    final_state: Tensor
+    previous_state: Tensor
+
+    @property
+    def state_norm(self) -> Tensor:
+        """Mean L2 norm of h_T over tokens."""
+        return self.final_state.float().norm(dim=-1).mean()
+
+    @property
+    def residual(self) -> Tensor:
+        """Mean over tokens of each token's last loop residual r (module docstring)."""
+        return relative_update(self.final_state, self.previous_state).mean()
 
     @property
     def mean_steps(self) -> float:
@@ -207,25 +239,21 @@ def run_loop(
 
     `readout` (h -> logits) is handed to the schedule's exit rule (the KL criterion uses it)."""
     tracking = torch.is_grad_enabled()
-    residual = torch.zeros(h.shape[:2], device=h.device)
-    steps = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)
+    h_prev = h  # the state before each unit's latest step
     executed = 0
     for active in schedule:
         with torch.set_grad_enabled(tracking and active.grad):
             h_old = active.take(h)
             h_new = active.truncate(step(h_old, active))
-        with torch.no_grad():
-            residual = active.put(residual, relative_update(h_new, h_old))
-            steps = active.put(steps, active.take(steps) + 1)
+        h_prev = active.put(h_prev.detach(), h_old.detach())
         h = active.put(h, h_new)
         executed += active.count
-        schedule.observe(residual, h, readout)
-    with torch.no_grad():
-        stats = LoopStats(
-            state_norm=h.detach().float().norm(dim=-1).mean(),
-            residual=residual.mean(),
-            steps=steps,
-            executed_steps=executed,
-            sampled_steps=schedule.sampled_steps,
-        )
+        schedule.observe(h, h_prev, readout)
+    stats = LoopStats(
+        steps=schedule.steps_taken(h.shape[:2]),
+        executed_steps=executed,
+        sampled_steps=schedule.sampled_steps,
+        final_state=h.detach(),
+        previous_state=h_prev,
+    )
     return h, stats

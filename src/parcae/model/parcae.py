@@ -146,8 +146,7 @@ class Parcae(LanguageModel):
                     f"num_steps={num_steps} but the cache was made for {cache.num_steps} loop steps"
                 )
             h = cache.initial_state(positions, e.dtype)
-            total = torch.full((batch, seq), cache.num_steps, device=e.device)
-            schedule = TokenSchedule(total, exit_rule=exit_rule)
+            schedule = TokenSchedule.fixed((batch, seq), cache.num_steps, e.device, exit_rule)
         else:
             plan = self._depth_plan(batch, seq, num_steps, depth_plan)
             h = self.initial_state(batch, seq, plan, e.device, e.dtype)
