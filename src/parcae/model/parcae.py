@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from parcae.errors import ConfigError
 from parcae.model.base import LanguageModel, TokenContext
-from parcae.model.cache import LoopKV
+from parcae.model.cache import KVCache, LoopKV
 from parcae.model.config import ParcaeConfig
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
 from parcae.model.injection import build_injection
@@ -139,7 +139,8 @@ class Parcae(LanguageModel):
         batch, seq = x.shape[:2]
         e = t.ln_prelude(x) if config.prelude_norm else x
         prepared = t.adapter.prepare(e)
-        cache, store = context.cache, None
+        cache = context.cache
+        sites: KVCache | LoopKV | None = cache  # None: dense causal attention within each row
         if cache is not None:
             if num_steps is not None and num_steps != cache.num_steps:
                 raise ConfigError(
@@ -155,7 +156,7 @@ class Parcae(LanguageModel):
                 schedule = TokenSchedule(
                     plan.total_steps.to(e.device), plan.no_grad_steps.to(e.device), exit_rule
                 )
-                store = LoopKV(batch, seq)
+                sites = LoopKV(batch, seq)
             else:
                 schedule = RowSchedule(plan, e.device)
 
@@ -163,13 +164,7 @@ class Parcae(LanguageModel):
             x = t.adapter.step(h, active.take(prepared))
             rope = active.take_rope(context.rope)
             for layer, block in zip(config.core_layers, t.core_block):
-                site = (
-                    cache.site(layer, active)
-                    if cache is not None
-                    else store.site(layer, active)
-                    if store is not None
-                    else None
-                )
+                site = None if sites is None else sites.site(layer, active)
                 x = block(x, rope, active.take(context.value_embeds.get(layer)), site)
             return x
 
