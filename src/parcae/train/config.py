@@ -30,7 +30,7 @@ BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
 class TrainConfig:
     """Everything a training run needs; the defaults are the embedded default run (README)."""
 
-    # model: a preset name (`parcae list-presets`) and field overrides (vocab_size is the
+    # model: a preset name (`parcae presets`) and field overrides (vocab_size is the
     # tokenizer's and is set automatically)
     model: str = "parcae-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
