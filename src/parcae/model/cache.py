@@ -223,7 +223,9 @@ class KVCache:
 
     def site(self, layer: int, active: Active | None = None) -> CacheSite:
         """The site of `layer` for the forward in progress; a core layer's at `active.step`."""
-        step = 0 if active is None else active.step
+        if active is None or active.tokens is None:  # every token writes its own keys
+            return CacheSite(self, self.slot(layer, 0 if active is None else active.step))
+        step = active.step
         previous = self.slot(layer, step - 1) if step > 0 else None
         return CacheSite(self, self.slot(layer, step), previous, active)
 
@@ -319,8 +321,8 @@ class CacheSite:
 
     cache: KVCache
     slot: int
-    previous: int | None
-    active: Active | None
+    previous: int | None = None
+    active: Active | None = None
 
     def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         cache, slot = self.cache, self.slot

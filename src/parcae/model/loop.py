@@ -66,6 +66,9 @@ class Active:
         """cos, sin for the active part: tables (S, hd/2) are shared by every row, tables
         (B, S, hd/2) hold per-row positions."""
 
+        if self.rows is None and self.tokens is None:
+            return rope
+
         def one(table: Tensor) -> Tensor:
             if table.dim() == 2:
                 return table if self.tokens is None else table[self.tokens[1]]
