@@ -105,7 +105,8 @@ def _train(
         while step < steps_total:
             started = time.perf_counter()
             lr_factor = optimizer.schedule(step)
-            loss, mean_depth = forward_backward(model, data, depth_plan(model, config, step))
+            plan = depth_plan(model, config, step)
+            loss = forward_backward(model, data, plan)
             if after_backward is not None:
                 after_backward(model.model, step)
             loss = float(dist.all_reduce_mean(loss, info))
@@ -128,7 +129,7 @@ def _train(
                 step,
                 time.perf_counter() - started,
                 force=not math.isfinite(grad_norm),
-                mean_depth=mean_depth if model.looped else None,
+                mean_depth=None if plan is None else float(plan.total_steps.float().mean()),
                 loss=loss,
                 lr=optimizer.lr,
                 lr_factor=lr_factor,

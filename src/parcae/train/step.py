@@ -36,16 +36,14 @@ def depth_plan(model: TrainModel, config: TrainConfig, step: int) -> DepthPlan |
     return model.model.sample_depth_plan(config.batch_size, config.seq_len, generator, step=step)
 
 
-def forward_backward(
-    model: TrainModel, data: TrainData, plan: DepthPlan | None
-) -> tuple[torch.Tensor, float]:
+def forward_backward(model: TrainModel, data: TrainData, plan: DepthPlan | None) -> torch.Tensor:
     """Forward and backward over this process's rows of the next batch, gradients reduced
-    across processes on the last micro-batch. Returns (mean loss, a 0-d tensor; mean executed
-    loop depth, 0 for a fixed-depth model)."""
+    across processes on the last micro-batch. Returns the mean loss, a 0-d tensor (read once
+    per step: no host sync per micro-batch)."""
     batch = data.next_batch()
     rows, micro, device = batch.inputs.shape[0], data.micro, model.device
     accumulation = rows // micro
-    loss_sum, depth_sum = torch.zeros((), device=device), 0.0
+    loss_sum = torch.zeros((), device=device)
     for first in range(0, rows, micro):
         inputs = batch.inputs[first : first + micro].to(device, non_blocking=True)
         targets = batch.targets[first : first + micro].to(device, non_blocking=True)
@@ -57,6 +55,4 @@ def forward_backward(
             output = model.runner(inputs, targets, depth_plan=rows_plan)
         (output.loss / accumulation).backward()
         loss_sum += output.loss.detach() / accumulation
-        if output.loop is not None:
-            depth_sum += output.loop.mean_steps / accumulation
-    return loss_sum, depth_sum
+    return loss_sum
