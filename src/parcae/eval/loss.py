@@ -5,9 +5,9 @@ tokens, which are left out of both sums):
 
     loss = Σ nats / #tokens          bpb = Σ nats / (ln 2 · Σ b(y))
 
-A Parcae model is evaluated at exactly T loop steps (deterministic eval-mode state); a GPT at
-its own depth. The Parcae loop diagnostics (mean ‖h_T‖ and ‖h_T − h_{T−1}‖/‖h_T‖) are averaged
-over the batches.
+A Parcae model is evaluated at exactly T loop steps (deterministic eval-mode state), every
+requested T from one forward per batch (`parcae.eval.depths`); a GPT at its own depth. The
+Parcae loop diagnostics (mean ‖h_T‖ and ‖h_T − h_{T−1}‖/‖h_T‖) are averaged over the batches.
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from parcae.eval.depths import DepthOutput, at_depths, check_depths
+from parcae.model.loop import relative_update
 
 
 @dataclass
@@ -58,8 +62,9 @@ def evaluate(
     world_size: int = 1,
 ) -> list[EvalResult]:
     """Loss and bpb of `model` on `batches` (objects with `.inputs`/`.targets`, (B, S) int64)
-    at every depth in `depths` (None: the model's default). `token_bytes`: (V,) int64 bytes
-    per token id. The data is read once; each batch runs once per depth.
+    at every depth in `depths` (positive integers; [None] for a fixed-depth model). `token_bytes`:
+    (V,) int64 bytes per token id. The data is read once, and each batch runs once for all
+    depths.
 
     With `world_size` > 1 (torch.distributed initialised), every process passes the same
     `batches`; process `rank` evaluates batches rank, rank + world_size, ... and the sums are
@@ -67,6 +72,9 @@ def evaluate(
     same number of forwards, as FSDP requires: in a last round with fewer batches than
     processes, those without one repeat the round's first batch without counting it.
     """
+    if model.config.is_looped:  # None: the model's own default depth
+        depths = [model.config.mean_recurrence if depth is None else depth for depth in depths]
+    run_depths = check_depths(model, depths)
     was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(device)
@@ -76,11 +84,15 @@ def evaluate(
             counted = rank < len(round_batches)
             batch = round_batches[rank if counted else 0]
             inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-            for row, depth in enumerate(depths):
-                with autocast or contextlib.nullcontext():
-                    output = model(inputs, num_steps=depth) if depth is not None else model(inputs)
-                if counted:
-                    sums[row] += _batch_sums(output, targets, token_bytes)
+            with autocast or contextlib.nullcontext():
+                by_depth = at_depths(
+                    model,
+                    inputs,
+                    run_depths,
+                    partial(_batch_sums, targets=targets, token_bytes=token_bytes),
+                )
+            if counted:
+                sums += torch.stack([by_depth[depth] for depth in depths])
     finally:
         model.train(was_training)
     if world_size > 1:
@@ -106,22 +118,23 @@ def _rounds(batches: Iterable, size: int) -> Iterable[list]:
         yield group
 
 
-def _batch_sums(output, targets: Tensor, token_bytes: Tensor) -> Tensor:
-    """One batch's contribution to SUMS: summed nats, tokens and bytes over targets with
-    bytes (special tokens left out), the loop's state norm and residual, one batch."""
+def _batch_sums(output: DepthOutput, targets: Tensor, token_bytes: Tensor) -> Tensor:
+    """One batch's contribution to SUMS at one depth: summed nats, tokens and bytes over
+    targets with bytes (special tokens left out), the loop's state norm and residual, one
+    batch."""
     target_bytes = token_bytes[targets]
     counted = target_bytes > 0
     nats = F.cross_entropy(
         output.logits.float().flatten(0, 1), targets.flatten(), reduction="none"
     ).view_as(targets)
-    loop = output.loop
+    looped = output.state is not None
     return torch.tensor(
         [
             float(nats[counted].sum()),
             int(counted.sum()),
             int(target_bytes.sum()),
-            float(loop.state_norm) if loop is not None else 0.0,
-            float(loop.residual) if loop is not None else 0.0,
+            float(output.state.float().norm(dim=-1).mean()) if looped else 0.0,
+            float(relative_update(output.state, output.previous).mean()) if looped else 0.0,
             1.0,
         ],
         dtype=torch.float64,
@@ -132,7 +145,7 @@ def _result(model: nn.Module, depth: int | None, total: dict[str, float]) -> Eva
     tokens, n_bytes, batches = int(total["tokens"]), int(total["bytes"]), total["batches"]
     looped = model.config.is_looped and batches > 0
     return EvalResult(
-        depth=depth if depth is not None or not looped else model.config.mean_recurrence,
+        depth=depth,
         loss=total["nats"] / max(tokens, 1),
         bpb=total["nats"] / (math.log(2) * max(n_bytes, 1)),
         tokens=tokens,

@@ -27,7 +27,7 @@ from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import TransformerConfig
 from parcae.model.init import init_matrix_, scaled_zero_std
 from parcae.model.layers import Block, RMSNorm, rotary_tables
-from parcae.model.loop import ExitRule, LoopStats
+from parcae.model.loop import ExitRule, LoopProbe, LoopStats
 from parcae.model.recurrence import DepthPlan
 from parcae.model.serialization import save_pretrained
 
@@ -122,6 +122,7 @@ class LanguageModel(nn.Module):
         num_steps: int | None,
         depth_plan: DepthPlan | None,
         exit_rule: ExitRule | None,
+        probe: LoopProbe | None,
     ) -> tuple[Tensor, LoopStats]:
         """The loop between prelude and coda (looped models only)."""
         raise NotImplementedError
@@ -138,6 +139,7 @@ class LanguageModel(nn.Module):
         attention_mask: Tensor | None = None,
         exit_rule: ExitRule | None = None,
         last_only: bool = False,
+        probe: LoopProbe | None = None,
     ) -> CausalLMOutput:
         """input_ids, labels: int64 (B, S).
 
@@ -148,7 +150,9 @@ class LanguageModel(nn.Module):
         cache: a `KVCache` (`new_cache`): the S tokens are the next columns of its rows, the
         loop runs `cache.num_steps` steps, and nothing takes gradient. attention_mask: bool
         (B, S), False at left padding (with a cache only). last_only: logits of the last
-        column only.
+        column only. probe: called after every loop step of a fixed depth (`num_steps` or a
+        cache) with the state and a readout to logits (`parcae.model.loop.LoopProbe`); a GPT
+        has no loop and never calls it.
         """
         if cache is None:
             if attention_mask is not None:
@@ -156,7 +160,7 @@ class LanguageModel(nn.Module):
                     "attention_mask (left padding) needs a cache: pass cache=model.new_cache(...)"
                 )
             return self._forward(
-                input_ids, labels, num_steps, depth_plan, None, None, exit_rule, last_only
+                input_ids, labels, num_steps, depth_plan, None, None, exit_rule, last_only, probe
             )
         with torch.no_grad():
             valid = (
@@ -165,7 +169,7 @@ class LanguageModel(nn.Module):
                 else attention_mask.bool()
             )
             return self._forward(
-                input_ids, labels, num_steps, depth_plan, cache, valid, exit_rule, last_only
+                input_ids, labels, num_steps, depth_plan, cache, valid, exit_rule, last_only, probe
             )
 
     def _forward(
@@ -178,6 +182,7 @@ class LanguageModel(nn.Module):
         valid: Tensor | None,
         exit_rule: ExitRule | None,
         last_only: bool,
+        probe: LoopProbe | None,
     ) -> CausalLMOutput:
         config = self.config
         positions = None
@@ -190,7 +195,7 @@ class LanguageModel(nn.Module):
         x = self.run_blocks(self.transformer.wte(input_ids), config.prelude_layers, context)
         loop = None
         if config.is_looped:
-            x, loop = self.recur(x, context, positions, num_steps, depth_plan, exit_rule)
+            x, loop = self.recur(x, context, positions, num_steps, depth_plan, exit_rule, probe)
         x = self.run_blocks(x, config.coda_layers, context)
         if cache is not None:
             cache.advance()

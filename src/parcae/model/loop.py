@@ -231,16 +231,26 @@ def relative_update(new: Tensor, old: Tensor) -> Tensor:
     return delta / new.float().norm(dim=-1).clamp_min(1e-12)
 
 
+LoopProbe = Callable[[int, Tensor, Tensor, Readout], None]
+"""probe(t, h, h_prev, readout), called after loop step t (1-based) with the state h (B, S, d_r)
+after it, the state before it, and readout(h) -> logits: what a depth sweep reads (the logits at
+every depth up to T from one forward at depth T)."""
+
 StepFn = Callable[[Tensor, Active], Tensor]
 """step(h_active, active) -> the next state of the active units (same shape)."""
 
 
 def run_loop(
-    step: StepFn, h: Tensor, schedule: Schedule, readout: Readout | None = None
+    step: StepFn,
+    h: Tensor,
+    schedule: Schedule,
+    readout: Readout | None = None,
+    probe: LoopProbe | None = None,
 ) -> tuple[Tensor, LoopStats]:
     """Apply the loop to h (B, S, d_r) as `schedule` directs; returns h_T and `LoopStats`.
 
-    `readout` (h -> logits) is handed to the schedule's exit rule (the KL criterion uses it)."""
+    `readout` (h -> logits) is handed to the schedule's exit rule (the KL criterion uses it) and
+    to `probe`, which sees the state after every step."""
     tracking = torch.is_grad_enabled()
     h_prev = h  # the state before each unit's latest step
     executed = 0
@@ -252,6 +262,8 @@ def run_loop(
         h = active.put(h, h_new)
         executed += active.count
         schedule.observe(h, h_prev, readout)
+        if probe is not None:
+            probe(active.step + 1, h, h_prev, readout)
     stats = LoopStats(
         steps=schedule.steps_taken(h.shape[:2]),
         executed_steps=executed,

@@ -22,7 +22,15 @@ from parcae.model.config import ParcaeConfig
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
 from parcae.model.injection import build_injection
 from parcae.model.layers import Block, RMSNorm
-from parcae.model.loop import Active, ExitRule, LoopStats, RowSchedule, TokenSchedule, run_loop
+from parcae.model.loop import (
+    Active,
+    ExitRule,
+    LoopProbe,
+    LoopStats,
+    RowSchedule,
+    TokenSchedule,
+    run_loop,
+)
 from parcae.model.recurrence import DepthPlan, sample_depth_plan
 
 
@@ -131,6 +139,7 @@ class Parcae(LanguageModel):
         num_steps: int | None,
         depth_plan: DepthPlan | None,
         exit_rule: ExitRule | None,
+        probe: LoopProbe | None = None,
     ) -> tuple[Tensor, LoopStats]:
         """C h_T (B, S, d) from the prelude output x (B, S, d): e = ln_prelude(x), h_0, then
         the loop (see `parcae.model.loop` for the schedules and `LanguageModel.forward` for the
@@ -140,6 +149,8 @@ class Parcae(LanguageModel):
         e = t.ln_prelude(x) if config.prelude_norm else x
         prepared = t.adapter.prepare(e)
         cache = context.cache
+        if probe is not None and num_steps is None and cache is None:
+            raise ConfigError("a loop probe reads a fixed depth: pass num_steps")
         sites: KVCache | LoopKV | None = cache  # None: dense causal attention within each row
         if cache is not None:
             if num_steps is not None and num_steps != cache.num_steps:
@@ -171,7 +182,7 @@ class Parcae(LanguageModel):
         def readout(h: Tensor) -> Tensor:
             return self.head(self.run_blocks(t.C(h), config.coda_layers, context), None)[0]
 
-        h, stats = run_loop(step, h, schedule, readout)
+        h, stats = run_loop(step, h, schedule, readout, probe)
         if cache is not None and exit_rule is not None:
             cache.fill_skipped_steps(int(stats.steps.max()))
         return t.C(h), stats

@@ -1,0 +1,47 @@
+"""Shared fixtures of the evaluation tests: a small tokenizer, tiny random models that use it,
+and a saved model directory (model + tokenizer.json) as `--model` takes it."""
+
+import pytest
+import torch
+
+import parcae
+from parcae.data.tokenizer import Tokenizer
+from tests.conftest import SHAKESPEARE_DIR
+
+TINY = dict(d_model=64, n_heads=2, ffn_dim=128, context_length=128)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    texts = [path.read_text() for path in sorted(SHAKESPEARE_DIR.glob("*.txt"))[:2]]
+    return Tokenizer.train(texts, vocab_size=320)
+
+
+def make_model(preset: str, tokenizer: Tokenizer, **overrides):
+    """A tiny random model of `preset` for `tokenizer`, in eval mode (seeded)."""
+    torch.manual_seed(0)
+    model = parcae.create_model(preset, **{**TINY, "vocab_size": tokenizer.vocab_size, **overrides})
+    with torch.no_grad():  # identity-init blocks would make every token's keys alike
+        for name, parameter in model.named_parameters():
+            if name.endswith(("c_proj.weight", "mlp.proj.weight")):
+                parameter.normal_(std=0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def parcae_model(tokenizer):
+    return make_model("parcae-tiny", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gpt_model(tokenizer):
+    return make_model("gpt-tiny", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, parcae_model, tokenizer):
+    """A saved model directory with its tokenizer, as `parcae eval --model` takes it."""
+    directory = tmp_path_factory.mktemp("model")
+    parcae_model.save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
