@@ -86,9 +86,16 @@ def _field(record: dict, name: str, kind: type | tuple[type, ...], where: str):
 
 def _strings(record: dict, name: str, where: str) -> tuple[str, ...]:
     values = _field(record, name, list, where)
-    if len(values) < 2 or not all(isinstance(v, str) for v in values):
-        raise DataError(f"{where}: field {name!r} must be a list of at least two strings")
+    if len(values) < 2 or not all(isinstance(v, str) and v for v in values):
+        raise DataError(f"{where}: field {name!r} must be a list of at least two non-empty strings")
     return tuple(values)
+
+
+def _text(record: dict, name: str, where: str) -> str:
+    value = _field(record, name, str, where)
+    if not value:
+        raise DataError(f"{where}: field {name!r} is empty")
+    return value
 
 
 def _gold(record: dict, options: int, where: str) -> int:
@@ -109,11 +116,11 @@ def parse_item(record: object, task_type: str, where: str) -> Item:
         return MultipleChoiceItem(query, choices, _gold(record, len(choices), where))
     if task_type == SCHEMA:
         options = _strings(record, "context_options", where)
-        continuation = _field(record, "continuation", str, where)
+        continuation = _text(record, "continuation", where)
         return SchemaItem(options, continuation, _gold(record, len(options), where))
     if task_type == LANGUAGE_MODELING:
         context = _field(record, "context", str, where)
-        return LanguageModelingItem(context, _field(record, "continuation", str, where))
+        return LanguageModelingItem(context, _text(record, "continuation", where))
     raise DataError(f"{where}: unknown task type {task_type!r}; use one of {', '.join(TASK_TYPES)}")
 
 
