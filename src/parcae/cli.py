@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "parcae.data.commands",
     "parcae.train.commands",
     "parcae.infer.commands",
+    "parcae.eval.commands",
 )
 
 

@@ -17,7 +17,11 @@ from parcae.eval.core import (
     core_score,
     evaluate_core,
     evaluate_task,
+    prompt_task,
+    score_items,
+    score_sequences,
 )
+from parcae.eval.depths import check_depths
 from parcae.eval.prompts import fewshot_indices, prompt_item
 from parcae.eval.tasks import (
     LanguageModelingItem,
@@ -26,6 +30,7 @@ from parcae.eval.tasks import (
     Task,
     TaskSpec,
 )
+from tests.eval.conftest import make_model
 
 CHARS = "\n " + string.ascii_lowercase
 
@@ -61,8 +66,12 @@ class BigramModel(nn.Module):
             vocab_size=vocab, context_length=context_length, is_looped=False
         )
 
-    def forward(self, ids, **kwargs):
-        return SimpleNamespace(logits=self.table[ids], loop=None)
+    def new_cache(self, *args, **kwargs):  # a bigram needs no memory of earlier tokens
+        return SimpleNamespace(select_rows=lambda index: None)
+
+    def forward(self, ids, last_only=False, **kwargs):
+        logits = self.table[ids]
+        return SimpleNamespace(logits=logits[:, -1:] if last_only else logits, loop=None)
 
 
 def task(kind: str, items, shots: int = 0, delimiter: str = "", baseline: float = 0.0):
@@ -209,6 +218,21 @@ def test_batched_and_one_at_a_time_agree(parcae_model, tokenizer):
         batched = evaluate_task(parcae_model, tokenizer, one_task, [2, 4], 16, progress=False)
         single = evaluate_task(parcae_model, tokenizer, one_task, [2, 4], 1, progress=False)
         assert [r.accuracy for r in batched] == [r.accuracy for r in single]
+
+
+@pytest.mark.parametrize("preset", ["parcae-tiny", "gpt-tiny"])
+def test_shared_prefix_scores_equal_full_sequence_scores(preset, tokenizer):
+    """Options through a KV cache after their shared prefix (several items a group, left
+    padded) give the losses and greedy flags of each whole sequence run alone."""
+    model = make_model(preset, tokenizer)
+    items = prompt_task(mc_task(7), tokenizer, model.config.context_length)
+    depths = check_depths(model, [1, 3])
+    shared = score_items(model, items, depths, 5, tokenizer.pad_id)
+    sequences = [s for item in items for s in item.sequences]
+    alone = score_sequences(model, sequences, depths, 1, tokenizer.pad_id)
+    for depth in depths:
+        torch.testing.assert_close(shared[depth][0], alone[depth][0], rtol=1e-5, atol=1e-5)
+        assert torch.equal(shared[depth][1], alone[depth][1])
 
 
 def test_a_fixed_depth_model_is_evaluated_once(gpt_model, tokenizer):

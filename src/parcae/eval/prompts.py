@@ -71,7 +71,8 @@ def options(item: Item, delimiter: str) -> list[tuple[str, str]]:
     return [(f"{item.context.strip()}{delimiter}", item.continuation)]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -85,7 +86,7 @@ def _sequence(
 ) -> tuple[Sequence, bool]:
     """The sequence of prompt + continuation, and whether it was truncated."""
     whole = [tokenizer.bos_id, *tokenizer.encode(prompt + continuation)]
-    start = _common_prefix(whole, [tokenizer.bos_id, *tokenizer.encode(prompt)])
+    start = common_prefix(whole, [tokenizer.bos_id, *tokenizer.encode(prompt)])
     start = min(start, len(whole) - 1)  # at least the last token is continuation
     cut = max(len(whole) - max_length, 0)
     return Sequence(whole[cut:], max(start - cut, 1)), cut > 0

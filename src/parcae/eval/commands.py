@@ -1,0 +1,135 @@
+"""`parcae eval` (tasks at test-time depths) and `parcae fit depth` (the depth law from a saved
+results file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from parcae.errors import DataError
+
+
+def register(subparsers) -> None:
+    """Add this package's subcommands to the top-level parser."""
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="evaluate a model: bpb, CORE / BIG-bench tasks, at several test-time depths",
+        description="Evaluate a model on validation bpb and ICL tasks (DCLM CORE bundle, "
+        "BIG-bench) at chosen loop depths; print a table and write a results JSON.",
+    )
+    evaluate.add_argument(
+        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
+    )
+    evaluate.add_argument(
+        "--tasks",
+        default="bpb,bigbench",
+        help="comma-separated: bpb, bigbench, core, core_extended (any task list of the "
+        "bundle), or task labels (default: bpb,bigbench)",
+    )
+    evaluate.add_argument(
+        "--depths",
+        default=None,
+        help="test-time loop depths: 1,2,4,8 or 1..32 (default: 1, 2, 4 and μ_rec; "
+        "a fixed-depth model runs once)",
+    )
+    evaluate.add_argument(
+        "--bundle", default=None, help="DCLM eval bundle directory (default: $PARCAE_EVAL_BUNDLE)"
+    )
+    evaluate.add_argument("--max-per-task", type=int, default=None, help="first N items per task")
+    evaluate.add_argument(
+        "--num-fewshot", type=int, default=None, help="override every task's few-shot count"
+    )
+    evaluate.add_argument(
+        "--batch-size", type=int, default=16, help="sequences (or bpb rows) per forward"
+    )
+    evaluate.add_argument(
+        "--data", default=None, help="prepared data directory for bpb (default: the run's data)"
+    )
+    evaluate.add_argument(
+        "--bpb-batches", type=int, default=None, help="validation batches for bpb (default: all)"
+    )
+    evaluate.add_argument("--seq-len", type=int, default=None, help="bpb sequence length")
+    evaluate.add_argument(
+        "--out", default=None, help="results JSON (default: eval-<model name>.json)"
+    )
+    evaluate.add_argument(
+        "--fit",
+        action="store_true",
+        help="fit L(T) = L_inf + Z exp(-z T) to bpb, loss and CORE over the depths; plot to PNG",
+    )
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=run_eval_command)
+
+    fit = subparsers.add_parser("fit", help="fit scaling laws to saved results")
+    laws = fit.add_subparsers(dest="law", required=True, metavar="LAW")
+    depth = laws.add_parser(
+        "depth",
+        help="the test-time depth law L(T) = L_inf + Z exp(-z T) from a `parcae eval` results JSON",
+    )
+    depth.add_argument("results", help="results JSON written by `parcae eval`")
+    depth.add_argument("--out", default=None, help="directory for the plots and fit.json")
+    depth.set_defaults(func=run_fit_depth)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    from parcae.eval.run import EvalRequest, run_eval, write_results
+    from parcae.eval.selection import parse_depths, resolve_tasks
+
+    depths = parse_depths(args.depths) if args.depths is not None else None
+    selection = resolve_tasks(args.tasks, args.bundle, args.num_fewshot)
+    request = EvalRequest(
+        model=args.model,
+        selection=selection,
+        depths=depths,
+        out=args.out,
+        max_per_task=args.max_per_task,
+        batch_size=args.batch_size,
+        data=args.data,
+        bpb_batches=args.bpb_batches,
+        seq_len=args.seq_len,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    results = run_eval(request)
+    from parcae.eval.report import format_table
+
+    print(format_table(results))
+    out = Path(results["out"])
+    if args.fit:
+        results["fit"] = _fit_and_report(results, out.parent, out.stem)
+        write_results(out, results)
+    print(f"results: {out}")
+    return 0
+
+
+def _fit_and_report(results: dict, directory: Path, stem: str) -> dict:
+    """Fit and plot each metric's depth law into `directory`, print them; the fits as JSON."""
+    from parcae.eval.report import fit_laws, format_laws
+
+    if not results.get("looped"):
+        raise DataError(f"{results.get('model')}: a fixed-depth model has no test-time depth law")
+    laws, plots = fit_laws(results, directory, stem)
+    print(format_laws(laws))
+    for plot in plots:
+        print(f"plot: {plot}")
+    return {metric: law.to_dict() for metric, law in laws.items()}
+
+
+def run_fit_depth(args: argparse.Namespace) -> int:
+    path = Path(args.results)
+    if not path.is_file():
+        raise DataError(f"{path}: no such results file")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+    if not isinstance(results, dict) or "depths" not in results:
+        raise DataError(f"{path}: not a `parcae eval` results file")
+    out_dir = Path(args.out) if args.out else path.parent
+    fits = _fit_and_report(results, out_dir, path.stem)
+    target = out_dir / f"{path.stem}-fit.json"
+    target.write_text(json.dumps(fits, indent=2) + "\n")
+    print(f"fit: {target}")
+    return 0
