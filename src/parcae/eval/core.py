@@ -137,7 +137,8 @@ def score_sequences(
 
 
 def _shared_prefix(item: PromptedItem) -> int:
-    """Tokens every sequence of the item shares before its first scored token (>= 1: BOS)."""
+    """Tokens every sequence of the item shares before its first scored token (0 only when
+    truncation cut into the options)."""
     first = item.sequences[0].tokens
     return min(
         min(s.start for s in item.sequences),
@@ -206,7 +207,7 @@ def score_items(
     order): shared prefixes once per group when items have several sequences, else
     `score_sequences`."""
     sequences = [s for item in items for s in item.sequences]
-    if all(len(item.sequences) == 1 for item in items):
+    if all(len(item.sequences) == 1 for item in items) or min(map(_shared_prefix, items)) < 1:
         return score_sequences(model, sequences, depths, batch_size, pad_id, progress)
     scores = {depth: ([], []) for depth in depths}
     for group in _groups(items, batch_size):

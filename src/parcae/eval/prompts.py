@@ -12,8 +12,10 @@ prompt is the same in every run and never contains its own item.
 
 Each sequence is BOS + the tokens of the whole text. Its continuation is what follows the longest
 common token prefix of the whole text and of the text before the continuation, so a token that
-BPE merges across the boundary (" Paris" after "is") belongs to the continuation. A sequence
-longer than the model's context keeps its last `max_length` tokens (truncated from the left).
+BPE merges across the boundary (" Paris" after "is") belongs to the continuation. When the
+longest option of an item exceeds the model's context, every option loses the same number of
+tokens from the front (truncated from the left), so that the longest keeps its last
+`max_length` tokens and the options still share their prompt.
 """
 
 from __future__ import annotations
@@ -81,15 +83,27 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _sequence(
-    tokenizer: Tokenizer, prompt: str, continuation: str, max_length: int
-) -> tuple[Sequence, bool]:
-    """The sequence of prompt + continuation, and whether it was truncated."""
+def _sequence(tokenizer: Tokenizer, prompt: str, continuation: str) -> Sequence:
+    """BOS + the tokens of prompt + continuation, the continuation marked."""
     whole = [tokenizer.bos_id, *tokenizer.encode(prompt + continuation)]
     start = common_prefix(whole, [tokenizer.bos_id, *tokenizer.encode(prompt)])
-    start = min(start, len(whole) - 1)  # at least the last token is continuation
-    cut = max(len(whole) - max_length, 0)
-    return Sequence(whole[cut:], max(start - cut, 1)), cut > 0
+    return Sequence(whole, min(start, len(whole) - 1))  # at least the last token is scored
+
+
+def _truncate(sequences: list[Sequence], max_length: int) -> list[Sequence]:
+    """Cut the same number of tokens from the front of every option, so that the longest fits
+    and the options keep the prefix they share (one that still does not fit is cut alone)."""
+    first = sequences[0].tokens
+    shared = min(
+        min(s.start for s in sequences), *(common_prefix(first, s.tokens) for s in sequences)
+    )
+    cut = min(max(len(s.tokens) for s in sequences) - max_length, shared - 1)
+    cut = max(cut, 0)
+    kept = []
+    for s in sequences:
+        alone = max(len(s.tokens) - cut - max_length, 0)
+        kept.append(Sequence(s.tokens[cut + alone :], max(s.start - cut - alone, 1)))
+    return kept
 
 
 def prompt_item(task: Task, index: int, tokenizer: Tokenizer, max_length: int) -> PromptedItem:
@@ -99,11 +113,11 @@ def prompt_item(task: Task, index: int, tokenizer: Tokenizer, max_length: int) -
     examples = "".join(
         answered(task.items[i], spec.continuation_delimiter) + EXAMPLE_SEPARATOR for i in shots
     )
-    sequences, cuts = zip(
-        *(
-            _sequence(tokenizer, examples + prompt, continuation, max_length)
-            for prompt, continuation in options(item, spec.continuation_delimiter)
-        )
-    )
+    whole = [
+        _sequence(tokenizer, examples + prompt, continuation)
+        for prompt, continuation in options(item, spec.continuation_delimiter)
+    ]
+    truncated = max(len(s.tokens) for s in whole) > max_length
+    sequences = _truncate(whole, max_length) if truncated else whole
     gold = None if isinstance(item, LanguageModelingItem) else item.gold
-    return PromptedItem(list(sequences), gold, any(cuts))
+    return PromptedItem(sequences, gold, truncated)
