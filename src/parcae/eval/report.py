@@ -57,11 +57,11 @@ def fit_laws(results: dict, out_dir: Path, stem: str) -> tuple[dict[str, DepthLa
 
 
 def format_laws(laws: dict[str, DepthLaw]) -> str:
-    header = f"{'metric':<8}{'L_inf':>10}{'Z':>10}{'z':>10}{'R^2':>8}{'T95':>8}"
+    header = f"{'metric':<8}{'L_inf':>12}{'Z':>12}{'z':>12}{'R^2':>9}{'T95':>9}"
     lines = [header, "-" * len(header)]
     for metric, law in laws.items():
         lines.append(
-            f"{metric:<8}{law.l_inf:>10.4f}{law.amplitude:>10.4f}{law.rate:>10.4f}"
-            f"{law.r2:>8.4f}{law.t95:>8.2f}"
+            f"{metric:<8}{law.l_inf:>12.5g}{law.amplitude:>12.5g}{law.rate:>12.5g}"
+            f"{law.r2:>9.4f}{law.t95:>9.2f}"
         )
     return "\n".join(lines)
