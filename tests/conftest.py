@@ -16,6 +16,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OFFICIAL_FIXTURE = FIXTURES / "official" / "parcae-a"
 SHAKESPEARE_DIR = FIXTURES / "shakespeare"
 BIGBENCH_DIR = FIXTURES / "bigbench"
+HARNESS_DIR = FIXTURES / "harness"  # lm-eval task YAMLs and their jsonl (tests/eval)
 
 # A skip is allowed only when its reason names missing hardware with one of these phrases (e.g.
 # `reason="torch.compile on CPU needs a C++ compiler"`); any other skip is reported as a failure,

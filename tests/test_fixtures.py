@@ -1,5 +1,5 @@
-"""The BIG-bench samples in tests/fixtures/ keep BIG-bench's task format (no test reads them
-otherwise yet; the other fixtures are read by the tests that need them)."""
+"""The BIG-bench samples in tests/fixtures/ keep BIG-bench's task format (tests/eval converts
+them; the other fixtures are read by the tests that need them)."""
 
 import json
 

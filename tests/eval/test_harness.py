@@ -17,10 +17,11 @@ from lm_eval.tasks import TaskManager
 
 import parcae
 from parcae.errors import ConfigError, PromptError
+from parcae.eval.core import evaluate_task, prompt_task, score_items
 from parcae.eval.harness import ParcaeLM
-from tests.conftest import FIXTURES, SHAKESPEARE_DIR
+from parcae.eval.tasks import MultipleChoiceItem, Task, TaskSpec
+from tests.conftest import HARNESS_DIR, SHAKESPEARE_DIR
 
-HARNESS_DIR = FIXTURES / "harness"
 PAIRS = [
     ("When shall we three meet", " again"),
     ("Fair is foul, and foul is fair:\nHover through the fog and filthy", " air."),
@@ -192,9 +193,8 @@ def test_string_arguments_are_converted_and_a_model_without_tokenizer_is_refused
     assert ParcaeLM(pretrained=tmp_path / "bare", tokenizer=model_dir / "tokenizer.json")
 
 
-def test_simple_evaluate_runs_local_tasks(
-    model_dir, parcae_model, tokenizer, tmp_path, monkeypatch
-):
+def simple_evaluate(model_dir, tmp_path, monkeypatch, tasks: list[str]) -> dict:
+    """lm_eval's own run of the local `tasks` at T = 3, offline."""
     for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -202,15 +202,26 @@ def test_simple_evaluate_runs_local_tasks(
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
     # the tasks' data_files are relative paths, which datasets resolves against the cwd
     monkeypatch.chdir(HARNESS_DIR)
-    results = lm_eval.simple_evaluate(
+    return lm_eval.simple_evaluate(
         model="parcae",
         model_args=f"pretrained={model_dir},num_steps=3",
-        tasks=["parcae_mc", "parcae_gen"],
+        tasks=tasks,
         batch_size=4,
         task_manager=TaskManager(include_path=str(HARNESS_DIR), include_defaults=False),
         bootstrap_iters=0,
     )
-    docs = [json.loads(line) for line in (HARNESS_DIR / "parcae_mc.jsonl").read_text().splitlines()]
+
+
+def mc_docs() -> list[dict]:
+    lines = (HARNESS_DIR / "parcae_mc.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_simple_evaluate_runs_local_tasks(
+    model_dir, parcae_model, tokenizer, tmp_path, monkeypatch
+):
+    results = simple_evaluate(model_dir, tmp_path, monkeypatch, ["parcae_mc", "parcae_gen"])
+    docs = mc_docs()
     predictions = []
     for doc in docs:
         context = f"Question: {doc['question']}\nAnswer:"
@@ -247,3 +258,38 @@ def test_without_lm_eval_importing_the_adapter_names_the_extra():
         "MissingDependencyError the lm-evaluation-harness adapter needs the optional package "
         "'lm_eval': pip install 'parcae[eval]'"
     )
+
+
+def test_harness_and_parcae_eval_score_the_same_items_alike(
+    model_dir, parcae_model, tokenizer, tmp_path, monkeypatch
+):
+    """The MC task through lm_eval and through `parcae eval`'s scorer: every option's
+    log-likelihood agrees, so both rank options alike (parcae by mean loss per token)."""
+    results = simple_evaluate(model_dir, tmp_path, monkeypatch, ["parcae_mc"])
+    samples = sorted(results["samples"]["parcae_mc"], key=lambda s: s["doc_id"])
+    docs = mc_docs()
+    # lm_eval scores " " + choice after the query: the space is part of each choice here too
+    items = [
+        MultipleChoiceItem(
+            f"Question: {d['question']}\nAnswer:", tuple(" " + c for c in d["choices"]), d["gold"]
+        )
+        for d in docs
+    ]
+    spec = TaskSpec("parcae_mc", "multiple_choice", HARNESS_DIR / "parcae_mc.jsonl", 0, "")
+    task = Task(spec, items)
+    prompted = prompt_task(task, tokenizer, parcae_model.config.context_length)
+    loss, _ = score_items(parcae_model, prompted, [3], 4, tokenizer.pad_id)[3]
+    counts = [len(s.tokens) - s.start for item in prompted for s in item.sequences]
+    ours = (-loss * torch.tensor(counts, dtype=torch.float64)).tolist()
+    theirs = [resp[0] for sample in samples for resp in sample["filtered_resps"]]
+    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-4)
+    harness_mean_rule = [
+        max(
+            range(len(s["filtered_resps"])),
+            key=lambda i: s["filtered_resps"][i][0] / len(tokenizer.encode(" " + d["choices"][i])),
+        )
+        for s, d in zip(samples, docs)
+    ]
+    accuracy = sum(p == d["gold"] for p, d in zip(harness_mean_rule, docs)) / len(docs)
+    [result] = evaluate_task(parcae_model, tokenizer, task, [3], progress=False)
+    assert result.accuracy == accuracy
