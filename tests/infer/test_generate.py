@@ -75,6 +75,24 @@ def test_eos_stops_rows_and_pads_after(parcae_model):
     assert stats.new_tokens == [first_eos + 1]
 
 
+def test_stop_ends_its_rows_and_pads_them(parcae_model):
+    prompts = [[5, 6, 7], [8, 9, 10]]
+    free = generate(parcae_model, prompts, 6, temperature=0)
+    seen = []
+
+    def first_row_after_two(token):
+        seen.append(token.tolist())
+        return torch.tensor([len(seen) >= 2, False])
+
+    stopped = generate(
+        parcae_model, prompts, 6, temperature=0, pad_token_id=299, stop=first_row_after_two
+    )
+    assert stopped.shape == free.shape
+    assert torch.equal(stopped[0, :5], free[0, :5]) and (stopped[0, 5:] == 299).all()
+    assert torch.equal(stopped[1], free[1])
+    assert len(seen) == 6
+
+
 def test_streamer_receives_prompt_then_each_token(parcae_model):
     class Recorder:
         def __init__(self):

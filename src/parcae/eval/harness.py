@@ -274,42 +274,32 @@ class ParcaeLM(TemplateLM):
                 f"until, max_gen_toks, do_sample, temperature, top_k, top_p"
             )
         watch = _StopWatch(self.tokenizer, until, len(prompts))
-        try:
-            generate(
-                self.model,
-                [prompt[-(self.max_length - max_new) :] for prompt in prompts],
-                max_new,
-                num_steps=self.num_steps,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                eos_token_id=self.tokenizer.eos_id,
-                pad_token_id=self.tokenizer.pad_id,
-                streamer=watch,
-            )
-        except _AllStopped:
-            pass
+        generate(
+            self.model,
+            [prompt[-(self.max_length - max_new) :] for prompt in prompts],
+            max_new,
+            num_steps=self.num_steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=self.tokenizer.eos_id,
+            pad_token_id=self.tokenizer.pad_id,
+            stop=watch,
+        )
         return [_cut(self.tokenizer.decode(tokens), until) for tokens in watch.rows]
 
 
-class _AllStopped(Exception):
-    """Raised by `_StopWatch` to end a generation whose every row is done."""
-
-
 class _StopWatch:
-    """A `parcae.generate` streamer that keeps each row's new tokens until the row produces EOS
-    (not kept) or one of the stop strings, and ends generation (`_AllStopped`) once every row
-    has."""
+    """The `stop` of `parcae.generate`: keeps each row's new tokens until the row produces EOS
+    (not kept) or one of the stop strings, and reports the rows that are done."""
 
     def __init__(self, tokenizer: Tokenizer, until: list[str], batch: int) -> None:
         self.tokenizer, self.until = tokenizer, until
         self.rows: list[list[int]] = [[] for _ in range(batch)]
         self.done = [False] * batch
 
-    def put(self, tokens: torch.Tensor) -> None:
-        """tokens: the prompts (B, P) once, then each step's new tokens (B,)."""
-        if tokens.dim() == 2:
-            return
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: one step's new tokens (B,) -> bool (B,) rows done."""
         for b, token in enumerate(tokens.tolist()):
             if self.done[b]:
                 continue
@@ -319,11 +309,7 @@ class _StopWatch:
             self.rows[b].append(token)
             text = self.tokenizer.decode(self.rows[b])
             self.done[b] = any(stop and stop in text for stop in self.until)
-        if all(self.done):
-            raise _AllStopped
-
-    def end(self) -> None:
-        pass
+        return torch.tensor(self.done)
 
 
 def _cut(text: str, until: list[str]) -> str:

@@ -11,7 +11,7 @@ make every row generate what it generates alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -127,6 +127,7 @@ def generate(
     cache_sharing: str | CacheSharing | None = None,
     use_cache: bool = True,
     stats: GenerationStats | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Continue each prompt by up to `max_new_tokens` tokens; returns int64 (B, P + N): the
     left-padded prompts then the new tokens (after a row's EOS, `pad_token_id`).
@@ -141,6 +142,8 @@ def generate(
     cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M` (see `parcae.model.cache`).
     use_cache=False recomputes the whole sequence for every token (the uncached baseline).
     stats: filled with what the call did.
+    stop: called with each step's new tokens (B,); returns bool (B,), the rows that are done
+    (a stop string appeared, say). A done row is padded from then on, as after EOS.
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     if pad_token_id is None:
@@ -195,6 +198,8 @@ def generate(
             streamer.put(token.cpu())
         if eos_token_id is not None:
             finished = finished | (token == eos_token_id)
+        if stop is not None:
+            finished = finished | stop(token).to(finished.device)
         if index == max_new_tokens - 1 or bool(finished.all()):
             break
         step_valid = torch.ones(batch, 1, dtype=torch.bool, device=ids.device)
