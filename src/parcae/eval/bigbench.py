@@ -46,13 +46,12 @@ import csv
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from parcae.data.recipes import cache_root, fetch_sdist
+from parcae.data.recipes import cache_root, fetch_sdist, local_or_fetched
 from parcae.errors import DataError
 from parcae.eval.tasks import LANGUAGE_MODELING, MULTIPLE_CHOICE
 
@@ -103,26 +102,21 @@ def _select_task_file(name: str) -> str | None:
 def bigbench_dir() -> Path:
     """Directory with one directory per BIG-bench task of `BIGBENCH_TASKS`:
     `$PARCAE_BIGBENCH_DIR`, the cache, or a fresh download of the sdist."""
-    override = os.environ.get(BIGBENCH_ENV)
-    if override:
-        directory = Path(override).expanduser()
-        problem = _missing_tasks(directory)
-        if problem:
-            raise DataError(f"${BIGBENCH_ENV}={override}: {problem}")
-        return directory
-    directory = cache_root() / "bigbench"
-    if directory.is_dir():
-        return directory
-    print(f"parcae: downloading {BIGBENCH_REQUIREMENT} (358 MB) into {directory}", file=sys.stderr)
-    return fetch_sdist(
-        BIGBENCH_REQUIREMENT,
-        BIGBENCH_SDIST,
-        BIGBENCH_SHA256,
-        _select_task_file,
-        _missing_tasks,
-        directory,
+    return local_or_fetched(
         BIGBENCH_ENV,
-        BIGBENCH_URL,
+        "bigbench",
+        _missing_tasks,
+        lambda directory: fetch_sdist(
+            BIGBENCH_REQUIREMENT,
+            BIGBENCH_SDIST,
+            BIGBENCH_SHA256,
+            _select_task_file,
+            _missing_tasks,
+            directory,
+            BIGBENCH_ENV,
+            BIGBENCH_URL,
+        ),
+        f"{BIGBENCH_REQUIREMENT} (358 MB)",
     )
 
 

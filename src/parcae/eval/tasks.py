@@ -15,10 +15,10 @@ A malformed line is refused with its file and line number.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from parcae.data.sources import iter_jsonl
 from parcae.errors import DataError
 
 MULTIPLE_CHOICE = "multiple_choice"
@@ -129,22 +129,10 @@ def read_items(path: Path, task_type: str, limit: int | None = None) -> list[Ite
     if not path.is_file():
         raise DataError(f"{path}: no such task file")
     items: list[Item] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if limit is not None and len(items) >= limit:
-                break
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{where}: not UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-            items.append(parse_item(record, task_type, where))
+    for where, record in iter_jsonl(path):
+        if limit is not None and len(items) >= limit:
+            break
+        items.append(parse_item(record, task_type, where))
     if not items:
         raise DataError(f"{path}: no items")
     return items
