@@ -2,13 +2,10 @@
 and a saved model directory (model + tokenizer.json) as `--model` takes it."""
 
 import pytest
-import torch
 
-import parcae
 from parcae.data.tokenizer import Tokenizer
 from tests.conftest import SHAKESPEARE_DIR
-
-TINY = dict(d_model=64, n_heads=2, ffn_dim=128, context_length=128)
+from tests.infer.conftest import tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -18,14 +15,8 @@ def tokenizer() -> Tokenizer:
 
 
 def make_model(preset: str, tokenizer: Tokenizer, **overrides):
-    """A tiny random model of `preset` for `tokenizer`, in eval mode (seeded)."""
-    torch.manual_seed(0)
-    model = parcae.create_model(preset, **{**TINY, "vocab_size": tokenizer.vocab_size, **overrides})
-    with torch.no_grad():  # identity-init blocks would make every token's keys alike
-        for name, parameter in model.named_parameters():
-            if name.endswith(("c_proj.weight", "mlp.proj.weight")):
-                parameter.normal_(std=0.05)
-    return model.eval()
+    """A tiny random model of `preset` for `tokenizer` (tests/infer's), 128 tokens of context."""
+    return tiny_model(preset, vocab_size=tokenizer.vocab_size, context_length=128, **overrides)
 
 
 @pytest.fixture(scope="session")
