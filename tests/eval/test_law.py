@@ -144,3 +144,10 @@ def test_laws_from_results_refuses_when_nothing_can_be_fitted():
     flat = {"bpb": {"1": 2.0, "2": 2.0, "4": 2.0}, "loss": {"1": 4.0, "2": 3.5}}
     with pytest.raises(DataError, match="bpb has 3 depths but .* at every depth"):
         laws_from_results(flat)
+
+
+def test_a_curve_that_saturates_at_once_is_flagged():
+    depths = [1, 2, 3, 4, 6, 8]
+    law = fit_depth_law(depths, [3.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+    assert law.saturated and law.l_inf == pytest.approx(2.0, abs=1e-6)
+    assert not fit_depth_law(depths, [2 + math.exp(-0.5 * t) for t in depths]).saturated

@@ -51,6 +51,7 @@ class DepthLaw:
     t95: float
     depths: tuple[int, ...]
     values: tuple[float, ...]
+    saturated: bool = False  # z at its upper bound: L_inf is reached between the first depths
 
     def predict(self, depths) -> np.ndarray:
         """L(T) at `depths` (any shape; a scalar gives a 0-d array), float64."""
@@ -58,7 +59,7 @@ class DepthLaw:
         return self.l_inf + self.amplitude * np.exp(-self.rate * t)
 
     def to_dict(self) -> dict:
-        """JSON-ready: metric, l_inf, Z, z, r2, t95, depths, values."""
+        """JSON-ready: metric, l_inf, Z, z, r2, t95, saturated, depths, values."""
         return {
             "metric": self.metric,
             "l_inf": self.l_inf,
@@ -66,6 +67,7 @@ class DepthLaw:
             "z": self.rate,
             "r2": self.r2,
             "t95": self.t95,
+            "saturated": self.saturated,
             "depths": list(self.depths),
             "values": list(self.values),
         }
@@ -121,6 +123,7 @@ def fit_depth_law(depths: Sequence[int], values: Sequence[float], metric: str = 
         t95=float(t0) + math.log(20.0) / z,
         depths=tuple(int(d) for d in t),
         values=tuple(float(v) for v in y),
+        saturated=bool(z >= hi * (1 - 1e-6)),
     )
 
 

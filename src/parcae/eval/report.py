@@ -64,4 +64,10 @@ def format_laws(laws: dict[str, DepthLaw]) -> str:
             f"{metric:<8}{law.l_inf:>12.5g}{law.amplitude:>12.5g}{law.rate:>12.5g}"
             f"{law.r2:>9.4f}{law.t95:>9.2f}"
         )
+    saturated = [metric for metric, law in laws.items() if law.saturated]
+    if saturated:
+        lines.append(
+            f"{', '.join(saturated)}: saturated between the first two depths; z is at its upper "
+            "bound (a lower bound on the true rate) and Z is not meaningful"
+        )
     return "\n".join(lines)
