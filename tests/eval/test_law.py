@@ -74,7 +74,17 @@ def test_predict_and_to_dict():
     assert predicted.shape == (2, 2)
     np.testing.assert_allclose(predicted, law_values(LOSS, grid), rtol=1e-6)
     record = json.loads(json.dumps(law.to_dict()))
-    assert set(record) == {"metric", "l_inf", "Z", "z", "r2", "t95", "depths", "values"}
+    assert set(record) == {
+        "metric",
+        "l_inf",
+        "Z",
+        "z",
+        "r2",
+        "t95",
+        "saturated",
+        "depths",
+        "values",
+    }
     assert record["metric"] == "bpb"
     assert record["Z"] == law.amplitude and record["z"] == law.rate
     assert record["depths"] == [1, 2, 4, 8]
