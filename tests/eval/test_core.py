@@ -2,6 +2,7 @@
 logits are set), few-shot sampling, truncation, centered accuracy and CORE, and the real tiny
 models batched, per depth and against a direct computation."""
 
+import json
 import math
 import string
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from parcae.errors import DataError
 from parcae.eval.core import (
     TaskResult,
     centered_accuracy,
@@ -29,6 +31,7 @@ from parcae.eval.tasks import (
     SchemaItem,
     Task,
     TaskSpec,
+    read_items,
 )
 from tests.eval.conftest import make_model
 
@@ -244,3 +247,15 @@ def test_a_fixed_depth_model_is_evaluated_once(gpt_model, tokenizer):
         == sum(p == item.gold for p, item in zip(predictions, mc_task().items)) / 6
     )
     assert not math.isnan(results[0].centered)
+
+
+def test_a_limit_spreads_the_items_over_the_file_and_every_line_is_checked(tmp_path):
+    path = tmp_path / "t.jsonl"
+    lines = [json.dumps({"context": f"c{i}", "continuation": f" {i}"}) for i in range(10)]
+    path.write_text("\n".join(lines) + "\n")
+    picked = read_items(path, "language_modeling", limit=3)
+    assert [item.context for item in picked] == ["c0", "c3", "c6"]
+    assert len(read_items(path, "language_modeling")) == 10
+    path.write_text("\n".join([*lines, '{"context": "late"}']) + "\n")
+    with pytest.raises(DataError, match="t.jsonl:11: missing field 'continuation'"):
+        read_items(path, "language_modeling", limit=3)

@@ -36,7 +36,12 @@ def register(subparsers) -> None:
     evaluate.add_argument(
         "--bundle", default=None, help="DCLM eval bundle directory (default: $PARCAE_EVAL_BUNDLE)"
     )
-    evaluate.add_argument("--max-per-task", type=int, default=None, help="first N items per task")
+    evaluate.add_argument(
+        "--max-per-task",
+        type=int,
+        default=None,
+        help="N items per task, spread evenly over its file",
+    )
     evaluate.add_argument(
         "--num-fewshot", type=int, default=None, help="override every task's few-shot count"
     )

@@ -125,19 +125,19 @@ def parse_item(record: object, task_type: str, where: str) -> Item:
 
 
 def read_items(path: Path, task_type: str, limit: int | None = None) -> list[Item]:
-    """The items of a jsonl file (blank lines skipped), the first `limit` if given."""
+    """The items of a jsonl file (blank lines skipped; every line is checked). With `limit`,
+    that many spread evenly over the file (item ⌊i·n/limit⌋ for i < limit), so that a task
+    merged from parts (BIG-bench subtasks) keeps their proportions."""
     if not path.is_file():
         raise DataError(f"{path}: no such task file")
-    items: list[Item] = []
-    for where, record in iter_jsonl(path):
-        if limit is not None and len(items) >= limit:
-            break
-        items.append(parse_item(record, task_type, where))
+    items = [parse_item(record, task_type, where) for where, record in iter_jsonl(path)]
     if not items:
         raise DataError(f"{path}: no items")
+    if limit is not None and limit < len(items):
+        items = [items[i * len(items) // limit] for i in range(limit)]
     return items
 
 
 def load_task(spec: TaskSpec, limit: int | None = None) -> Task:
-    """The task with its items read from `spec.data_path` (the first `limit`)."""
+    """The task with its items read from `spec.data_path` (`limit` of them, spread evenly)."""
     return Task(spec, read_items(spec.data_path, spec.task_type, limit))
