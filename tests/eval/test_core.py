@@ -259,3 +259,20 @@ def test_a_limit_spreads_the_items_over_the_file_and_every_line_is_checked(tmp_p
     path.write_text("\n".join([*lines, '{"context": "late"}']) + "\n")
     with pytest.raises(DataError, match="t.jsonl:11: missing field 'continuation'"):
         read_items(path, "language_modeling", limit=3)
+
+
+def test_shared_prefix_groups_mixing_full_length_and_long_options(parcae_model, tokenizer):
+    """A truncated item (options at the full context) grouped with an item of long options:
+    the right padding of the short rows must not run past the context."""
+    long_options = (" ".join(WORDS * 3), " ".join(reversed(WORDS * 3)))
+    items = [
+        MultipleChoiceItem("my lord " * 80 + "said", ("the king", "a fool"), 0),
+        MultipleChoiceItem("Who said", long_options, 1),
+    ]
+    t = task("multiple_choice", items, delimiter=" ")
+    prompted = prompt_task(t, tokenizer, parcae_model.config.context_length)
+    assert prompted[0].truncated and not prompted[1].truncated
+    shared = score_items(parcae_model, prompted, [2], 16, tokenizer.pad_id)[2]
+    sequences = [s for item in prompted for s in item.sequences]
+    alone = score_sequences(parcae_model, sequences, [2], 1, tokenizer.pad_id)[2]
+    torch.testing.assert_close(shared[0], alone[0], rtol=1e-5, atol=1e-5)

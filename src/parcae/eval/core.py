@@ -182,14 +182,17 @@ def _score_group(
     rest_width = max(len(rest.tokens) for rest in rests) - 1
     owners = torch.tensor([row for row, item in enumerate(items) for _ in item.sequences])
     rest_ids = torch.full((len(rests), rest_width), pad_id, dtype=torch.long)
+    rest_valid = torch.zeros(len(rests), rest_width, dtype=torch.bool)
     for row, rest in enumerate(rests):
         rest_ids[row, : len(rest.tokens) - 1] = torch.tensor(rest.tokens[1:])
+        rest_valid[row, : len(rest.tokens) - 1] = True
     cache = model.new_cache(len(items), width + rest_width, num_steps=depth)
     last = model(
         ids.to(device), cache=cache, attention_mask=valid.to(device), last_only=True
     ).logits
     cache.select_rows(owners.to(device))
-    logits = model(rest_ids.to(device), cache=cache).logits
+    # right padding marked invalid takes no position, so no row runs past the context
+    logits = model(rest_ids.to(device), cache=cache, attention_mask=rest_valid.to(device)).logits
     logits = torch.cat([last[owners.to(device)], logits[:, :-1]], dim=1)
     return _continuation_scores(logits, rests, model.config.vocab_size)
 
