@@ -165,6 +165,14 @@ def test_read_results_bad_input_is_one_line(tmp_path):
     rows = [point_row(point, status="failed")]
     with pytest.raises(DataError, match="no finished points"):
         read_results(write_csv(tmp_path / "none.csv", rows))
+    columns = [*COLUMNS, "mean_backprop_depth"]
+    with (tmp_path / "k.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerow(point_row(point, mean_backprop_depth=1))
+        writer.writerow(point_row(point, seed=1, mean_backprop_depth=2))
+    with pytest.raises(DataError, match=r"mean_recurrence=1 has several mean_backprop_depth.*1, 2"):
+        read_results(tmp_path / "k.csv")
     rows = [point_row(point, mean_recurrence=0)]
     with pytest.raises(DataError, match="mean_recurrence must be positive"):
         read_results(write_csv(tmp_path / "zero.csv", rows))
@@ -202,3 +210,17 @@ def test_load_fit_refuses_other_files(tmp_path):
     (tmp_path / "cut.json").write_text('{"law": "isoflop", "mu_rec": {}}')
     with pytest.raises(DataError, match="cut.json: not an isoflop fit"):
         load_fit(tmp_path / "cut.json")
+
+
+def test_reads_the_table_parcae_sweep_writes(tmp_path):
+    from parcae.scaling.sweep import COLUMNS as SWEEP_COLUMNS
+
+    points = synthetic_points()
+    with (tmp_path / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for point in points:
+            k = min(2, int(point.mean_recurrence))
+            writer.writerow(point_row(point, mean_backprop_depth=k, wall_seconds=1.5))
+    fit = fit_isoflop(read_results(tmp_path / "results.csv"), bootstrap=0)
+    assert fit.alpha == pytest.approx(ALPHA, rel=1e-6) and fit.points == len(points)

@@ -156,7 +156,8 @@ class IsoflopFit:
 
 def read_results(path: str | Path) -> list[Point]:
     """The finished (`status == "done"`) points of a sweep's results.csv, seeds of the same
-    (C, μ_rec) averaged, sorted by (C, μ_rec)."""
+    (C, μ_rec) averaged, sorted by (C, μ_rec). A (C, μ_rec) swept at several backprop depths
+    (a `mean_backprop_depth` column) is refused: its rows are not repeats."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such results file")
@@ -166,6 +167,7 @@ def read_results(path: str | Path) -> list[Point]:
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
         groups: dict[tuple[float, float], list[tuple[float, float]]] = defaultdict(list)
+        backprop: dict[tuple[float, float], set[str]] = defaultdict(set)
         for line, row in enumerate(reader, start=2):
             if row["status"].strip() != "done":
                 continue
@@ -183,8 +185,15 @@ def read_results(path: str | Path) -> list[Point]:
                     raise DataError(f"{path}:{line}: {column} must be positive, got {row[column]}")
             key = (values["flops_budget"], values["mean_recurrence"])
             groups[key].append((values["tokens"], values["val_loss"]))
+            backprop[key].add((row.get("mean_backprop_depth") or "").strip())
     if not groups:
         raise DataError(f"{path}: no finished points (no row with status done)")
+    for (c, mu), depths in backprop.items():
+        if len(depths) > 1:
+            raise DataError(
+                f"{path}: C={c:.3g}, mean_recurrence={mu:g} has several mean_backprop_depth "
+                f"values ({', '.join(sorted(depths))}); fit one backprop depth at a time"
+            )
     return [
         Point(
             c,

@@ -12,7 +12,8 @@ C0 = D0·F_train(μ0) with D0 = 20·N tokens (N its parameters), so
 
 The anchor is a heuristic, not a measurement: run a sweep and pass --fit for a real plan.
 
-The backprop depth keeps the preset's ratio: mean_backprop_depth = max(1, round(μ_rec·k0/μ0)).
+The backprop depth is the base's k0 capped at μ_rec, mean_backprop_depth = min(k0, μ_rec), as
+`parcae sweep` trains its points (so a plan trains like the points its fit came from).
 Training runs steps = round(D / (batch_size·seq_len)) steps, i.e. max_tokens = steps·batch·seq.
 Because μ* and D* are fitted separately, D·F_train(μ_rec) need not equal C; the plan reports the
 ratio. The model (for N and F_train) is the preset with the base config's model_overrides and
@@ -128,7 +129,7 @@ def plan_training(
             f"μ_rec={mu0} optimal at C0={flops0:.3g} with D0=20·N={tokens0:.3g}"
         )
     mean_recurrence = max(1, round(mu_exact))
-    backprop = max(1, round(mean_recurrence * k0 / mu0))
+    backprop = min(k0, mean_recurrence)
     model_overrides = {
         **base.model_overrides,
         "mean_recurrence": mean_recurrence,
