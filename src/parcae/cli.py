@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "parcae.train.commands",
     "parcae.infer.commands",
     "parcae.eval.commands",
+    "parcae.scaling.commands",
 )
 
 

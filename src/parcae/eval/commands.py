@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from parcae.errors import DataError
+from parcae.scaling.commands import register_fit_law
 
 
 def register(subparsers) -> None:
@@ -76,6 +77,7 @@ def register(subparsers) -> None:
     depth.add_argument("results", help="results JSON written by `parcae eval`")
     depth.add_argument("--out", default=None, help="directory for the plots and fit.json")
     depth.set_defaults(func=run_fit_depth)
+    register_fit_law(laws)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
