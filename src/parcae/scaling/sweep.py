@@ -256,8 +256,8 @@ def run_point(point: Point, config: TrainConfig, vocab_size: int) -> dict[str, A
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             config = TrainConfig.from_dict({**config.to_dict(), "resume": True})
-        plan = plan_point(config, vocab_size)
         result = train(config)
+        plan = plan_point(config, vocab_size)
         if result.interrupted_by is not None:
             raise RuntimeError(f"stopped by signal {result.interrupted_by}")
         final = next(r for r in result.final_eval if r.depth == point.mean_recurrence)
