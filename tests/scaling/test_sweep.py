@@ -7,6 +7,7 @@ import argparse
 import csv
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from parcae.scaling import sweep_commands
 from parcae.scaling.launchers import run_ray
 from parcae.scaling.sweep import COLUMNS, Point, load_sweep, plan_point, run_sweep
 from parcae.train.checkpoint import latest_checkpoint
-from parcae.train.loop import train
+from parcae.train.loop import TrainResult, train
 from tests.scaling.conftest import TINY_MODEL
 
 VOCAB = 400  # the tiny dataset's tokenizer
@@ -166,6 +167,18 @@ def test_failed_point_is_recorded_and_retried(write_sweep, tmp_path, monkeypatch
     assert len(calls) == 1 and calls[0].max_flops == 1e5
     rows = read_table(tmp_path / "sweep" / "results.csv")
     assert [row["status"] for row in rows] == ["done", "failed"]  # one row per point
+
+
+def test_a_signal_stops_the_sweep_and_leaves_the_point_to_resume(
+    write_sweep, tmp_path, monkeypatch
+):
+    def stopped(config):
+        return TrainResult(Path(config.out_dir), 2, 256, 0, [], None, interrupted_by=2)
+
+    monkeypatch.setattr(parcae.train.loop, "train", stopped)
+    with pytest.raises(KeyboardInterrupt, match="stopped by signal 2"):
+        run_sweep(load_sweep(write_sweep()))
+    assert read_table(tmp_path / "sweep" / "results.csv") == []
 
 
 def test_two_workers_and_ray_give_the_same_table(write_sweep, tmp_path):

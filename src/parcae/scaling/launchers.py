@@ -46,8 +46,11 @@ def run_local(fn: Callable, tasks: list[tuple], workers: int) -> Iterator[Any]:
             initargs=(threads,),
         ) as pool:
             futures = [pool.submit(fn, *task) for task in tasks]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            finally:  # on an error or Ctrl-C, start no more tasks
+                pool.shutdown(cancel_futures=True)
     finally:
         if saved is None:
             os.environ.pop("OMP_NUM_THREADS", None)

@@ -237,7 +237,8 @@ def plan_point(config: TrainConfig, vocab_size: int) -> dict[str, float | int]:
 
 def run_point(point: Point, config: TrainConfig, vocab_size: int) -> dict[str, Any]:
     """Train (or resume) one point and return its results row; an exception becomes a `failed`
-    row. A run dir without a checkpoint is cleared first, so a failed start leaves no records."""
+    row, a signal that stops training (which checkpoints) raises KeyboardInterrupt. A run dir
+    without a checkpoint is cleared first, so a failed start leaves no records."""
     from parcae.train.checkpoint import latest_checkpoint
     from parcae.train.loop import train
 
@@ -258,8 +259,8 @@ def run_point(point: Point, config: TrainConfig, vocab_size: int) -> dict[str, A
             config = TrainConfig.from_dict({**config.to_dict(), "resume": True})
         result = train(config)
         plan = plan_point(config, vocab_size)
-        if result.interrupted_by is not None:
-            raise RuntimeError(f"stopped by signal {result.interrupted_by}")
+        if result.interrupted_by is not None:  # Ctrl-C: stop the sweep, the point resumes
+            raise KeyboardInterrupt(f"{run_dir} stopped by signal {result.interrupted_by}")
         final = next(r for r in result.final_eval if r.depth == point.mean_recurrence)
         row.update(
             params=plan["params"],
