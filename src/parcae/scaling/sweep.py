@@ -10,7 +10,7 @@ A sweep file (YAML):
       mean_recurrence: [1, 2, 4, 8]
       seed: [0]                        # optional, default [0]
       mean_backprop_depth: [2]         # optional
-    out_dir: runs/isoflop-tiny         # like a training out_dir; default: beside this file
+    out_dir: runs/isoflop-tiny         # like a training out_dir; default: SWEEP.yaml less .yaml
 
 A point is (flops_budget, mean_recurrence, mean_backprop_depth, seed); its run lives in
 `out_dir/runs/C=<C>_mu=<μ>_seed=<s>` (with `_k=<k>` before the seed when the grid sets
