@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "parcae.infer.commands",
     "parcae.eval.commands",
     "parcae.scaling.commands",
+    "parcae.scaling.sweep_commands",
 )
 
 

@@ -59,17 +59,17 @@ def test_plan_from_a_fit_follows_the_power_laws(fit):
     mu = MU_PREFACTOR * flops**ALPHA  # 7.54
     tokens = TOKENS_PREFACTOR * flops**BETA
     assert plan.mu_exact == pytest.approx(mu, rel=1e-6)
-    assert plan.mean_recurrence == 8 and plan.mean_backprop_depth == 2  # parcae-tiny: k = 2
+    assert plan.mean_recurrence == 8 and plan.mean_backprop_depth == 4  # k = ⌈μ_rec / 2⌉
     assert plan.tokens_exact == pytest.approx(tokens, rel=1e-6)
     assert plan.steps == round(tokens / (12 * 256))
     assert plan.tokens == plan.steps * 12 * 256
-    config = preset_config("parcae-tiny", vocab_size=4096, mean_recurrence=8, mean_backprop_depth=2)
+    config = preset_config("parcae-tiny", vocab_size=4096, mean_recurrence=8, mean_backprop_depth=4)
     assert plan.flops_per_token == training_flops_per_token(config, 256)
     assert plan.params == create_model(config, device="meta").num_params()
     assert plan.compute_ratio == pytest.approx(plan.tokens * plan.flops_per_token / flops)
     assert not plan.extrapolated
     small = plan_training(1e14, fit=fit, batch_size=4, seq_len=128)
-    assert small.mean_recurrence == 3 and small.mean_backprop_depth == 2
+    assert small.mean_recurrence == 3 and small.mean_backprop_depth == 2  # ⌈3 / 2⌉
     assert small.tokens_exact == pytest.approx(1e8, rel=1e-6)
     assert small.steps == round(small.tokens_exact / (4 * 128))  # about 195312
 
@@ -106,7 +106,7 @@ def test_written_config_loads_and_trains_the_planned_steps(fit_json, tmp_path, c
     assert config.model_overrides == {
         "d_model": 96,
         "mean_recurrence": mu,
-        "mean_backprop_depth": 2,
+        "mean_backprop_depth": (mu + 1) // 2,
     }
     assert config.batch_size == 8 and config.seq_len == 256
     assert config.out_dir == "runs/planned" and config.lr == 0.01
@@ -133,10 +133,10 @@ def test_paper_anchor_without_a_fit():
     assert at_anchor.compute_ratio == pytest.approx(1.0, rel=1e-3)
     assert "anchored at parcae-tiny" in at_anchor.source and not at_anchor.extrapolated
     one = plan_training(1e9, overrides=["model_overrides.mean_backprop_depth=3"])
-    assert one.mean_recurrence == 1 and one.mean_backprop_depth == 1  # k = min(k0, μ_rec)
+    assert one.mean_recurrence == 1 and one.mean_backprop_depth == 1  # k = ⌈μ_rec / 2⌉
     bigger = plan_training(100 * flops0)
     assert bigger.mu_exact == pytest.approx(4.0 * 100**0.4)  # 25.2
-    assert bigger.mean_recurrence == 25 and bigger.mean_backprop_depth == 2
+    assert bigger.mean_recurrence == 25 and bigger.mean_backprop_depth == 13
     assert bigger.tokens_exact == pytest.approx(tokens0 * 100**0.78)
 
 

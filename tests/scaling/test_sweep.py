@@ -18,7 +18,14 @@ from parcae.model import preset_config
 from parcae.model.flops import training_flops_per_token
 from parcae.scaling import sweep_commands
 from parcae.scaling.launchers import run_ray
-from parcae.scaling.sweep import COLUMNS, Point, load_sweep, plan_point, run_sweep
+from parcae.scaling.sweep import (
+    COLUMNS,
+    Point,
+    default_backprop_depth,
+    load_sweep,
+    plan_point,
+    run_sweep,
+)
 from parcae.train.checkpoint import latest_checkpoint
 from parcae.train.loop import TrainResult, train
 from tests.scaling.conftest import TINY_MODEL
@@ -53,9 +60,9 @@ def test_grid_points_and_point_configs(write_sweep, tmp_path):
     sweep = load_sweep(write_sweep())
     points = sweep.points()
     assert [p.key for p in points] == [
-        (8e8, 2, 2, 0),
+        (8e8, 2, 1, 0),
         (8e8, 1, 1, 0),
-        (4e8, 2, 2, 0),
+        (4e8, 2, 1, 0),
         (4e8, 1, 1, 0),
     ]
     assert sweep.run_dir(points[0]) == tmp_path / "sweep" / "runs" / "C=8e+08_mu=2_seed=0"
@@ -91,14 +98,17 @@ def test_tokens_are_the_budget_over_training_flops(write_sweep):
             **TINY_MODEL,
             vocab_size=VOCAB,
             mean_recurrence=point.mean_recurrence,
-            mean_backprop_depth=min(2, point.mean_recurrence),
+            mean_backprop_depth=default_backprop_depth(point.mean_recurrence),
         )
         flops_per_token = training_flops_per_token(model, 32)
         assert plan["flops_per_token"] == pytest.approx(flops_per_token)
         ideal = point.flops_budget / flops_per_token
         assert ideal - tokens_per_step < plan["tokens"] <= ideal
         assert plan["tokens"] == plan["steps"] * tokens_per_step
-    plans = [plan_point(sweep.point_config(Point(3e9, mu, min(2, mu), 0)), VOCAB) for mu in (1, 4)]
+    plans = [
+        plan_point(sweep.point_config(Point(3e9, mu, default_backprop_depth(mu), 0)), VOCAB)
+        for mu in (1, 4)
+    ]
     assert plans[0]["tokens"] > plans[1]["tokens"]  # a deeper loop costs more per token
 
 

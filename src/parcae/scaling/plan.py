@@ -12,8 +12,8 @@ C0 = D0·F_train(μ0) with D0 = 20·N tokens (N its parameters), so
 
 The anchor is a heuristic, not a measurement: run a sweep and pass --fit for a real plan.
 
-The backprop depth is the base's k0 capped at μ_rec, mean_backprop_depth = min(k0, μ_rec), as
-`parcae sweep` trains its points (so a plan trains like the points its fit came from).
+The backprop depth is ⌈μ_rec/2⌉, as `parcae sweep` trains its points (so a plan trains like
+the points its fit came from).
 Training runs steps = round(D / (batch_size·seq_len)) steps, i.e. max_tokens = steps·batch·seq.
 Because μ* and D* are fitted separately, D·F_train(μ_rec) need not equal C; the plan reports the
 ratio. The model (for N and F_train) is the preset with the base config's model_overrides and
@@ -34,6 +34,7 @@ import yaml
 
 from parcae.errors import ConfigError
 from parcae.scaling.isoflop import PAPER_ALPHA, PAPER_BETA, IsoflopFit, load_fit
+from parcae.scaling.sweep import default_backprop_depth
 from parcae.train.config import BUDGET_KEYS, TrainConfig, apply_override, parse_override
 
 ANCHOR_TOKENS_PER_PARAM = 20.0  # D0 = 20·N at the preset's own μ_rec (no fit)
@@ -112,7 +113,7 @@ def plan_training(
     base_model, params, base_flops = _model_cost(base, base.model_overrides)
     if not base_model.is_looped:
         raise ConfigError(f"plan needs a looped (parcae) model, not {base.model!r}")
-    mu0, k0 = base_model.mean_recurrence, base_model.mean_backprop_depth
+    mu0 = base_model.mean_recurrence
 
     if fit is not None:
         mu_exact, tokens_exact = fit.mu_at(flops), fit.tokens_at(flops)
@@ -129,7 +130,7 @@ def plan_training(
             f"μ_rec={mu0} optimal at C0={flops0:.3g} with D0=20·N={tokens0:.3g}"
         )
     mean_recurrence = max(1, round(mu_exact))
-    backprop = min(k0, mean_recurrence)
+    backprop = default_backprop_depth(mean_recurrence)
     model_overrides = {
         **base.model_overrides,
         "mean_recurrence": mean_recurrence,

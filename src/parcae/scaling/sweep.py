@@ -17,10 +17,10 @@ A point is (flops_budget, mean_recurrence, mean_backprop_depth, seed); its run l
 mean_backprop_depth). Its training config is base + overrides, then: `max_flops=C` and no other
 budget (max_steps, max_tokens, tokens_per_param are cleared), `model_overrides.mean_recurrence=μ`,
 `model_overrides.mean_backprop_depth=k`, `eval_depths=[μ]`, `seed=s`, `out_dir` its run dir,
-no progress bar and no sample. k is the grid's value, else min(the base's k, μ): the sampler's
-mean depth is max(μ, k), so a k above μ would train deeper than μ (grid combinations with k > μ
-are left out). The run trains `total_steps` = C // (F_train · batch_size · seq_len) steps, so
-D = steps · batch_size · seq_len.
+no progress bar and no sample. k is the grid's value, else ⌈μ/2⌉ (`default_backprop_depth`,
+ARCHITECTURE §6.2); the sampler's mean depth is max(μ, k), so a k above μ would train deeper
+than μ (grid combinations with k > μ are left out). The run trains `total_steps` =
+C // (F_train · batch_size · seq_len) steps, so D = steps · batch_size · seq_len.
 
 Each finished point appends one row to `out_dir/results.csv` (COLUMNS); only this process writes
 it, workers return their rows. Re-running a sweep skips `done` points, resumes a point whose run
@@ -96,12 +96,12 @@ class Sweep:
     def points(self) -> list[Point]:
         """Every point of the grid, largest budget first, then deepest μ first."""
         given_k = self.grid.get("mean_backprop_depth")
-        base_k = base_backprop_depth(self.base)
+        check_looped(self.base)
         points = []
         for budget, mu, seed in itertools.product(
             self.grid["flops_budget"], self.grid["mean_recurrence"], self.grid["seed"]
         ):
-            for k in given_k or [min(base_k, mu)]:
+            for k in given_k or [default_backprop_depth(mu)]:
                 if k <= mu:
                     points.append(Point(budget, mu, k, seed))
         return sorted(points, key=lambda p: (-p.flops_budget, -p.mean_recurrence, *p.key[2:]))
@@ -137,16 +137,17 @@ class Sweep:
         return TrainConfig.from_dict(data)
 
 
-def base_backprop_depth(config: TrainConfig) -> int:
-    """The mean backprop depth of the base config's model (overrides, else its preset)."""
+def default_backprop_depth(mean_recurrence: int) -> int:
+    """μ_bwd = ⌈μ_rec / 2⌉, the isoFLOP protocol's backprop depth (ARCHITECTURE §6.2)."""
+    return max(1, math.ceil(mean_recurrence / 2))
+
+
+def check_looped(config: TrainConfig) -> None:
+    """Refuse a base config whose model has no loop to sweep."""
     from parcae.model import preset_config
 
-    if "mean_backprop_depth" in config.model_overrides:
-        return config.model_overrides["mean_backprop_depth"]
-    model = preset_config(config.model)
-    if not model.is_looped:
+    if not preset_config(config.model).is_looped:
         raise ConfigError(f"a sweep needs a looped model; {config.model!r} is not one")
-    return model.mean_backprop_depth
 
 
 def load_sweep(path: str | Path) -> Sweep:
