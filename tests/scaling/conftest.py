@@ -7,27 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.train.conftest import TINY_MODEL, data_dir  # noqa: F401 (data_dir is a fixture)
+from tests.train.conftest import TINY_MODEL, TINY_RUN, data_dir  # noqa: F401 (data_dir: a fixture)
 
 # The run of tests/train/conftest.py's tiny_config (64 wide, 4 x 32 tokens a step): a step is
 # about 0.9 MFLOPs/token x 128 tokens, so a budget of 4e8 buys 3 steps at μ_rec 1 and 2.
-TINY_OVERRIDES = dict(
-    model_overrides=dict(TINY_MODEL),
-    batch_size=4,
-    seq_len=32,
-    lr=0.02,
-    adam_lr=0.01,
-    warmup_steps=2,
-    eval_every=3,
-    eval_batches=2,
-    eval_batch_size=8,
-    final_eval_batches=2,
-    checkpoint_every=2,
-    muon_momentum_warmup_steps=4,
-    tensorboard=False,
-    device="cpu",
-    precision="fp32",
-)
+TINY_OVERRIDES = TINY_RUN
 TINY_GRID = dict(flops_budget=[4e8, 8e8], mean_recurrence=[1, 2], seed=[0])
 
 

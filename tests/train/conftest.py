@@ -24,30 +24,36 @@ def data_dir(plays_dir, tmp_path_factory) -> Path:
     return directory
 
 
+# the settings of a run that takes about a second (every field but the model, data and budget)
+TINY_RUN = dict(
+    model_overrides=dict(TINY_MODEL),
+    batch_size=4,
+    seq_len=32,
+    lr=0.02,
+    adam_lr=0.01,
+    warmup_steps=2,
+    eval_every=3,
+    eval_batches=2,
+    eval_batch_size=8,
+    final_eval_batches=2,
+    checkpoint_every=2,
+    muon_momentum_warmup_steps=4,
+    tensorboard=False,
+    device="cpu",
+    precision="fp32",
+)
+
+
 def tiny_config(data_dir: Path, out_dir: Path, **overrides) -> TrainConfig:
     """A run of a 64-wide Parcae on 32-token rows that takes about a second."""
     fields = dict(
         model="parcae-tiny",
-        model_overrides=dict(TINY_MODEL),
         data=str(data_dir),
         out_dir=str(out_dir),
         max_steps=6,
-        batch_size=4,
-        seq_len=32,
-        lr=0.02,
-        adam_lr=0.01,
-        warmup_steps=2,
-        eval_every=3,
-        eval_batches=2,
-        eval_batch_size=8,
-        final_eval_batches=2,
-        checkpoint_every=2,
-        muon_momentum_warmup_steps=4,
         progress=False,
-        tensorboard=False,
         sample_tokens=0,
-        device="cpu",
-        precision="fp32",
+        **{**TINY_RUN, "model_overrides": dict(TINY_MODEL)},  # a dict of its own per run
     )
     fields.update(overrides)
     return TrainConfig(**fields)
