@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "parcae.eval.commands",
     "parcae.scaling.commands",
     "parcae.scaling.sweep_commands",
+    "parcae.reproduce.commands",
 )
 
 

@@ -13,6 +13,7 @@ import parcae
 from parcae.model.flops import expected_depth
 from parcae.model.injection import DiagonalInjection
 from parcae.model.recurrence import DepthPlan, sample_depth_plan
+from parcae.train.evaluator import loop_diagnostics
 
 SMALL = dict(
     vocab_size=64,
@@ -240,7 +241,16 @@ def test_initial_injection_matches_the_spec():
     h = torch.randn(1, 2, 32)
     expected = math.sqrt(1 / 5) * h + 0.5 * math.log(5) * e
     torch.testing.assert_close(adapter.step(h, adapter.prepare(e)), expected)
-    assert parcae.create_model("rdm-tiny", **SMALL).spectral_radius() is None
+
+
+def test_linear_injection_spectral_radius_is_the_largest_eigenvalue_of_w_h():
+    model = parcae.create_model("rdm-tiny", **SMALL)
+    with torch.no_grad():
+        w_h = model.transformer.adapter.adapter.weight[:, :32]
+        w_h.copy_(torch.diag(torch.tensor([1.5, -2.0] + [0.1] * 30)))
+    assert model.transition().shape == (32, 32)
+    assert model.spectral_radius() == pytest.approx(2.0, abs=1e-5)
+    assert loop_diagnostics(model) == {"spectral_radius": pytest.approx(2.0, abs=1e-5)}
 
 
 def test_zoh_discretization_approaches_euler_for_small_steps():

@@ -38,7 +38,7 @@ def softplus_inverse(y: float) -> float:
 
 class Injection(nn.Module):
     """What the model asks of an injection: `prepare(e)` once, `step(h, prepared)` per loop
-    step, its init, its transition Ā (when it has a diagonal one) and its matmul cost."""
+    step, its init, its transition Ā (when it has a linear part) and its matmul cost."""
 
     @staticmethod
     def matmul_weights(state_dim: int, input_dim: int) -> tuple[int, int]:
@@ -49,7 +49,8 @@ class Injection(nn.Module):
         raise NotImplementedError
 
     def transition(self) -> Tensor | None:
-        """Ā (d_r,) of a diagonal linear part, else None."""
+        """Ā of the linear part `h -> Ā h`: (d_r,) when diagonal, (d_r, d_r) when full; None
+        when there is none to learn (the additive injection, Ā = I)."""
         return None
 
     def prepare(self, e: Tensor) -> Tensor:
@@ -124,6 +125,10 @@ class LinearInjection(Injection):
     def reset_parameters(self, std: float, orthogonal: bool) -> None:
         init_matrix_(self.adapter.weight, std, orthogonal)
 
+    def transition(self) -> Tensor:
+        """Ā = W_h (d_r, d_r), unconstrained: nothing keeps ρ(Ā) below 1."""
+        return self.adapter.weight[:, : self.state_dim]
+
     def prepare(self, e: Tensor) -> Tensor:
         return F.linear(e, self.adapter.weight[:, self.state_dim :])
 
@@ -149,6 +154,14 @@ class AdditiveInjection(Injection):
 
     def step(self, h: Tensor, prepared: Tensor) -> Tensor:
         return h + prepared
+
+
+def spectral_radius(transition: Tensor) -> float:
+    """ρ(Ā) = max |λ(Ā)|: max(Ā) for a diagonal (d_r,) Ā with entries in [0, 1), the largest
+    eigenvalue modulus for a full (d_r, d_r) one."""
+    if transition.ndim == 1:
+        return float(transition.abs().max())
+    return float(torch.linalg.eigvals(transition.detach().float()).abs().max())
 
 
 INJECTIONS: dict[str, type[Injection]] = {

@@ -20,7 +20,7 @@ from parcae.model.base import LanguageModel, TokenContext
 from parcae.model.cache import KVCache, LoopKV
 from parcae.model.config import ParcaeConfig
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
-from parcae.model.injection import build_injection
+from parcae.model.injection import build_injection, spectral_radius
 from parcae.model.layers import Block, RMSNorm
 from parcae.model.loop import (
     Active,
@@ -76,13 +76,15 @@ class Parcae(LanguageModel):
 
     @torch.no_grad()
     def transition(self) -> Tensor | None:
-        """Ā (d_r,) of the diagonal injection, every entry in (0, 1); None for the others."""
+        """Ā of the injection's linear part: (d_r,) for the diagonal injection, every entry in
+        (0, 1); (d_r, d_r) for the linear (RDM) one; None for the additive one."""
         return self.transformer.adapter.transition()
 
     def spectral_radius(self) -> float | None:
-        """ρ(Ā) = max(Ā) for the diagonal injection (< 1 by construction); None otherwise."""
+        """ρ(Ā): max(Ā) for the diagonal injection (< 1 by construction), the largest eigenvalue
+        modulus of W_h for the linear one (unbounded); None for the additive one."""
         transition = self.transition()
-        return None if transition is None else float(transition.max())
+        return None if transition is None else spectral_radius(transition)
 
     def sample_depth_plan(
         self, batch_size: int, seq_len: int, generator: torch.Generator | None = None, step: int = 0

@@ -1,7 +1,8 @@
 """Evaluation during training: validation loss and bits per byte at the eval depths
-(`parcae.eval.loss`), and the loop diagnostics of a diagonal injection Ā:
+(`parcae.eval.loss`), and the loop diagnostics of the injection's linear part Ā:
 
-    spectral_radius = ρ(Ā) = max(Ā)          transition_mean = mean(Ā)
+    spectral_radius = ρ(Ā) = max |λ(Ā)|      (max(Ā) for the diagonal injection)
+    transition_mean = mean(Ā)                (diagonal injection only)
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from parcae.eval.loss import EvalResult, default_depths, evaluate
+from parcae.model.injection import spectral_radius
 from parcae.train import distributed as dist
 from parcae.train.config import TrainConfig
 from parcae.train.data import TrainData
@@ -17,13 +19,16 @@ from parcae.train.model import TrainModel
 
 
 def loop_diagnostics(model: nn.Module) -> dict[str, float]:
-    """ρ(Ā) and mean(Ā) of a looped model's `transition()`; empty when its injection has no
-    diagonal transition (a collective under FSDP: call it on every rank)."""
+    """ρ(Ā) (and mean(Ā) when diagonal) of a looped model's `transition()`; empty when its
+    injection has no linear part (a collective under FSDP: call it on every rank)."""
     transition = model.transition()
     if transition is None:
         return {}
     transition = dist.full_tensor(transition)
-    return {"spectral_radius": float(transition.max()), "transition_mean": float(transition.mean())}
+    diagnostics = {"spectral_radius": spectral_radius(transition)}
+    if transition.ndim == 1:
+        diagnostics["transition_mean"] = float(transition.mean())
+    return diagnostics
 
 
 class Evaluator:

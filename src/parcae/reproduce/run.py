@@ -1,0 +1,262 @@
+"""`parcae reproduce run`: train (and evaluate) every run of a study, resumably.
+
+Runs live in `RUNS/<study>/<name>` (models, not committed); each finished run appends its record
+to `RESULTS/<study>.jsonl` (`records.run_record` plus the run's labels, status and wall time),
+rewritten atomically after every run. Re-running skips runs whose record is `done` or
+`diverged`, resumes a run whose directory holds a checkpoint and retries `failed` ones. S3's
+evaluations write `RESULTS/S3/<name>.json` (the `parcae eval` results) and S4 is the isoFLOP
+sweep, its table in `RESULTS/S4/results.csv`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parcae.errors import ConfigError, DataError, TrainingError
+from parcae.reproduce import studies
+from parcae.reproduce.records import REFERENCE, read_table, run_record, unigram_loss, write_table
+from parcae.reproduce.studies import RunSpec
+from parcae.train.config import TrainConfig
+
+Say = Callable[[str], None]
+FINISHED = ("done", "diverged")
+
+
+@dataclass
+class Workspace:
+    """Where a reproduction keeps its runs and its results, and what every run overrides (tests
+    point `overrides` at a tiny model and corpus)."""
+
+    runs: Path
+    results: Path
+    quick: bool = False
+    overrides: dict[str, Any] | None = None
+    say: Say = print
+
+    def table(self, study: str) -> Path:
+        return self.results / f"{study}.jsonl"
+
+
+def merged(config: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`config` with `overrides` over it, mappings (model_overrides) merged key by key."""
+    data = dict(config)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            value = {**data[key], **value}
+        data[key] = value
+    return data
+
+
+def run_config(spec: RunSpec, workspace: Workspace) -> TrainConfig:
+    """The spec's TrainConfig with the workspace's overrides, in its run directory."""
+    data = merged(spec.config, workspace.overrides)
+    data["out_dir"] = str(workspace.runs / spec.study / spec.name)
+    return TrainConfig.from_dict(data)
+
+
+def train_run(spec: RunSpec, workspace: Workspace) -> dict[str, Any]:
+    """Train (or resume) one run and return its record: status `done`, `diverged` (a non-finite
+    loss stopped it, or it ended above its first loss) or `failed` (any other error)."""
+    from parcae.scaling.sweep import plan_point
+    from parcae.train.checkpoint import latest_checkpoint
+    from parcae.train.loop import train
+
+    config = run_config(spec, workspace)
+    run_dir = Path(config.out_dir)
+    row: dict[str, Any] = dict(name=spec.name, **spec.labels)
+    started = time.perf_counter()
+    nonfinite_at = None
+    try:
+        if latest_checkpoint(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            config = TrainConfig.from_dict({**config.to_dict(), "resume": True})
+        try:
+            result = train(config)
+            if result.interrupted_by is not None:
+                raise KeyboardInterrupt(f"{run_dir} stopped by signal {result.interrupted_by}")
+        except TrainingError as error:
+            if "loss is" not in str(error):
+                raise
+            nonfinite_at = -1  # the step is filled in from the metrics below
+        from parcae.data.tokenizer import Tokenizer
+        from parcae.train.data import resolve_data_dir
+
+        vocab_size = Tokenizer.load(resolve_data_dir(config, prepare=False)).vocab_size
+        plan = plan_point(config, vocab_size)
+        record = run_record(run_dir, config.warmup_steps, nonfinite_at)
+        if nonfinite_at is not None:
+            record["nonfinite_at"] = record["steps_done"] + 1
+        row.update(params=plan["params"], flops_per_token=plan["flops_per_token"], **record)
+        row["status"] = "diverged" if record["diverged"] else "done"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:
+        row.update(status="failed", error=f"{type(error).__name__}: {' '.join(str(error).split())}")
+    row["wall_seconds"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+def write_reference(spec: RunSpec, workspace: Workspace) -> None:
+    """RESULTS/reference.json: the unigram loss of the runs' training split (once)."""
+    import json
+
+    from parcae.train.data import resolve_data_dir
+
+    path = workspace.results / REFERENCE
+    if path.is_file():
+        return
+    data_dir = resolve_data_dir(run_config(spec, workspace), prepare=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"unigram_loss": unigram_loss(data_dir)}, indent=1) + "\n")
+
+
+def run_specs(study: str, specs: list[RunSpec], workspace: Workspace) -> dict[str, dict]:
+    """Train every spec not yet finished, recording each; returns the table by run name."""
+    path = workspace.table(study)
+    if specs:
+        write_reference(specs[0], workspace)
+    rows = read_table(path)
+    todo = [s for s in specs if rows.get(s.name, {}).get("status") not in FINISHED]
+    workspace.say(f"{study}: {len(specs)} runs, {len(specs) - len(todo)} done, {len(todo)} to run")
+    for count, spec in enumerate(todo, 1):
+        row = train_run(spec, workspace)
+        rows[spec.name] = row
+        write_table(path, list(rows.values()))
+        outcome = row.get("error") or _outcome(row)
+        workspace.say(
+            f"{study}: [{count}/{len(todo)}] {spec.name}: {row['status']}, {outcome} "
+            f"({row['wall_seconds']:.0f} s)"
+        )
+    return rows
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    if row.get("nonfinite_at"):
+        return f"non-finite loss at step {row['nonfinite_at']}"
+    val = row.get("val_loss") or {}
+    deepest = max(val, key=lambda k: int(k) if k.isdigit() else 0) if val else None
+    text = f"train loss {row['final_train_loss']:.3f}, {row['spikes']} spikes"
+    if deepest is not None:
+        text += f", val loss {val[deepest]:.4f} at T={deepest}"
+    return text
+
+
+def best_learning_rates(workspace: Workspace) -> dict[str, float]:
+    """Each model's S1 learning rate with the lowest final validation loss (of the runs that
+    did not diverge); refuses when S1 has not been run."""
+    rows = read_table(workspace.table("S1")).values()
+    best: dict[str, tuple[float, float]] = {}
+    for row in rows:
+        if row.get("status") != "done" or not row.get("val_loss"):
+            continue
+        loss = min(row["val_loss"].values())
+        if row["model"] not in best or loss < best[row["model"]][0]:
+            best[row["model"]] = (loss, row["lr"])
+    missing = [m for m in ("parcae", "gpt") if m not in best]
+    if missing:
+        raise DataError(
+            f"S2 and S3 train at S1's best learning rates, and S1 has none for "
+            f"{', '.join(missing)} in {workspace.table('S1')}: run `parcae reproduce run "
+            "--study S1` first"
+        )
+    return {model: lr for model, (_, lr) in best.items()}
+
+
+def run_s3_evals(workspace: Workspace) -> None:
+    """`parcae eval` (bpb and BIG-bench) at T = 1..3·μ_rec, for S2's longest parcae runs and
+    S3's μ_rec = 8 run; each writes RESULTS/S3/<name>.json, skipped when complete."""
+    import json
+
+    from parcae.eval.run import EvalRequest, run_eval
+    from parcae.eval.selection import resolve_tasks
+
+    targets = []
+    for study in ("S2", "S3"):
+        rows = [r for r in read_table(workspace.table(study)).values() if r["model"] == "parcae"]
+        longest = max((r["steps"] for r in rows), default=None)
+        targets += [(study, r) for r in rows if r["steps"] == longest and r["status"] == "done"]
+    for study, row in targets:
+        out = workspace.results / "S3" / f"{row['name']}.json"
+        if out.is_file() and json.loads(out.read_text()).get("complete"):
+            continue
+        mu = row["mean_recurrence"]
+        started = time.perf_counter()
+        request = EvalRequest(
+            model=str(workspace.runs / study / row["name"] / "model"),
+            selection=resolve_tasks("bpb" if workspace.quick else "bpb,bigbench"),
+            depths=list(range(1, 3 * mu + 1)),
+            out=str(out),
+            max_per_task=studies.S3_MAX_PER_TASK,
+            progress=False,
+        )
+        run_eval(request)
+        results = json.loads(out.read_text())
+        results["wall_seconds"] = round(time.perf_counter() - started, 3)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        workspace.say(
+            f"S3: evaluated {row['name']} at T=1..{3 * mu} in {results['wall_seconds']:.0f} s"
+        )
+
+
+def run_s4(workspace: Workspace) -> None:
+    """The isoFLOP sweep (`studies.ISOFLOP_SWEEP`), its table copied to RESULTS/S4. Like the
+    other studies it starts from the stored table: points done there are not trained again."""
+    from parcae.scaling.sweep import RESULTS, load_sweep, run_sweep
+
+    if not Path(studies.ISOFLOP_SWEEP).is_file():
+        raise ConfigError(
+            f"S4 runs the sweep {studies.ISOFLOP_SWEEP}, a path in the parcae repository: "
+            "run `parcae reproduce run` from the repository's root"
+        )
+    sweep = load_sweep(studies.ISOFLOP_SWEEP)
+    sweep.out_dir = workspace.runs / "S4"
+    sweep.base = TrainConfig.from_dict(merged(sweep.base.to_dict(), workspace.overrides))
+    if workspace.quick:
+        sweep.grid = {**sweep.grid, "flops_budget": quick_budgets(sweep.base), "seed": [0]}
+    stored = workspace.results / "S4" / RESULTS
+    if stored.is_file() and not (sweep.out_dir / RESULTS).is_file():
+        sweep.out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stored, sweep.out_dir / RESULTS)
+    report = run_sweep(sweep, say=workspace.say)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sweep.out_dir / RESULTS, stored)
+    if report.failed:
+        workspace.say(f"S4: {report.failed} sweep points failed; see {stored}")
+
+
+def quick_budgets(config: TrainConfig) -> list[float]:
+    """Budgets of about 4, 8 and 16 steps at μ_rec = 1 (a smoke test of the sweep)."""
+    from parcae.data.tokenizer import Tokenizer
+    from parcae.model.flops import training_flops_per_token
+    from parcae.train.data import resolve_data_dir
+    from parcae.train.model import build_model_config
+
+    vocab_size = Tokenizer.load(resolve_data_dir(config, prepare=True)).vocab_size
+    shallow = merged(config.to_dict(), {"model_overrides": {"mean_recurrence": 1}})
+    model_config = build_model_config(TrainConfig.from_dict(shallow), vocab_size)
+    step = training_flops_per_token(model_config, config.seq_len) * config.batch_size
+    step *= config.seq_len
+    return [4 * step, 8 * step, 16 * step]
+
+
+def run_study(study: str, workspace: Workspace) -> float:
+    """Run one study (S1..S4); returns the seconds it took this time."""
+    if study not in studies.STUDIES:
+        raise ConfigError(f"unknown study {study!r}; choose one of {', '.join(studies.STUDIES)}")
+    started = time.perf_counter()
+    if study == "S1":
+        run_specs("S1", studies.s1_runs(workspace.quick), workspace)
+    elif study == "S2":
+        run_specs("S2", studies.s2_runs(best_learning_rates(workspace), workspace.quick), workspace)
+    elif study == "S3":
+        run_specs("S3", studies.s3_runs(best_learning_rates(workspace), workspace.quick), workspace)
+        run_s3_evals(workspace)
+    else:
+        run_s4(workspace)
+    return time.perf_counter() - started
