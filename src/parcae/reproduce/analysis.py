@@ -204,6 +204,8 @@ def quality(results: Path) -> Quality:
 
 # ------------------------------------------------------------------------------------------ S3
 
+TASKS_SUFFIX = "-bigbench"
+
 
 @dataclass
 class DepthStudy:
@@ -226,16 +228,26 @@ def _law(metric: str, values: dict[int, float]) -> DepthLaw | None:
         return None
 
 
+def _complete(path: Path) -> dict:
+    """A complete `parcae eval` results file, else {}."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data if data.get("complete") else {}
+
+
 def depth_studies(results: Path) -> list[DepthStudy]:
+    """S3's models: bpb from <name>.json, BIG-bench from <name>-bigbench.json when present."""
     studies = []
     for path in sorted((results / "S3").glob("*.json")):
-        data = json.loads(path.read_text())
-        if not data.get("complete"):
+        data = _complete(path)
+        if not data or path.stem.endswith(TASKS_SUFFIX):
             continue
+        scored = _complete(path.with_name(path.stem + TASKS_SUFFIX + ".json"))
         bpb = {int(k): v for k, v in data.get("bpb", {}).items()}
-        core = {int(k): v for k, v in data.get("core", {}).items()}
+        core = {int(k): v for k, v in scored.get("core", {}).items()}
         tasks: dict[str, dict[int, float]] = {}
-        for result in data.get("results", []):
+        for result in scored.get("results", []):
             tasks.setdefault(result["task"], {})[int(result["depth"])] = result["centered"]
         studies.append(
             DepthStudy(
@@ -246,7 +258,8 @@ def depth_studies(results: Path) -> list[DepthStudy]:
                 tasks=tasks,
                 bpb_law=_law("bpb", bpb) if bpb else None,
                 core_law=_law("core", core) if core else None,
-                wall_seconds=float(data.get("wall_seconds", 0.0)),
+                wall_seconds=float(data.get("wall_seconds", 0.0))
+                + float(scored.get("wall_seconds", 0.0)),
             )
         )
     return sorted(studies, key=lambda s: (s.mean_recurrence, s.name))

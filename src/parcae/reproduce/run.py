@@ -169,39 +169,47 @@ def best_learning_rates(workspace: Workspace) -> dict[str, float]:
 
 
 def run_s3_evals(workspace: Workspace) -> None:
-    """`parcae eval` (bpb and BIG-bench) at T = 1..3·μ_rec, for S2's longest parcae runs and
-    S3's μ_rec = 8 run; each writes RESULTS/S3/<name>.json, skipped when complete."""
+    """`parcae eval` of S2's parcae runs of S3_STEPS (μ_rec = 4) and S3's μ_rec = 8 run: bpb at
+    every T = 1..3·μ_rec into RESULTS/S3/<name>.json, and for seed 0 the BIG-bench tasks at
+    `studies.task_depths(μ_rec)` into <name>-bigbench.json; a complete file is not redone."""
+    steps = 6 if workspace.quick else studies.S3_STEPS
+    targets = [
+        (study, row)
+        for study in ("S2", "S3")
+        for row in read_table(workspace.table(study)).values()
+        if row["model"] == "parcae" and row["steps"] == steps and row["status"] == "done"
+    ]
+    for study, row in targets:
+        mu, model = row["mean_recurrence"], workspace.runs / study / row["name"] / "model"
+        evaluate_into(workspace, model, f"{row['name']}.json", "bpb", range(1, 3 * mu + 1))
+        if row["seed"] == 0 and not workspace.quick:
+            depths = studies.task_depths(mu)
+            evaluate_into(workspace, model, f"{row['name']}-bigbench.json", "bigbench", depths)
+
+
+def evaluate_into(workspace: Workspace, model: Path, name: str, tasks: str, depths) -> None:
+    """Run `parcae eval` into RESULTS/S3/`name` (its wall time added), unless complete."""
     import json
 
     from parcae.eval.run import EvalRequest, run_eval
     from parcae.eval.selection import resolve_tasks
 
-    targets = []
-    for study in ("S2", "S3"):
-        rows = [r for r in read_table(workspace.table(study)).values() if r["model"] == "parcae"]
-        longest = max((r["steps"] for r in rows), default=None)
-        targets += [(study, r) for r in rows if r["steps"] == longest and r["status"] == "done"]
-    for study, row in targets:
-        out = workspace.results / "S3" / f"{row['name']}.json"
-        if out.is_file() and json.loads(out.read_text()).get("complete"):
-            continue
-        mu = row["mean_recurrence"]
-        started = time.perf_counter()
-        request = EvalRequest(
-            model=str(workspace.runs / study / row["name"] / "model"),
-            selection=resolve_tasks("bpb" if workspace.quick else "bpb,bigbench"),
-            depths=list(range(1, 3 * mu + 1)),
-            out=str(out),
-            max_per_task=studies.S3_MAX_PER_TASK,
-            progress=False,
-        )
-        run_eval(request)
-        results = json.loads(out.read_text())
-        results["wall_seconds"] = round(time.perf_counter() - started, 3)
-        out.write_text(json.dumps(results, indent=1) + "\n")
-        workspace.say(
-            f"S3: evaluated {row['name']} at T=1..{3 * mu} in {results['wall_seconds']:.0f} s"
-        )
+    out = workspace.results / "S3" / name
+    if out.is_file() and json.loads(out.read_text()).get("complete"):
+        return
+    started = time.perf_counter()
+    request = EvalRequest(
+        model=str(model),
+        selection=resolve_tasks(tasks),
+        depths=list(depths),
+        out=str(out),
+        max_per_task=studies.S3_MAX_PER_TASK,
+        progress=False,
+    )
+    results = run_eval(request)
+    results["wall_seconds"] = round(time.perf_counter() - started, 3)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    workspace.say(f"S3: {name}: {tasks} at T={list(depths)} in {results['wall_seconds']:.0f} s")
 
 
 def run_s4(workspace: Workspace) -> None:

@@ -7,9 +7,11 @@ bf16 autocast where the CPU has it. The studies:
 - S1, stability: AdamW (every parameter at the same lr) for parcae, rdm (linear injection, no
   prelude norm) and gpt at 6 learning rates over 1.5 decades, 150 steps, evaluated every 25
   steps (val loss, ρ(Ā), state norm at T = μ_rec).
-- S2, quality: parcae and gpt at their best S1 learning rate, 3 seeds, at 200 and 600 steps.
+- S2, quality: parcae and gpt at their best S1 learning rate, 3 seeds, at 200, 600 and 1200
+  steps.
 - S3, the test-time law: parcae at μ_rec = 4 (S2's 600-step runs) and μ_rec = 8 (trained here),
-  evaluated by `parcae eval` at T = 1..3·μ_rec with the depth-law fit.
+  bpb by `parcae eval` at T = 1..3·μ_rec with the depth-law fit, and the BIG-bench tasks (seed
+  0) at the `task_depths`.
 - S4, isoFLOP: the `configs/sweeps/isoflop-tiny.yaml` sweep (parcae-tiny, 3 budgets x 4 μ_rec).
 
 `--quick` shrinks every study to a smoke test (a few steps, fewer points) that checks the
@@ -27,10 +29,11 @@ MICRO = {"d_model": 128, "ffn_dim": 512, "n_heads": 2}
 MODELS = {"parcae": "parcae-tiny", "rdm": "rdm-tiny", "gpt": "gpt-tiny"}
 S1_LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)  # 32x = 1.5 decades
 S1_STEPS = 150
-S2_STEPS = (200, 600)
+S2_STEPS = (200, 600, 1200)
+S3_STEPS = 600  # S3's models: S2's parcae runs of this length (μ_rec = 4) and one at μ_rec = 8
 SEEDS = (0, 1, 2)
 S3_RECURRENCES = (4, 8)
-S3_MAX_PER_TASK = 200  # BIG-bench items per task at each depth
+S3_MAX_PER_TASK = 100  # BIG-bench items per task at each depth
 ISOFLOP_SWEEP = "configs/sweeps/isoflop-tiny.yaml"
 
 # every run: TrainConfig keys (the model and its budget are the run's own)
@@ -111,7 +114,14 @@ def s2_runs(best_lr: dict[str, float], quick: bool) -> list[RunSpec]:
     ]
 
 
+def task_depths(mean_recurrence: int) -> list[int]:
+    """The depths S3 scores the BIG-bench tasks at: powers of two up to 3·μ_rec, and 3·μ_rec
+    (the tasks cost a forward per depth; bpb is measured at every depth in one)."""
+    last = 3 * mean_recurrence
+    return sorted({2**k for k in range(last.bit_length()) if 2**k <= last} | {last})
+
+
 def s3_runs(best_lr: dict[str, float], quick: bool) -> list[RunSpec]:
-    """The μ_rec = 8 model (μ_rec = 4 is S2's longest parcae run, evaluated by S3)."""
-    steps = 6 if quick else max(S2_STEPS)
+    """The μ_rec = 8 model (the μ_rec = 4 ones are S2's runs of S3_STEPS)."""
+    steps = 6 if quick else S3_STEPS
     return [training_run("S3", "parcae", best_lr["parcae"], 0, steps, mean_recurrence=8)]
