@@ -8,11 +8,14 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
+import parcae
 from parcae.cli import main
 from parcae.errors import DataError
 from parcae.reproduce import analysis, verdicts
 from parcae.reproduce.analysis import QualityCell, Stat
+from parcae.reproduce.diagnostics import state_norms
 from parcae.reproduce.document import Report
 from parcae.reproduce.prose import prose
 from parcae.reproduce.records import count_spikes, read_table, run_record, status
@@ -65,6 +68,19 @@ def test_a_non_finite_loss_is_a_divergence_without_a_final_evaluation(tmp_path):
     assert record["diverged"] and "val_loss" not in record
 
 
+def test_state_norms_grow_by_rho_through_an_unstable_loop_and_settle_in_a_stable_one():
+    torch.manual_seed(0)
+    small = dict(TINY_MODEL, vocab_size=64, context_length=16)
+    ids = torch.randint(0, 64, (2, 16))
+    rdm = parcae.create_model("rdm-tiny", **small).eval()
+    with torch.no_grad():  # W_h = 3 I: the state triples every step
+        rdm.transformer.adapter.adapter.weight[:, :64].copy_(3 * torch.eye(64))
+    norms = state_norms(rdm, ids, depth=8)
+    assert len(norms) == 9 and norms[-1] / norms[-2] == pytest.approx(3.0, rel=0.05)
+    stable = state_norms(parcae.create_model("parcae-tiny", **small).eval(), ids, depth=8)
+    assert stable[-1] / stable[-2] == pytest.approx(1.0, abs=0.1)
+
+
 def _cell(model: str, mean: float, std: float, flops: float = 1.0, steps: int = 10) -> QualityCell:
     loss = Stat(mean, std, 3)
     return QualityCell(steps, model, 0.01, 100, flops, 10, loss, loss, loss, loss)
@@ -110,6 +126,9 @@ def test_quick_studies_record_every_run(quick):
         assert len(row["train_loss"]) == 6 and row["params"] > 0
     rdm = next(r for r in s1.values() if r["model"] == "rdm")
     assert all(x is not None and x > 0 for x in rdm["spectral_radius"])  # ρ(W_h) is tracked
+    trace = next(r for r in s1.values() if r["model"] == "parcae")["loop_trace"]
+    assert trace["depth"] == 8 and len(trace["state_norm"]) == 9 and trace["spectral_radius"] < 1
+    assert "loop_trace" not in next(r for r in s1.values() if r["model"] == "gpt")
     assert json.loads((quick.results / "reference.json").read_text())["unigram_loss"] > 0
     best = best_learning_rates(quick)
     s2 = read_table(quick.table("S2"))

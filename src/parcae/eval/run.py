@@ -84,7 +84,8 @@ def validation_dir(model_path: str, data: str | None) -> Path:
     )
 
 
-def _run_seq_len(model_path: str) -> int | None:
+def run_seq_len(model_path: str) -> int | None:
+    """The seq_len of the training run `model_path` was saved by (None outside a run)."""
     config_path = resolve_model_dir(model_path).parent / "config.yaml"
     if not config_path.is_file():
         return None
@@ -147,7 +148,7 @@ def run_eval(request: EvalRequest) -> dict:
     write_results(out, results)
     if data_dir is not None:
         seq_len = min(
-            request.seq_len or _run_seq_len(request.model) or config.context_length,
+            request.seq_len or run_seq_len(request.model) or config.context_length,
             config.context_length,
         )
         batches = iter_eval_batches(

@@ -70,7 +70,16 @@ class LrPoint:
     max_spectral_radius: float | None
     final_state_norm: float | None
     max_state_norm: float | None
+    trace: list[float] | None  # ‖h_t‖, t = 0..2·μ_rec, of the trained model (diagnostics)
     row: dict[str, Any] = field(repr=False)
+
+    @property
+    def growth(self) -> float | None:
+        """‖h_T‖ / ‖h_{T-1}‖ at the end of the trace: about ρ(Ā) when the loop is unstable,
+        about 1 when it has settled."""
+        if not self.trace or len(self.trace) < 3 or self.trace[-2] == 0:
+            return None
+        return self.trace[-1] / self.trace[-2]
 
 
 @dataclass
@@ -129,6 +138,7 @@ def stability(results: Path) -> Stability:
                 max_spectral_radius=max(radius) if radius else None,
                 final_state_norm=norms[-1] if norms else None,
                 max_state_norm=max(norms) if norms else None,
+                trace=(row.get("loop_trace") or {}).get("state_norm"),
                 row=row,
             )
         )

@@ -35,9 +35,17 @@ def register(subparsers) -> None:
         "--quick", action="store_true", help="a smoke test of the plumbing: a few steps, fewer runs"
     )
     run.add_argument(
-        "--runs", default="runs/reproduce", help="where the runs (models, checkpoints) go"
+        "--runs",
+        default=None,
+        help="where the runs (models, checkpoints) go (default runs/reproduce, with --quick "
+        "runs/reproduce-quick)",
     )
-    run.add_argument("--results", default=RESULTS, help=f"the results tables (default {RESULTS})")
+    run.add_argument(
+        "--results",
+        default=None,
+        help=f"the results tables (default {RESULTS}; with --quick RUNS/results, so that a "
+        "smoke test never mixes with the stored results)",
+    )
     run.set_defaults(func=run_command)
     report = actions.add_parser(
         "report",
@@ -52,7 +60,9 @@ def register(subparsers) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from parcae.reproduce.run import Workspace, run_study
 
-    workspace = Workspace(Path(args.runs), Path(args.results), quick=args.quick)
+    runs = Path(args.runs or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
+    results = Path(args.results or (runs / "results" if args.quick else RESULTS))
+    workspace = Workspace(runs, results, quick=args.quick)
     for study in args.study or ["S1", "S2", "S3", "S4"]:
         seconds = run_study(study, workspace)
         print(f"{study}: finished in {seconds / 60:.1f} min")

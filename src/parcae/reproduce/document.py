@@ -64,6 +64,7 @@ class Report:
                 figures.s1_learning_rates(self.s1, self.unigram, directory / "S1-lr.png"),
                 figures.s1_curves(self.s1, directory / "S1-loss-curves.png"),
                 figures.s1_dynamics(self.s1, directory / "S1-loop-dynamics.png"),
+                figures.s1_through_depth(self.s1, directory / "S1-through-depth.png"),
             ]
         if self.s2.cells:
             self.figures["S2"] = [figures.s2_quality(self.s2, directory / "S2-quality.png")]
@@ -155,6 +156,7 @@ class Report:
                         _num(p.max_spectral_radius, 3),
                         _num(p.max_state_norm, 1),
                         _num(p.final_state_norm, 1),
+                        _num(p.growth, 2),
                         status,
                     ]
                 )
@@ -171,6 +173,7 @@ class Report:
             "max ρ(Ā)",
             "max ‖h‖",
             "final ‖h‖",
+            "‖h_2μ‖/‖h_2μ−1‖",
             "status",
         ]
         lines = [_table(header, self.s1_rows()), ""]

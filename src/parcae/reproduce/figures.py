@@ -61,7 +61,7 @@ def s1_learning_rates(data: Stability, unigram: float | None, path: Path) -> Pat
     axis.set_xlabel("AdamW learning rate")
     axis.set_ylabel("final validation loss (T = μ_rec)")
     if unigram is not None:
-        axis.axhline(unigram, color="gray", ls="--", lw=0.8, label="unigram loss")
+        axis.axhline(unigram, color="gray", ls="--", lw=0.8, label="unigram loss (train split)")
     axis.set_title("S1: stability (○ stalled at the unigram loss, ✕ diverged)")
     axis.grid(alpha=0.3, which="both")
     axis.legend()
@@ -113,6 +113,34 @@ def s1_dynamics(data: Stability, path: Path) -> Path:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3, which="both")
     norm.legend(fontsize=6, ncol=2)
+    return _save(figure, path)
+
+
+def s1_through_depth(data: Stability, path: Path) -> Path:
+    """The trained looped models' state norm ‖h_t‖ against the loop step t (to 2·μ_rec)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    styles = {"parcae": "o-", "rdm": "s--"}
+    for model in [m for m in data.models() if m in styles]:
+        points = [p for p in data.of(model) if p.trace]
+        colors = plt.cm.plasma(np.linspace(0, 0.85, max(len(data.of(model)), 1)))
+        for point, color in zip(points, colors):
+            axis.plot(
+                range(len(point.trace)),
+                point.trace,
+                styles[model],
+                color=color,
+                ms=3,
+                lw=1.2,
+                label=f"{model} lr {point.lr:g}",
+            )
+    axis.set_yscale("log")
+    axis.set_xlabel("loop step t")
+    axis.set_ylabel("mean ‖h_t‖ over tokens")
+    axis.set_title("S1: the state through depth (— parcae, -- rdm)")
+    axis.grid(alpha=0.3, which="both")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=6, ncol=2)
     return _save(figure, path)
 
 

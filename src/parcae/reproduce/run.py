@@ -147,6 +147,21 @@ def _outcome(row: dict[str, Any]) -> str:
     return text
 
 
+def trace_loops(study: str, workspace: Workspace) -> None:
+    """Add `loop_trace` (‖h_t‖ for t = 0..2·μ_rec, `diagnostics.loop_trace`) to each finished
+    looped run of `study` that has a saved model and no trace yet."""
+    from parcae.reproduce.diagnostics import loop_trace
+
+    path = workspace.table(study)
+    rows = read_table(path)
+    for name, row in rows.items():
+        model_dir = workspace.runs / study / name / "model"
+        if row.get("mean_recurrence") is None or "loop_trace" in row or not model_dir.is_dir():
+            continue
+        row["loop_trace"] = loop_trace(model_dir, 2 * row["mean_recurrence"])
+        write_table(path, list(rows.values()))
+
+
 def best_learning_rates(workspace: Workspace) -> dict[str, float]:
     """Each model's S1 learning rate with the lowest final validation loss (of the runs that
     did not diverge); refuses when S1 has not been run."""
@@ -260,6 +275,7 @@ def run_study(study: str, workspace: Workspace) -> float:
     started = time.perf_counter()
     if study == "S1":
         run_specs("S1", studies.s1_runs(workspace.quick), workspace)
+        trace_loops("S1", workspace)
     elif study == "S2":
         run_specs("S2", studies.s2_runs(best_learning_rates(workspace), workspace.quick), workspace)
     elif study == "S3":
