@@ -61,6 +61,7 @@ def deepest(values: dict[str, float]) -> float:
 class LrPoint:
     model: str
     lr: float
+    seed: int
     status: str  # done, stalled, diverged, failed (records.status)
     val_loss: float | None  # at T = μ_rec (a GPT: its own depth)
     final_train_loss: float | None
@@ -90,23 +91,38 @@ class Stability:
         return list(dict.fromkeys(p.model for p in self.points))
 
     def of(self, model: str) -> list[LrPoint]:
-        return sorted((p for p in self.points if p.model == model), key=lambda p: p.lr)
+        """`model`'s runs by learning rate, then seed."""
+        return sorted((p for p in self.points if p.model == model), key=lambda p: (p.lr, p.seed))
+
+    def lrs(self, model: str) -> list[float]:
+        return sorted({p.lr for p in self.points if p.model == model})
+
+    def at(self, model: str, lr: float) -> list[LrPoint]:
+        return [p for p in self.of(model) if p.lr == lr]
 
     def best_lr(self, model: str) -> float | None:
-        trained = [p for p in self.of(model) if p.status == "done" and p.val_loss is not None]
+        """The lr of the lowest seed-0 validation loss among runs that trained (the sweep is
+        seed 0; the other seeds measure noise at a few rates)."""
+        trained = [p for p in self.of(model) if p.seed == 0 and p.status == "done" and p.val_loss]
         return min(trained, key=lambda p: p.val_loss).lr if trained else None
 
     def largest_stable_lr(self, model: str) -> float | None:
-        """The largest lr below which no run diverged (None when the smallest diverged)."""
+        """The largest lr at and below which every run trained (`done`); None when the
+        smallest did not."""
         stable = None
-        for point in self.of(model):
-            if point.status != "done":
+        for lr in self.lrs(model):
+            if any(p.status != "done" for p in self.at(model, lr)):
                 break
-            stable = point.lr
+            stable = lr
         return stable
 
-    def diverged_lrs(self, model: str) -> list[float]:
-        return [p.lr for p in self.of(model) if p.status == "diverged"]
+    def lrs_with(self, model: str, status: str) -> list[float]:
+        """The learning rates at which some run of `model` ended with `status`."""
+        return [lr for lr in self.lrs(model) if any(p.status == status for p in self.at(model, lr))]
+
+    def val_loss(self, model: str, lr: float) -> Stat:
+        """The final validation loss over the seeds that did not diverge."""
+        return Stat.of([p.val_loss for p in self.at(model, lr) if p.status != "diverged"])
 
 
 def _finite(values: list) -> list[float]:
@@ -129,6 +145,7 @@ def stability(results: Path) -> Stability:
             LrPoint(
                 model=row["model"],
                 lr=row["lr"],
+                seed=row["seed"],
                 status=row["status"] if row["status"] == "failed" else status(row, unigram),
                 val_loss=deepest(val) if val else None,
                 final_train_loss=row.get("final_train_loss"),

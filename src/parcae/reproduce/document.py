@@ -12,8 +12,9 @@ from parcae.reproduce import analysis, figures, verdicts
 from parcae.reproduce.analysis import DepthStudy, Isoflop, Quality, Stability
 
 PAPER = {
-    "S1": "Parcae trains at learning rates where prior looped recipes (additive or "
-    "concatenation injection) diverge; ρ(Ā) < 1 by construction",
+    "S1a": "ρ(Ā) < 1 by construction keeps the loop stable; prior recipes' ρ(Ā) can exceed 1",
+    "S1b": "Parcae trains at learning rates where prior looped recipes (additive or "
+    "concatenation injection) diverge",
     "S2": "at equal parameters and data Parcae beats the Transformer (770M Parcae ≈ 1.3B "
     "Transformer)",
     "S3": "L(T) = L_inf + Z·exp(−z·T) fits test-time depth; gains saturate near μ_rec",
@@ -26,8 +27,19 @@ def _lr(value: float | None) -> str:
     return "none" if value is None else f"{value:g}"
 
 
+def _lrs(values: list[float]) -> str:
+    return ", ".join(f"{x:g}" for x in values) or "none"
+
+
 def _num(value: float | None, digits: int = 4) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _norm(value: float | None) -> str:
+    """A state norm: one decimal, or 3 significant digits in e-notation from 10^5 on."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.2e}" if value >= 1e5 else f"{value:.1f}"
 
 
 def _minutes(seconds: float) -> str:
@@ -83,10 +95,23 @@ class Report:
         rows = []
         if self.s1.points:
             stable = ", ".join(f"{m} {_lr(self.s1.largest_stable_lr(m))}" for m in self.s1.models())
+            radii = ", ".join(
+                f"{m} {_num(max((p.max_spectral_radius or 0) for p in self.s1.of(m)), 2)}"
+                for m in self.s1.models()
+                if m != "gpt"
+            )
             rows.append(
                 [
-                    "S1 stability",
-                    PAPER["S1"],
+                    "S1 the loop",
+                    PAPER["S1a"],
+                    f"largest ρ(Ā) over the sweep: {radii}",
+                    verdicts.loop_verdict(self.s1),
+                ]
+            )
+            rows.append(
+                [
+                    "S1 learning rates",
+                    PAPER["S1b"],
                     f"largest AdamW lr that trains: {stable}",
                     verdicts.stability_verdict(self.s1),
                 ]
@@ -149,13 +174,14 @@ class Report:
                     [
                         model,
                         f"{p.lr:g}",
+                        str(p.seed),
                         _num(p.initial_loss, 3),
                         _num(p.final_train_loss, 3),
                         _num(p.val_loss),
                         str(p.spikes),
                         _num(p.max_spectral_radius, 3),
-                        _num(p.max_state_norm, 1),
-                        _num(p.final_state_norm, 1),
+                        _norm(p.max_state_norm),
+                        _norm(p.final_state_norm),
                         _num(p.growth, 2),
                         status,
                     ]
@@ -166,6 +192,7 @@ class Report:
         header = [
             "model",
             "lr",
+            "seed",
             "first loss",
             "final train loss",
             "val loss",
@@ -178,10 +205,17 @@ class Report:
         ]
         lines = [_table(header, self.s1_rows()), ""]
         for model in self.s1.models():
+            seeded = [
+                f"{lr:g}: {self.s1.val_loss(model, lr).text()}"
+                for lr in self.s1.lrs(model)
+                if self.s1.val_loss(model, lr).n > 1
+            ]
             lines.append(
                 f"- **{model}**: best lr {_lr(self.s1.best_lr(model))}, largest lr that trains "
-                f"{_lr(self.s1.largest_stable_lr(model))}, diverged at "
-                f"{', '.join(f'{x:g}' for x in self.s1.diverged_lrs(model)) or 'none'}."
+                f"{_lr(self.s1.largest_stable_lr(model))}; stalled at "
+                f"{_lrs(self.s1.lrs_with(model, 'stalled'))}; diverged at "
+                f"{_lrs(self.s1.lrs_with(model, 'diverged'))}"
+                + (f"; val loss over seeds at lr {'; '.join(seeded)}." if seeded else ".")
             )
         return "\n".join(lines)
 
@@ -334,6 +368,7 @@ class Report:
         parts = [
             prose["intro"],
             "## Summary",
+            "",
             _table(["claim", "paper", "ours", "verdict"], self.summary_rows()),
             "",
             verdicts.__doc__.strip().replace("How each claim", "Verdicts: how each claim", 1),

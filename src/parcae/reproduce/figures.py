@@ -32,34 +32,33 @@ def _save(figure, path: Path) -> Path:
 
 
 def s1_learning_rates(data: Stability, unigram: float | None, path: Path) -> Path:
-    """Final validation loss against the AdamW learning rate per model; stalled runs hollow,
-    diverged runs as ✕ at their final training loss (at the top when it went non-finite); the
-    unigram loss dashed."""
+    """Final validation loss against the AdamW learning rate per model (the line: mean ± std over
+    the seeds; a dot per run, hollow when it stalled); diverged runs as ✕ at their final
+    training loss (at the top when it went non-finite); the unigram loss dashed."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     finite = [p.val_loss for p in data.points if p.val_loss is not None]
     top = max(finite) + 0.3 if finite else 10.0
     for model in data.models():
-        points = data.of(model)
-        trained = [p for p in points if p.status in ("done", "stalled")]
-        axis.plot(
-            [p.lr for p in trained],
-            [p.val_loss for p in trained],
-            "-",
-            color=COLORS.get(model),
+        color = COLORS.get(model)
+        lrs = [lr for lr in data.lrs(model) if data.val_loss(model, lr).n]
+        stats = [data.val_loss(model, lr) for lr in lrs]
+        axis.errorbar(
+            lrs,
+            [s.mean for s in stats],
+            yerr=[s.std for s in stats],
+            color=color,
+            capsize=3,
             label=model,
         )
-        for p in trained:
-            face = COLORS.get(model) if p.status == "done" else "white"
-            axis.plot(p.lr, p.val_loss, "o", color=COLORS.get(model), markerfacecolor=face)
-        for p in points:
-            if p.status == "diverged":
+        for p in data.of(model):
+            if p.status in ("done", "stalled"):
+                face = color if p.status == "done" else "white"
+                axis.plot(p.lr, p.val_loss, "o", color=color, markerfacecolor=face, ms=5)
+            elif p.status == "diverged":
                 y = p.final_train_loss if p.nonfinite_at is None else top
                 y = min(y if y is not None and math.isfinite(y) else top, top)
-                axis.plot(p.lr, y, "x", color=COLORS.get(model), markersize=11, mew=2.5)
-    axis.set_xscale("log")
-    axis.set_xlabel("AdamW learning rate")
-    axis.set_ylabel("final validation loss (T = μ_rec)")
+                axis.plot(p.lr, y, "x", color=color, markersize=11, mew=2.5)
     if unigram is not None:
         axis.axhline(unigram, color="gray", ls="--", lw=0.8, label="unigram loss (train split)")
     axis.set_title("S1: stability (○ stalled at the unigram loss, ✕ diverged)")

@@ -163,24 +163,20 @@ def trace_loops(study: str, workspace: Workspace) -> None:
 
 
 def best_learning_rates(workspace: Workspace) -> dict[str, float]:
-    """Each model's S1 learning rate with the lowest final validation loss (of the runs that
-    did not diverge); refuses when S1 has not been run."""
-    rows = read_table(workspace.table("S1")).values()
-    best: dict[str, tuple[float, float]] = {}
-    for row in rows:
-        if row.get("status") != "done" or not row.get("val_loss"):
-            continue
-        loss = min(row["val_loss"].values())
-        if row["model"] not in best or loss < best[row["model"]][0]:
-            best[row["model"]] = (loss, row["lr"])
-    missing = [m for m in ("parcae", "gpt") if m not in best]
+    """Each model's S1 learning rate with the lowest seed-0 validation loss (`Stability.best_lr`,
+    among runs that trained); refuses when S1 has no such run for parcae or gpt."""
+    from parcae.reproduce.analysis import stability
+
+    sweep = stability(workspace.results)
+    best = {model: sweep.best_lr(model) for model in sweep.models()}
+    missing = [m for m in ("parcae", "gpt") if best.get(m) is None]
     if missing:
         raise DataError(
             f"S2 and S3 train at S1's best learning rates, and S1 has none for "
             f"{', '.join(missing)} in {workspace.table('S1')}: run `parcae reproduce run "
             "--study S1` first"
         )
-    return {model: lr for model, (_, lr) in best.items()}
+    return best
 
 
 def run_s3_evals(workspace: Workspace) -> None:

@@ -6,9 +6,9 @@ bf16 autocast where the CPU has it. The studies:
 
 - S1, stability: AdamW (every parameter at the same lr) for parcae, rdm (linear injection, no
   prelude norm) and gpt at 6 learning rates over 1.5 decades, 150 steps, evaluated every 25
-  steps (val loss, ρ(Ā), state norm at T = μ_rec).
-- S2, quality: parcae and gpt at their best S1 learning rate, 3 seeds, at 200, 600 and 1200
-  steps.
+  steps (val loss, ρ(Ā), state norm at T = μ_rec); seed 0, and seeds 1 and 2 at two rates.
+- S2, quality: parcae and gpt at their best S1 learning rate, 3 seeds at 200 and 600 steps,
+  2 at 1200.
 - S3, the test-time law: parcae at μ_rec = 4 (S2's 600-step runs) and μ_rec = 8 (trained here),
   bpb by `parcae eval` at T = 1..3·μ_rec with the depth-law fit, and the BIG-bench tasks (seed
   0) at the `task_depths`.
@@ -29,7 +29,9 @@ MICRO = {"d_model": 128, "ffn_dim": 512, "n_heads": 2}
 MODELS = {"parcae": "parcae-tiny", "rdm": "rdm-tiny", "gpt": "gpt-tiny"}
 S1_LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)  # 32x = 1.5 decades
 S1_STEPS = 150
+S1_SEED_LRS = (0.004, 0.016)  # learning rates S1 repeats with seeds 1 and 2 (noise, collapse)
 S2_STEPS = (200, 600, 1200)
+S2_LONG_SEEDS = (0, 1)  # the 1200-step budget: two seeds (about 9 min a run on 2 cores)
 S3_STEPS = 600  # S3's models: S2's parcae runs of this length (μ_rec = 4) and one at μ_rec = 8
 SEEDS = (0, 1, 2)
 S3_RECURRENCES = (4, 8)
@@ -97,20 +99,30 @@ def training_run(
 
 
 def s1_runs(quick: bool) -> list[RunSpec]:
+    """Every model at every rate with seed 0, then seeds 1 and 2 at S1_SEED_LRS."""
     lrs = S1_LRS[::2] if quick else S1_LRS
     steps = 6 if quick else S1_STEPS
-    return [training_run("S1", m, lr, 0, steps) for m in ("parcae", "rdm", "gpt") for lr in lrs]
+    models = ("parcae", "rdm", "gpt")
+    runs = [training_run("S1", m, lr, 0, steps) for m in models for lr in lrs]
+    if not quick:
+        runs += [
+            training_run("S1", m, lr, seed, steps)
+            for seed in SEEDS[1:]
+            for m in models
+            for lr in S1_SEED_LRS
+        ]
+    return runs
 
 
 def s2_runs(best_lr: dict[str, float], quick: bool) -> list[RunSpec]:
     """Parcae and GPT at their best S1 learning rates (`best_lr[model]`)."""
-    budgets = (6,) if quick else S2_STEPS
-    seeds = SEEDS[:1] if quick else SEEDS
+    if quick:
+        return [training_run("S2", model, best_lr[model], 0, 6) for model in ("parcae", "gpt")]
     return [
         training_run("S2", model, best_lr[model], seed, steps)
-        for steps in budgets
+        for steps in S2_STEPS
         for model in ("parcae", "gpt")
-        for seed in seeds
+        for seed in (S2_LONG_SEEDS if steps == max(S2_STEPS) else SEEDS)
     ]
 
 

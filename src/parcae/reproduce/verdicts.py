@@ -1,7 +1,9 @@
 """How each claim is judged from the numbers (the rules are printed in the report):
 
-- S1: reproduced when Parcae trains at a larger learning rate than RDM (RDM diverges where Parcae
-  does not); not reproduced when RDM is as stable.
+- S1, the loop: reproduced when every Parcae run keeps ρ(Ā) < 1 and some RDM run's ρ(Ā)
+  exceeds 1 (its state then grows through depth).
+- S1, learning rates: reproduced when Parcae trains (neither stalls nor diverges) at a larger
+  learning rate than RDM does; not reproduced when RDM trains at rates as large.
 - S2: at each budget the gap Δ = mean(Parcae) − mean(GPT) is compared with its noise
   σ_Δ = sqrt(σ_P² / n_P + σ_G² / n_G): a win when Δ < −2σ_Δ, a loss when Δ > 2σ_Δ, else a tie.
 - S3: the law holds when it fits bpb with R² ≥ 0.9 for every model; the gains saturate near
@@ -17,6 +19,17 @@ import math
 from parcae.reproduce.analysis import DepthStudy, Isoflop, Quality, QualityCell, Stability
 
 REPRODUCED, PARTLY, NOT = "reproduced", "partly reproduced", "not reproduced"
+
+
+def loop_verdict(data: Stability) -> str:
+    def largest(model: str) -> float | None:
+        radii = [p.max_spectral_radius for p in data.of(model) if p.max_spectral_radius]
+        return max(radii) if radii else None
+
+    parcae, rdm = largest("parcae"), largest("rdm")
+    if parcae is None or parcae >= 1:
+        return NOT
+    return REPRODUCED if rdm is not None and rdm > 1 else PARTLY
 
 
 def stability_verdict(data: Stability) -> str:
