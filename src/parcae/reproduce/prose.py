@@ -5,7 +5,7 @@ after reading the stored results and says so where it rests on them."""
 from __future__ import annotations
 
 from parcae.reproduce import studies
-from parcae.reproduce.records import FINAL_WINDOW, SPIKE_RATIO, SPIKE_WINDOW
+from parcae.reproduce.records import FINAL_WINDOW, SPIKE_RATIO, SPIKE_WINDOW, STALL_MARGIN
 
 INTRO = """# Reproducing Parcae's claims at small scale
 
@@ -44,26 +44,35 @@ tokens).
 **Definitions.** A *loss spike* is a step after warmup whose training loss exceeds the lowest
 loss of the {spike_window} steps before it by more than {spike_percent}%. A run *diverged* when
 its loss became non-finite (training stops) or when its final training loss (the mean of its last
-{final_window} steps) is above its first step's loss. ρ(Ā) is max(Ā) for Parcae's diagonal
-Ā and the largest eigenvalue modulus of W_h for RDM; the state norm is the mean L2 norm of
-h_T over tokens.
+{final_window} steps) is above its first step's loss. A run *stalled* when it did not diverge
+but its final training loss stays within {stall_margin} nats of the unigram entropy of the
+training split ({unigram} nats): it learned the token frequencies and nothing else. ρ(Ā) is
+max(Ā) for Parcae's diagonal Ā and the largest eigenvalue modulus of W_h for RDM; the state
+norm is the mean L2 norm of h_T over tokens.
 
-One seed per point: the claim here is where training breaks, which the curves show directly;
-the seed noise of the final loss is measured in S2 (about ±0.01 nats)."""
+Seed 0 at every rate, and seeds 1 and 2 at {seed_lrs} (the best region and the collapse), so
+that the differences claimed at those rates rest on three seeds. The best learning rate, which
+S2 and S3 train at, is the rate of the lowest seed-0 validation loss. After training, each
+looped model's state is traced through depth to t = 2·μ_rec on 8 validation rows
+(‖h_t‖ over t), and the last ratio ‖h_2μ‖ / ‖h_2μ−1‖ is reported: near 1 when the loop has
+settled, near ρ(Ā) when it grows without bound."""
 
-S2 = """**Protocol.** Parcae (μ_rec = 4) and GPT, each at its best S1 learning rate (AdamW), {seeds}
-seeds each, trained for {s2_steps} steps (0.61M and 1.84M tokens; the longer is 1.3 epochs of
-the training split). Losses are on the validation split (8 × 16 × 256 tokens) at T = μ_rec for
+S2 = """**Protocol.** Parcae (μ_rec = 4) and GPT, each at its best S1 learning rate (AdamW),
+trained for {s2_steps} steps (0.61M, 1.84M and 3.69M tokens: 0.4, 1.3 and 2.5 epochs of the
+training split), with {seeds} seeds at the first two budgets and {long_seeds} at the longest
+(about 9 minutes a run). Losses are on the validation split (8 × 16 × 256 tokens) at T = μ_rec for
 Parcae, which is also reported at T = 1. Parcae spends more FLOPs per token than GPT
 (the recurrent block runs μ_rec times, 2 of them with gradients), so the comparison is given at
 equal tokens and at equal training FLOPs."""
 
-S3 = """**Protocol.** `parcae eval` at every T = 1..3·μ_rec, for the three longest S2 Parcae runs
-(μ_rec = 4) and for a Parcae trained the same way with μ_rec = 8 (backprop through 4 loops),
-one seed. Bits per byte on the whole validation split and the six BIG-bench tasks of the CORE
-metric ({max_per_task} items per task, centered accuracy: 0 is chance), with the depth law
-L(T) = L_inf + Z·exp(−z·T) fitted by least squares (`parcae fit depth`). t95 is the depth at
-which 95% of the gain from T = 1 to L_inf is reached."""
+S3 = """**Protocol.** `parcae eval` of S2's three {s3_steps}-step Parcae runs (μ_rec = 4) and of a
+Parcae trained the same way with μ_rec = 8 (backprop through 4 loops, seed 0). Bits per byte on
+the whole validation split at every T = 1..3·μ_rec (one forward at 3·μ_rec reads every depth),
+with the depth law L(T) = L_inf + Z·exp(−z·T) fitted by least squares (as `parcae eval --fit`);
+t95 is the depth at which 95% of the gain from T = 1 to L_inf is reached. The six BIG-bench
+tasks of the CORE metric ({max_per_task} items per task; centered accuracy, 0 is chance) cost a
+forward per depth, so they are scored for seed 0 only, at T = 1, 2, 4, 8, 12 (μ_rec = 4) and
+1, 2, 4, 8, 16, 24 (μ_rec = 8)."""
 
 S4 = """**Protocol.** `parcae sweep configs/sweeps/isoflop-tiny.yaml` then `parcae fit isoflop`:
 parcae-tiny (width 192, 5.88M parameters; the default Muon optimizer at its default learning
@@ -82,12 +91,17 @@ def prose(report) -> dict[str, str]:
         micro=", ".join(f"{k} {v}" for k, v in studies.MICRO.items()),
         lrs=", ".join(f"{x:g}" for x in studies.S1_LRS),
         s1_steps=studies.S1_STEPS,
-        s2_steps=" and ".join(str(s) for s in studies.S2_STEPS),
+        s2_steps=", ".join(str(s) for s in studies.S2_STEPS),
         seeds=len(studies.SEEDS),
+        long_seeds=len(studies.S2_LONG_SEEDS),
+        seed_lrs=" and ".join(f"{x:g}" for x in studies.S1_SEED_LRS),
         spike_window=SPIKE_WINDOW,
         spike_percent=round((SPIKE_RATIO - 1) * 100),
         final_window=FINAL_WINDOW,
         max_per_task=studies.S3_MAX_PER_TASK,
+        s3_steps=studies.S3_STEPS,
+        stall_margin=STALL_MARGIN,
+        unigram="–" if report.unigram is None else f"{report.unigram:.2f}",
     )
     return {
         "intro": INTRO.format(**values),
