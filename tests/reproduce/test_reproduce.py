@@ -23,12 +23,12 @@ from parcae.reproduce.run import Workspace, best_learning_rates, run_study
 from tests.train.conftest import TINY_MODEL, TINY_RUN, data_dir  # noqa: F401 (a fixture)
 
 
-def test_spikes_count_rises_above_the_recent_minimum_after_warmup():
+def test_spikes_count_rises_above_the_recent_minimum():
     losses = [8.0, 7.0, 6.0, 5.0, 5.6, 5.0, 4.9, 6.0, 4.8]
-    # step 4: 5.6 > 1.1 * 5.0 (a spike); step 7: 6.0 > 1.1 * 4.9 (a spike); warmup hides none
-    assert count_spikes(losses, warmup=2) == 2
-    assert count_spikes(losses, warmup=5) == 1
-    assert count_spikes([5.0, 4.0, 3.0, 2.0], warmup=1) == 0
+    # step 4: 5.6 > 1.1 * 5.0 (a spike); step 7: 6.0 > 1.1 * 4.9 (a spike); 5.0 after 5.6 is not
+    assert count_spikes(losses) == 2
+    assert count_spikes([5.0, 4.0, 3.0, 2.0]) == 0
+    assert count_spikes([5.0] * 25 + [5.4] + [9.0]) == 1  # only the last exceeds 5.5
 
 
 def _metrics(run_dir: Path, losses: list[float]) -> None:
@@ -52,10 +52,10 @@ def _metrics(run_dir: Path, losses: list[float]) -> None:
 
 def test_a_run_that_ends_above_its_first_loss_diverged(tmp_path):
     _metrics(tmp_path / "up", [6.0] + [7.0] * 12)
-    record = run_record(tmp_path / "up", warmup=1, nonfinite_at=None)
+    record = run_record(tmp_path / "up", nonfinite_at=None)
     assert record["diverged"] and status(record, unigram=None) == "diverged"
     _metrics(tmp_path / "down", [8.0] + [4.0] * 12)
-    record = run_record(tmp_path / "down", warmup=1, nonfinite_at=None)
+    record = run_record(tmp_path / "down", nonfinite_at=None)
     assert not record["diverged"] and record["final_train_loss"] == 4.0
     assert record["val_loss"] == {"1": 5.0, "4": 4.5} and record["eval_loss"] == [4.5]
     assert status(record, unigram=6.0) == "done"
@@ -64,7 +64,7 @@ def test_a_run_that_ends_above_its_first_loss_diverged(tmp_path):
 
 def test_a_non_finite_loss_is_a_divergence_without_a_final_evaluation(tmp_path):
     _metrics(tmp_path / "nan", [8.0, 7.0])
-    record = run_record(tmp_path / "nan", warmup=1, nonfinite_at=3)
+    record = run_record(tmp_path / "nan", nonfinite_at=3)
     assert record["diverged"] and "val_loss" not in record
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from parcae.errors import DataError
 from parcae.eval.law import DepthLaw, fit_depth_law
-from parcae.reproduce.records import REFERENCE, read_table, status
+from parcae.reproduce.records import REFERENCE, count_spikes, read_table, status
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def stability(results: Path) -> Stability:
                 val_loss=deepest(val) if val else None,
                 final_train_loss=row.get("final_train_loss"),
                 initial_loss=row.get("initial_loss"),
-                spikes=row.get("spikes", 0),
+                spikes=count_spikes(row.get("train_loss", [])),
                 nonfinite_at=row.get("nonfinite_at"),
                 max_spectral_radius=max(radius) if radius else None,
                 final_state_norm=norms[-1] if norms else None,

@@ -41,8 +41,10 @@ learning rates {lrs} (1.5 decades). Validation loss, ρ(Ā) and the state norm a
 measured every 25 steps on one validation batch; the final validation loss on 8 batches (32k
 tokens).
 
-**Definitions.** A *loss spike* is a step after warmup whose training loss exceeds the lowest
-loss of the {spike_window} steps before it by more than {spike_percent}%. A run *diverged* when
+**Definitions.** A *loss spike* is a step whose training loss exceeds the lowest loss of the
+{spike_window} steps before it by more than {spike_percent}%. (The first definition left out the
+warmup; the curves showed that every spike falls in the warmup, so it was widened, and the
+counts are recomputed from the stored curves.) A run *diverged* when
 its loss became non-finite (training stops) or when its final training loss (the mean of its last
 {final_window} steps) is above its first step's loss. A run *stalled* when it did not diverge
 but its final training loss stays within {stall_margin} nats of the unigram entropy of the

@@ -2,8 +2,8 @@
 read back from its run directory (`metrics.jsonl`).
 
 Definitions (docs/REPRODUCTION.md, S1):
-- a loss spike is a step after warmup whose training loss exceeds the lowest loss of the
-  SPIKE_WINDOW steps before it by more than SPIKE_RATIO (10%);
+- a loss spike is a step whose training loss exceeds the lowest loss of the SPIKE_WINDOW steps
+  before it by more than SPIKE_RATIO (10%), warmup included (that is where they happen);
 - a run diverged when its loss became non-finite (training stops) or when its final training
   loss (the mean of the last FINAL_WINDOW steps) is above its first step's loss;
 - a run stalled when it did not diverge but its final training loss stays within STALL_MARGIN
@@ -27,10 +27,10 @@ STALL_MARGIN = 0.1  # nats
 REFERENCE = "reference.json"  # {"unigram_loss": nats}, beside the results tables
 
 
-def count_spikes(losses: list[float], warmup: int) -> int:
-    """Steps after `warmup` whose loss exceeds min(the previous SPIKE_WINDOW losses) · 1.1."""
+def count_spikes(losses: list[float]) -> int:
+    """Steps whose loss exceeds min(the previous SPIKE_WINDOW losses) · SPIKE_RATIO."""
     spikes = 0
-    for t in range(max(warmup, 1), len(losses)):
+    for t in range(1, len(losses)):
         floor = min(losses[max(0, t - SPIKE_WINDOW) : t])
         spikes += losses[t] > SPIKE_RATIO * floor
     return spikes
@@ -67,7 +67,7 @@ def status(record: dict[str, Any], unigram: float | None) -> str:
     return "done"
 
 
-def run_record(run_dir: Path, warmup: int, nonfinite_at: int | None) -> dict[str, Any]:
+def run_record(run_dir: Path, nonfinite_at: int | None) -> dict[str, Any]:
     """What `run_dir`'s metrics say: the training loss curve, the eval curves (val loss, ρ(Ā),
     state norm at the deepest eval depth) and the final evaluation; `nonfinite_at` is the step
     whose loss was not finite (training stopped there), None when training finished."""
@@ -82,7 +82,7 @@ def run_record(run_dir: Path, warmup: int, nonfinite_at: int | None) -> dict[str
         tokens=train[-1]["tokens"] if train else 0,
         initial_loss=losses[0] if losses else math.nan,
         final_train_loss=final,
-        spikes=count_spikes(losses, warmup),
+        spikes=count_spikes(losses),
         diverged=diverged,
         nonfinite_at=nonfinite_at,
         train_loss=[round(x, 5) for x in losses],

@@ -89,7 +89,7 @@ def train_run(spec: RunSpec, workspace: Workspace) -> dict[str, Any]:
 
         vocab_size = Tokenizer.load(resolve_data_dir(config, prepare=False)).vocab_size
         plan = plan_point(config, vocab_size)
-        record = run_record(run_dir, config.warmup_steps, nonfinite_at)
+        record = run_record(run_dir, nonfinite_at)
         if nonfinite_at is not None:
             record["nonfinite_at"] = record["steps_done"] + 1
         row.update(params=plan["params"], flops_per_token=plan["flops_per_token"], **record)
