@@ -113,7 +113,7 @@ def quick(data_dir, tmp_path_factory):  # noqa: F811 (the fixture imported above
     workspace = Workspace(
         root / "runs", root / "results", quick=True, overrides=overrides, say=lambda _: None
     )
-    for study in ("S1", "S2", "S3"):
+    for study in ("S1", "S2", "S3", "S4"):
         run_study(study, workspace)
     return workspace
 
@@ -160,9 +160,24 @@ def test_report_writes_the_document_and_figures(quick, tmp_path):
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in drawn)
     text = report.write(prose(report)).read_text()
     assert "| claim | paper | ours | verdict |" in text
-    assert "S1 stability" in text and "S2 quality" in text and "S3 test-time law" in text
+    assert "S1 the loop" in text and "S2 quality" in text and "S3 test-time law" in text
     assert "](figures/S1-lr.png)" in text
-    assert "_No results stored for this study._" in text  # S4 was not run
+    assert "S4 isoFLOP μ*" in text and "](figures/S4-isoflop-laws.png)" in text
+    assert "_No results stored" not in text
+
+
+def test_quick_isoflop_sweep_is_stored_and_a_rerun_trains_nothing(quick):
+    table = quick.results / "S4" / "results.csv"
+    rows = table.read_text().splitlines()
+    assert len(rows) == 1 + 12 and all(",done," in row for row in rows[1:])  # 3 budgets x 4 μ
+    said = []
+    run_study("S4", Workspace(quick.runs, quick.results, True, quick.overrides, said.append))
+    assert any("12 done, 0 to run" in line for line in said)
+
+
+def test_run_command_refuses_s2_before_s1(tmp_path, capsys):
+    assert main(["reproduce", "run", "--study", "S2", "--results", str(tmp_path)]) == 2
+    assert "run `parcae reproduce run --study S1` first" in capsys.readouterr().err
 
 
 def test_report_command_refuses_an_empty_results_directory(tmp_path, capsys):

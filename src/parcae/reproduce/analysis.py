@@ -101,9 +101,13 @@ class Stability:
         return [p for p in self.of(model) if p.lr == lr]
 
     def best_lr(self, model: str) -> float | None:
-        """The lr of the lowest seed-0 validation loss among runs that trained (the sweep is
-        seed 0; the other seeds measure noise at a few rates)."""
-        trained = [p for p in self.of(model) if p.seed == 0 and p.status == "done" and p.val_loss]
+        """The lr of the lowest seed-0 validation loss among runs that did not diverge (the
+        sweep is seed 0; the other seeds measure noise at a few rates)."""
+        trained = [
+            p
+            for p in self.of(model)
+            if p.seed == 0 and p.status in ("done", "stalled") and p.val_loss is not None
+        ]
         return min(trained, key=lambda p: p.val_loss).lr if trained else None
 
     def largest_stable_lr(self, model: str) -> float | None:

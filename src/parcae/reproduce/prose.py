@@ -52,8 +52,9 @@ training split ({unigram} nats): it learned the token frequencies and nothing el
 max(Ā) for Parcae's diagonal Ā and the largest eigenvalue modulus of W_h for RDM; the state
 norm is the mean L2 norm of h_T over tokens.
 
-Seed 0 at every rate, and seeds 1 and 2 at {seed_lrs} (the best region and the collapse), so
-that the differences claimed at those rates rest on three seeds. The best learning rate, which
+Seed 0 at every rate, and seeds 1 and 2 at {seed_lrs}, where the three models part ways, so
+that the differences claimed there rest on three seeds (S2's three seeds at lr 0.004 give the
+noise near the best rate). The best learning rate, which
 S2 and S3 train at, is the rate of the lowest seed-0 validation loss. After training, each
 looped model's state is traced through depth to t = 2·μ_rec on 8 validation rows
 (‖h_t‖ over t), and the last ratio ‖h_2μ‖ / ‖h_2μ−1‖ is reported: near 1 when the loop has
@@ -62,10 +63,10 @@ settled, near ρ(Ā) when it grows without bound."""
 S2 = """**Protocol.** Parcae (μ_rec = 4) and GPT, each at its best S1 learning rate (AdamW),
 trained for {s2_steps} steps (0.61M, 1.84M and 3.69M tokens: 0.4, 1.3 and 2.5 epochs of the
 training split), with {seeds} seeds at the first two budgets and {long_seeds} at the longest
-(about 9 minutes a run). Losses are on the validation split (8 × 16 × 256 tokens) at T = μ_rec for
-Parcae, which is also reported at T = 1. Parcae spends more FLOPs per token than GPT
-(the recurrent block runs μ_rec times, 2 of them with gradients), so the comparison is given at
-equal tokens and at equal training FLOPs."""
+(about 9 minutes a run: the session's CPU time allowed no more). Losses are on the validation
+split (8 × 16 × 256 tokens) at T = μ_rec for Parcae, which is also reported at T = 1. Parcae
+spends more FLOPs per token than GPT (the recurrent block runs μ_rec times, 2 of them with
+gradients), so the comparison is given at equal tokens and at equal training FLOPs."""
 
 S3 = """**Protocol.** `parcae eval` of S2's three {s3_steps}-step Parcae runs (μ_rec = 4) and of a
 Parcae trained the same way with μ_rec = 8 (backprop through 4 loops, seed 0). Bits per byte on

@@ -164,7 +164,7 @@ def trace_loops(study: str, workspace: Workspace) -> None:
 
 def best_learning_rates(workspace: Workspace) -> dict[str, float]:
     """Each model's S1 learning rate with the lowest seed-0 validation loss (`Stability.best_lr`,
-    among runs that trained); refuses when S1 has no such run for parcae or gpt."""
+    among runs that did not diverge); refuses when S1 has no such run for parcae or gpt."""
     from parcae.reproduce.analysis import stability
 
     sweep = stability(workspace.results)
@@ -215,6 +215,7 @@ def evaluate_into(workspace: Workspace, model: Path, name: str, tasks: str, dept
         depths=list(depths),
         out=str(out),
         max_per_task=studies.S3_MAX_PER_TASK,
+        bpb_batches=2 if workspace.quick else None,
         progress=False,
     )
     results = run_eval(request)
