@@ -147,32 +147,27 @@ def s2_quality(data: Quality, path: Path) -> Path:
     """Validation loss (mean ± std over seeds) against training tokens and training FLOPs."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    series = (  # (model, metric, style, alpha, label)
+        ("parcae", "loss", "o-", 1.0, "parcae (T = μ_rec)"),
+        ("parcae", "loss_t1", "s--", 0.6, "parcae at T = 1"),
+        ("gpt", "loss", "o-", 1.0, "gpt"),
+    )
     for axis, x_name in zip(axes, ("tokens", "flops")):
-        for model in ("parcae", "gpt"):
+        for model, metric, style, alpha, label in series:
             cells = [c for c in data.cells if c.model == model]
             if not cells:
                 continue
-            xs = [getattr(c, x_name) for c in cells]
+            stats = [getattr(c, metric) for c in cells]
             axis.errorbar(
-                xs,
-                [c.loss.mean for c in cells],
-                yerr=[c.loss.std for c in cells],
-                fmt="o-",
+                [getattr(c, x_name) for c in cells],
+                [s.mean for s in stats],
+                yerr=[s.std for s in stats],
+                fmt=style,
                 capsize=3,
                 color=COLORS[model],
-                label=f"{model} (T = μ_rec)" if model == "parcae" else model,
+                alpha=alpha,
+                label=label,
             )
-            if model == "parcae":
-                axis.errorbar(
-                    xs,
-                    [c.loss_t1.mean for c in cells],
-                    yerr=[c.loss_t1.std for c in cells],
-                    fmt="s--",
-                    capsize=3,
-                    color=COLORS[model],
-                    alpha=0.6,
-                    label="parcae at T = 1",
-                )
         axis.set_xscale("log")
         axis.set_xlabel("training tokens" if x_name == "tokens" else "training FLOPs")
         axis.set_ylabel("validation loss")
