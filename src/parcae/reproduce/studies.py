@@ -7,8 +7,7 @@ bf16 autocast where the CPU has it. The studies:
 - S1, stability: AdamW (every parameter at the same lr) for parcae, rdm (linear injection, no
   prelude norm) and gpt at 6 learning rates over 1.5 decades, 150 steps, evaluated every 25
   steps (val loss, ρ(Ā), state norm at T = μ_rec); seed 0, and seeds 1 and 2 at one rate.
-- S2, quality: parcae and gpt at their best S1 learning rate, 3 seeds at 200 and 600 steps,
-  1 at 1200.
+- S2, quality: parcae and gpt at their best S1 learning rate, 3 seeds, at 200 and 600 steps.
 - S3, the test-time law: parcae at μ_rec = 4 (S2's 600-step runs) and μ_rec = 8 (trained here),
   bpb by `parcae eval` at T = 1..3·μ_rec with the depth-law fit, and the BIG-bench tasks (seed
   0) at the `task_depths`.
@@ -30,8 +29,7 @@ MODELS = {"parcae": "parcae-tiny", "rdm": "rdm-tiny", "gpt": "gpt-tiny"}
 S1_LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)  # 32x = 1.5 decades
 S1_STEPS = 150
 S1_SEED_LRS = (0.016,)  # the rate S1 repeats with seeds 1 and 2: where the models part ways
-S2_STEPS = (200, 600, 1200)
-S2_LONG_SEEDS = (0,)  # the 1200-step budget: one seed (about 9 min a run on 2 cores)
+S2_STEPS = (200, 600)
 S3_STEPS = 600  # S3's models: S2's parcae runs of this length (μ_rec = 4) and one at μ_rec = 8
 SEEDS = (0, 1, 2)
 S3_RECURRENCES = (4, 8)
@@ -122,7 +120,7 @@ def s2_runs(best_lr: dict[str, float], quick: bool) -> list[RunSpec]:
         training_run("S2", model, best_lr[model], seed, steps)
         for steps in S2_STEPS
         for model in ("parcae", "gpt")
-        for seed in (S2_LONG_SEEDS if steps == max(S2_STEPS) else SEEDS)
+        for seed in SEEDS
     ]
 
 
