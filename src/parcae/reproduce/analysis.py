@@ -179,10 +179,11 @@ class QualityCell:
     tokens: int
     flops: float  # training FLOPs = F_train · tokens
     params: int
-    loss: Stat  # at T = μ_rec (GPT: its depth)
+    loss: Stat  # at T = μ_rec (GPT: its depth), the run's final evaluation
     bpb: Stat
-    loss_t1: Stat | None  # Parcae at T = 1
+    loss_t1: Stat | None  # Parcae at T = 1 (`depth_eval`, fp32)
     bpb_t1: Stat | None
+    gain: Stat | None  # Parcae's loss at T = 1 minus at T = μ_rec, per seed (`depth_eval`)
 
 
 @dataclass
@@ -216,6 +217,8 @@ def quality(results: Path) -> Quality:
     for (steps, model), rows in sorted(groups.items()):
         looped = model != "gpt"
         first = rows[0]
+        depth = [r["depth_eval"]["val_loss"] for r in rows if "depth_eval" in r] if looped else []
+        mu = str(first.get("mean_recurrence"))
         cells.append(
             QualityCell(
                 steps=steps,
@@ -226,8 +229,11 @@ def quality(results: Path) -> Quality:
                 params=first["params"],
                 loss=Stat.of([deepest(r["val_loss"]) for r in rows]),
                 bpb=Stat.of([deepest(r["val_bpb"]) for r in rows]),
-                loss_t1=Stat.of([r["val_loss"].get("1") for r in rows]) if looped else None,
-                bpb_t1=Stat.of([r["val_bpb"].get("1") for r in rows]) if looped else None,
+                loss_t1=Stat.of([d["1"] for d in depth]) if looped else None,
+                bpb_t1=Stat.of([r["depth_eval"]["val_bpb"]["1"] for r in rows if "depth_eval" in r])
+                if looped
+                else None,
+                gain=Stat.of([d["1"] - d[mu] for d in depth]) if looped else None,
             )
         )
     return Quality(cells)

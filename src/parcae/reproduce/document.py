@@ -223,7 +223,7 @@ class Report:
 
     def s2_section(self) -> str:
         header = ["steps", "tokens", "model", "lr", "params", "train FLOPs", "val loss", "bpb"]
-        header += ["val loss at T=1", "bpb at T=1"]
+        header += ["val loss at T=1", "bpb at T=1", "T=1 − T=μ_rec"]
         rows = []
         for c in self.s2.cells:
             rows.append(
@@ -238,6 +238,7 @@ class Report:
                     c.bpb.text(),
                     c.loss_t1.text() if c.loss_t1 else "–",
                     c.bpb_t1.text() if c.bpb_t1 else "–",
+                    c.gain.text() if c.gain else "–",
                 ]
             )
         lines = [
@@ -251,12 +252,12 @@ class Report:
             if not (parcae and gpt):
                 continue
             delta, noise = verdicts.gap(parcae, gpt)
-            looped, noise_t1 = verdicts.gap(parcae, gpt, at_t1=True)
+            looped, _ = verdicts.gap(parcae, gpt, at_t1=True)
             lines.append(
                 f"- {parcae.tokens / 1e6:.2f}M tokens: Δ loss {delta:+.4f} ± {noise:.4f} "
                 f"({verdicts.outcome(delta, noise)}); Parcae at T=1 against GPT {looped:+.4f}; "
-                f"looping (T=μ_rec against T=1) gains "
-                f"{parcae.loss_t1.mean - parcae.loss.mean:+.4f} nats."
+                f"looping gains {parcae.gain.text()} nats (loss at T=1 minus at T=μ_rec, per "
+                "seed)."
             )
         lines += [
             "",

@@ -162,6 +162,41 @@ def trace_loops(study: str, workspace: Workspace) -> None:
         write_table(path, list(rows.values()))
 
 
+def depth_evals(study: str, workspace: Workspace) -> None:
+    """Add `depth_eval` to each finished looped run of `study` that has a saved model and none:
+    {"val_loss", "val_bpb"} at T = 1, 2 and μ_rec, in fp32, on the batches of the run's final
+    evaluation (which measured T = μ_rec only), so that looping's gain is read within a run."""
+    import torch
+
+    from parcae.data.loader import iter_eval_batches
+    from parcae.data.tokenizer import Tokenizer
+    from parcae.eval.loss import evaluate
+    from parcae.eval.run import validation_dir
+    from parcae.infer.loading import load_for_inference
+    from parcae.train.config import load_config
+
+    path = workspace.table(study)
+    rows = read_table(path)
+    for name, row in rows.items():
+        run_dir = workspace.runs / study / name
+        mu = row.get("mean_recurrence")
+        if mu is None or "depth_eval" in row or not (run_dir / "model").is_dir():
+            continue
+        config = load_config(run_dir / "config.yaml")
+        model, _ = load_for_inference(str(run_dir / "model"), device="cpu")
+        data_dir = validation_dir(str(run_dir / "model"), None)
+        batches = iter_eval_batches(
+            data_dir, "val", config.eval_batch_size, config.seq_len, config.final_eval_batches
+        )
+        token_bytes = torch.from_numpy(Tokenizer.load(data_dir).token_byte_lengths())
+        results = evaluate(model, batches, token_bytes, sorted({1, 2, mu}))
+        row["depth_eval"] = {
+            "val_loss": {str(r.depth): r.loss for r in results},
+            "val_bpb": {str(r.depth): r.bpb for r in results},
+        }
+        write_table(path, list(rows.values()))
+
+
 def best_learning_rates(workspace: Workspace) -> dict[str, float]:
     """Each model's S1 learning rate with the lowest seed-0 validation loss (`Stability.best_lr`,
     among runs that did not diverge); refuses when S1 has no such run for parcae or gpt."""
@@ -275,6 +310,7 @@ def run_study(study: str, workspace: Workspace) -> float:
         trace_loops("S1", workspace)
     elif study == "S2":
         run_specs("S2", studies.s2_runs(best_learning_rates(workspace), workspace.quick), workspace)
+        depth_evals("S2", workspace)
     elif study == "S3":
         run_specs("S3", studies.s3_runs(best_learning_rates(workspace), workspace.quick), workspace)
         run_s3_evals(workspace)
