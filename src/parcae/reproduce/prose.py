@@ -85,7 +85,58 @@ parabola in log μ_rec gives μ*, and one in log D gives D*; power laws in C and
 resamples give the exponents and their 95% intervals. One seed per point: S2's seed spread
 (about ±0.01 nats) is far below the differences between the μ_rec here."""
 
-DISCUSSION = """(the discussion is written once the results are in)"""
+DISCUSSION = """**Why looping barely helped in the default run.** The default `parcae train` fits
+parcae-tiny (5.88M parameters) to 0.83M tokens: 0.14 tokens per parameter, half an epoch of
+Shakespeare. The paper trains at 80 tokens per parameter. Every study here says the same thing
+about that regime: the loss is limited by the tokens seen, not by depth.
+
+- In S4, at equal FLOPs, μ_rec = 1 wins at every budget ({s4_margins}), because at a fixed
+  budget each extra loop costs tokens, and tokens are what these models lack: μ_rec = 1's loss
+  falls from {s4_first:.2f} to {s4_last:.2f} nats as its tokens grow {s4_token_ratio:.0f}-fold.
+- In S2, at equal tokens, the loop does help within a model, and more so with training: the
+  loss at T = μ_rec is below T = 1 by {gains}. But the gain is smaller than what the GPT gets
+  from its 6 distinct layers: GPT is ahead by {gaps}.
+- In S3 the depth law fits, but it saturates early (t95 of {t95s} loops), so the loop mostly
+  refines what the first steps computed.
+
+So the regime where the claims can be tested fairly is many tokens per parameter, with models
+large enough that depth is the bottleneck. On 2 CPU cores at ~4,500 tokens/s, 10 minutes is
+2.7M tokens; at 20 tokens per parameter that is a 0.14M-parameter model, smaller than the
+embedding table of any useful tokenizer. Shakespeare has only 1.45M training tokens, so longer
+runs of bigger models repeat data. The gains grew from 200 to 600 steps, so the trend points the
+paper's way, but the crossover is beyond what this machine can train.
+
+**Stability.** The mechanism the paper describes is reproduced exactly: RDM's unconstrained
+W_h reaches ρ = {rdm_rho:.1f} at the largest learning rates, and its state then grows by a factor
+≈ ρ per loop (‖h_2μ‖/‖h_2μ−1‖ = {rdm_growth:.1f}: the state norm reaches {rdm_norm:.1e}), while
+Parcae's ρ(Ā) never exceeds {parcae_rho:.2f} and its state settles within a few loops at every
+learning rate. The consequence the paper draws does not reproduce at this scale: with gradient
+clipping and 150 steps, no run of any model diverged. What broke instead was different per
+model. Parcae collapsed to the unigram loss at lr ≥ {parcae_stall}: its state norm jumped from
+{h0:.1f} to {h1:.0f} in the first loop step and then settled ({h_last:.0f} at t = 8): the core
+blocks' residual R̄(h, e), which ρ(Ā) < 1 does not bound, grew within one step, not through
+depth. RDM and GPT degraded there without stalling. So
+ρ(Ā) < 1 makes the loop contractive, as claimed, but it does not make the nonlinear part safe at
+large learning rates; the paper's larger models and lower learning rates may never reach this
+failure. The best learning rates were the same for Parcae and GPT ({best_lr}) and a factor of two
+lower for RDM, whose best loss is {rdm_gap:.2f} nats worse than Parcae's.
+
+**What this scale can and cannot show.**
+- It can show the dynamics: ρ(Ā), the state's growth through depth, and where each recipe breaks
+  as the learning rate rises. These need no scale, only the loop.
+- It can show that the depth law holds in form (R² near 1), and how fast gains saturate.
+- It cannot show the quality claim (770M Parcae ≈ 1.3B Transformer) or the isoFLOP exponents.
+  Both need models trained to many tokens per parameter, where the loss is limited by the
+  model rather than by the data seen; here every run is in the opposite regime, and the fitted
+  exponent α is not distinguishable from 0 (its interval spans ±0.4).
+- BIG-bench tasks sit at chance at this size: their CORE values are noise, reported because the
+  protocol asks for them.
+
+**The default run.** The issue asked to make the default run show what looping buys if a
+CPU-scale setting made T = μ_rec clearly better than T = 1 within 10 minutes. None did by a
+margin worth a newcomer's attention: the largest gain measured is {best_gain} nats (about 0.01
+bits per byte) after 600 steps, on a model that still trails the GPT. The default stays as it was
+(parcae-tiny, Muon, 270 steps), and its README figures stay true."""
 
 
 def prose(report) -> dict[str, str]:
@@ -111,5 +162,66 @@ def prose(report) -> dict[str, str]:
         "S2": S2.format(**values),
         "S3": S3.format(**values),
         "S4": S4.format(**values),
-        "discussion": DISCUSSION,
+        "discussion": DISCUSSION.format(**discussion_values(report)),
     }
+
+
+def discussion_values(report) -> dict[str, object]:
+    """The numbers the discussion quotes, from the report's analyses ("–" where a study has no
+    results yet)."""
+    values: dict[str, object] = {}
+    s1, s2 = report.s1, report.s2
+    stalls = s1.lrs_with("parcae", "stalled")
+    values["parcae_stall"] = f"{min(stalls):g}" if stalls else "–"
+    stalled = [p for p in s1.of("parcae") if p.status == "stalled" and p.trace]
+    trace = stalled[0].trace if stalled else [float("nan")] * 3
+    values.update(h0=trace[0], h1=trace[1], h_last=trace[-1])
+    rdm = [p for p in s1.of("rdm") if p.max_spectral_radius]
+    worst = max(rdm, key=lambda p: p.max_spectral_radius) if rdm else None
+    values["rdm_rho"] = worst.max_spectral_radius if worst else float("nan")
+    values["rdm_growth"] = (worst.growth or float("nan")) if worst else float("nan")
+    values["rdm_norm"] = (worst.max_state_norm or float("nan")) if worst else float("nan")
+    radii = [p.max_spectral_radius for p in s1.of("parcae") if p.max_spectral_radius]
+    values["parcae_rho"] = max(radii) if radii else float("nan")
+    best = {m: s1.best_lr(m) for m in s1.models()}
+    values["best_lr"] = (
+        f"{best.get('parcae')}"
+        if best.get("parcae") == best.get("gpt")
+        else (f"Parcae {best.get('parcae')}, GPT {best.get('gpt')}")
+    )
+    rdm_best = s1.val_loss("rdm", best["rdm"]).mean if best.get("rdm") else float("nan")
+    parcae_best = s1.val_loss("parcae", best["parcae"]).mean if best.get("parcae") else 0.0
+    values["rdm_gap"] = rdm_best - parcae_best
+    cells = [c for c in s2.cells if c.model == "parcae" and c.gain and c.gain.n]
+    values["gains"] = ", ".join(f"{c.gain.text(3)} nats at {c.steps} steps" for c in cells) or "–"
+    values["best_gain"] = f"{max(c.gain.mean for c in cells):.3f}" if cells else "–"
+    gaps = []
+    for steps in s2.budgets():
+        parcae, gpt = s2.cell(steps, "parcae"), s2.cell(steps, "gpt")
+        if parcae and gpt:
+            gaps.append(f"{parcae.loss.mean - gpt.loss.mean:.3f} nats at {steps} steps")
+    values["gaps"] = ", ".join(gaps) or "–"
+    laws = [s.bpb_law for s in report.s3 if s.bpb_law is not None]
+    values["t95s"] = (
+        " to ".join(
+            f"{t:.1f}" for t in sorted({min(x.t95 for x in laws), max(x.t95 for x in laws)})
+        )
+        if laws
+        else "–"
+    )
+    margins, first, last, ratio = "–", float("nan"), float("nan"), float("nan")
+    if report.s4 is not None:
+        budgets = sorted({b.flops_budget for b in report.s4.fit.budgets})
+        pairs = [(c, report.s4.loss(c, 1), report.s4.loss(c, 4)) for c in budgets]
+        margins = ", ".join(
+            f"by {l4 - l1:.3f} nats over μ_rec = 4 at C = {c:.2g}" for c, l1, l4 in pairs
+        )
+        first, last = pairs[0][1], pairs[-1][1]
+        tokens = {
+            float(r["flops_budget"]): int(r["tokens"])
+            for r in report.s4.rows
+            if r["mean_recurrence"] == "1"
+        }
+        ratio = tokens[budgets[-1]] / tokens[budgets[0]]
+    values.update(s4_margins=margins, s4_first=first, s4_last=last, s4_token_ratio=ratio)
+    return values
