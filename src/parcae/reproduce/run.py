@@ -273,7 +273,8 @@ def run_s4(workspace: Workspace) -> None:
     sweep.out_dir = workspace.runs / "S4"
     sweep.base = TrainConfig.from_dict(merged(sweep.base.to_dict(), workspace.overrides))
     if workspace.quick:
-        sweep.grid = {**sweep.grid, "flops_budget": quick_budgets(sweep.base), "seed": [0]}
+        quick_grid = {"flops_budget": quick_budgets(sweep.base), "mean_recurrence": [1, 2, 4]}
+        sweep.grid = {**sweep.grid, **quick_grid, "seed": [0]}
     stored = workspace.results / "S4" / RESULTS
     if stored.is_file() and not (sweep.out_dir / RESULTS).is_file():
         sweep.out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +287,7 @@ def run_s4(workspace: Workspace) -> None:
 
 
 def quick_budgets(config: TrainConfig) -> list[float]:
-    """Budgets of about 4, 8 and 16 steps at μ_rec = 1 (a smoke test of the sweep)."""
+    """Budgets of about 3, 6 and 12 steps at μ_rec = 1 (a smoke test of the sweep)."""
     from parcae.data.tokenizer import Tokenizer
     from parcae.model.flops import training_flops_per_token
     from parcae.train.data import resolve_data_dir
@@ -297,7 +298,7 @@ def quick_budgets(config: TrainConfig) -> list[float]:
     model_config = build_model_config(TrainConfig.from_dict(shallow), vocab_size)
     step = training_flops_per_token(model_config, config.seq_len) * config.batch_size
     step *= config.seq_len
-    return [4 * step, 8 * step, 16 * step]
+    return [3 * step, 6 * step, 12 * step]
 
 
 def run_study(study: str, workspace: Workspace) -> float:
