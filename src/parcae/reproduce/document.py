@@ -377,6 +377,8 @@ class Report:
             "Compute (sum of the runs' wall times on 2 CPU cores):",
             "",
             _table(["study", "wall time"], self.walltime_rows()),
+            "",
+            prose["compute"],
         ]
         sections = (
             ("S1", "## S1: stability across learning rates", self.s1.points, self.s1_section),

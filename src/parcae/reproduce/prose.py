@@ -85,6 +85,12 @@ parabola in log μ_rec gives μ*, and one in log D gives D*; power laws in C and
 resamples give the exponents and their 95% intervals. One seed per point: S2's seed spread
 (about ±0.01 nats) is far below the differences between the μ_rec here."""
 
+COMPUTE = """The runs ran one at a time (a second training on 2 cores only slows both). Two of
+S2's 200-step runs (seeds 1 and 2 of Parcae) shared the cores with a test run and took 556 s and
+1,128 s instead of about 110 s, so S2's total is about 25 minutes more than its compute; S4's
+first point also shared the cores with a test run. Results do not depend on it: training on the
+CPU is deterministic, and a run's losses are the same however long it takes."""
+
 DISCUSSION = """**Why looping barely helped in the default run.** The default `parcae train` fits
 parcae-tiny (5.88M parameters) to 0.83M tokens: 0.14 tokens per parameter, half an epoch of
 Shakespeare. The paper trains at 80 tokens per parameter. Every study here says the same thing
@@ -162,6 +168,7 @@ def prose(report) -> dict[str, str]:
         "S2": S2.format(**values),
         "S3": S3.format(**values),
         "S4": S4.format(**values),
+        "compute": COMPUTE,
         "discussion": DISCUSSION.format(**discussion_values(report)),
     }
 
