@@ -141,9 +141,10 @@ lower for RDM, whose best loss is {rdm_gap:.2f} nats worse than Parcae's.
 
 **The default run.** The issue asked to make the default run show what looping buys if a
 CPU-scale setting made T = μ_rec clearly better than T = 1 within 10 minutes. None did by a
-margin worth a newcomer's attention: the largest gain measured is {best_gain} nats ({best_gain_bpb}
-bits per byte) after {best_gain_steps} steps, on a model that still trails the GPT. The default stays as it was
-(parcae-tiny, Muon, 270 steps), and its README figures stay true."""
+margin worth a newcomer's attention: the largest gain measured is {best_gain} nats
+({best_gain_bpb} bits per byte) after {best_gain_steps} steps, on a model that still trails the
+GPT. The default stays as it was (parcae-tiny, Muon, 270 steps), and its README figures stay
+true."""
 
 
 def prose(report) -> dict[str, str]:
