@@ -225,8 +225,11 @@ def discussion_values(report) -> dict[str, object]:
     if report.s4 is not None:
         budgets = sorted({b.flops_budget for b in report.s4.fit.budgets})
         pairs = [(c, report.s4.loss(c, 1), report.s4.loss(c, 4)) for c in budgets]
-        margins = ", ".join(
-            f"by {l4 - l1:.3f} nats over μ_rec = 4 at C = {c:.2g}" for c, l1, l4 in pairs
+        margins = (
+            "its loss is "
+            + ", ".join(f"{l4 - l1:.3f}" for _, l1, l4 in pairs)
+            + " nats below μ_rec = 4's at C = "
+            + ", ".join(f"{c:.2g}" for c, _, _ in pairs)
         )
         first, last = pairs[0][1], pairs[-1][1]
         tokens = {
