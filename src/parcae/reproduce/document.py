@@ -290,7 +290,8 @@ class Report:
                     str(mu),
                     _num(law and law.l_inf),
                     _num(law and law.amplitude),
-                    _num(law and law.rate, 3),
+                    _num(law and law.rate, 3)
+                    + (" (at its bound)" if law and law.saturated else ""),
                     _num(law and law.r2, 3),
                     _num(law and law.t95, 1),
                     _num(s.bpb.get(1)),
@@ -305,8 +306,8 @@ class Report:
         if tasks:
             lines += ["BIG-bench centered accuracy (0 = chance) at T = 1 / μ_rec / 3μ_rec:", ""]
             task_rows = []
-            for s in self.s3:
-                mu, last = s.mean_recurrence, max(s.bpb or {3 * s.mean_recurrence: 0})
+            for s in [s for s in self.s3 if s.tasks]:
+                mu, last = s.mean_recurrence, max(s.tasks[tasks[0]])
                 task_rows.append(
                     [s.name]
                     + [
