@@ -222,16 +222,25 @@ def discussion_values(report) -> dict[str, object]:
         if laws
         else "–"
     )
+    by_mu: dict[int, list] = {}
+    for study in report.s3:
+        by_mu.setdefault(study.mean_recurrence, []).append(study)
+
+    def span(values: list[float], digits: int) -> str:
+        low, high = min(values), max(values)
+        return f"{low:.{digits}f}" if len(values) == 1 else f"{low:.{digits}f}–{high:.{digits}f}"
+
     values["s3_gains"] = (
-        ", ".join(
-            f"{s.bpb[1] - s.bpb[s.mean_recurrence]:.3f} for μ_rec = {s.mean_recurrence}"
-            for s in report.s3
+        "; ".join(
+            f"μ_rec = {mu}: {span([s.bpb[1] - s.bpb[mu] for s in group], 3)}"
+            for mu, group in sorted(by_mu.items())
         )
         or "–"
     )
     values["s3_finals"] = (
-        ", ".join(
-            f"{s.bpb[s.mean_recurrence]:.4f} bpb at T = {s.mean_recurrence}" for s in report.s3
+        "; ".join(
+            f"μ_rec = {mu}: {span([s.bpb[mu] for s in group], 4)} bpb at T = {mu}"
+            for mu, group in sorted(by_mu.items())
         )
         or "–"
     )
