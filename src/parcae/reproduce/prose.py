@@ -119,15 +119,17 @@ W_h reaches ρ = {rdm_rho:.1f} at the largest learning rates, and its state then
 ≈ ρ per loop (‖h_2μ‖/‖h_2μ−1‖ = {rdm_growth:.1f}: the state norm reaches {rdm_norm:.1e}), while
 Parcae's ρ(Ā) never exceeds {parcae_rho:.2f} and its state settles within a few loops at every
 learning rate. The consequence the paper draws does not reproduce at this scale: with gradient
-clipping and 150 steps, no run of any model diverged. What broke instead was different per
-model. Parcae collapsed to the unigram loss at lr ≥ {parcae_stall}: its state norm jumped from
-{h0:.1f} to {h1:.0f} in the first loop step and then settled ({h_last:.0f} at t = 8): the core
-blocks' residual R̄(h, e), which ρ(Ā) < 1 does not bound, grew within one step, not through
-depth. RDM and GPT degraded there without stalling. So
-ρ(Ā) < 1 makes the loop contractive, as claimed, but it does not make the nonlinear part safe at
-large learning rates; the paper's larger models and lower learning rates may never reach this
-failure. The best learning rates were the same for Parcae and GPT ({best_lr}) and a factor of two
-lower for RDM, whose best loss is {rdm_gap:.2f} nats worse than Parcae's.
+clipping and 150 steps, no run of any model diverged, and the two looped models broke at the
+same learning rate. At lr {edge}, three seeds each, Parcae ended at {edge_parcae} and RDM at
+{edge_rdm} nats, each stalling at the unigram loss in {edge_parcae_stalls} and
+{edge_rdm_stalls} of 3 seeds, while GPT reached {edge_gpt}. They broke differently. RDM's
+state grew through depth. Parcae's jumped within one loop step: in its stalled run from
+{h0:.1f} to {h1:.0f} in the first step, then it settled ({h_last:.0f} at t = 8). The core
+blocks' residual R̄(h, e), which ρ(Ā) < 1 does not bound, grew within a step. So ρ(Ā) < 1 makes
+the loop contractive, as claimed, but it does not make the nonlinear part safe at large learning
+rates; the paper's larger models, at lower learning rates, may never meet this failure. The best
+learning rates were the same for Parcae and GPT ({best_lr}), and a factor of two lower for RDM,
+whose best loss is {rdm_gap:.2f} nats worse than Parcae's.
 
 **What this scale can and cannot show.**
 - It can show the dynamics: ρ(Ā), the state's growth through depth, and where each recipe breaks
@@ -181,8 +183,11 @@ def discussion_values(report) -> dict[str, object]:
     results yet)."""
     values: dict[str, object] = {}
     s1, s2 = report.s1, report.s2
-    stalls = s1.lrs_with("parcae", "stalled")
-    values["parcae_stall"] = f"{min(stalls):g}" if stalls else "–"
+    edge = studies.S1_SEED_LRS[0]
+    values["edge"] = f"{edge:g}"
+    for model in ("parcae", "rdm", "gpt"):
+        values[f"edge_{model}"] = s1.val_loss(model, edge).text(2)
+        values[f"edge_{model}_stalls"] = sum(p.status == "stalled" for p in s1.at(model, edge))
     stalled = [p for p in s1.of("parcae") if p.status == "stalled" and p.trace]
     trace = stalled[0].trace if stalled else [float("nan")] * 3
     values.update(h0=trace[0], h1=trace[1], h_last=trace[-1])
