@@ -83,7 +83,7 @@ def test_state_norms_grow_by_rho_through_an_unstable_loop_and_settle_in_a_stable
 
 def _cell(model: str, mean: float, std: float, flops: float = 1.0, steps: int = 10) -> QualityCell:
     loss = Stat(mean, std, 3)
-    return QualityCell(steps, model, 0.01, 100, flops, 10, loss, loss, loss, loss)
+    return QualityCell(steps, model, 0.01, 100, flops, 10, loss, loss, loss, loss, loss)
 
 
 def test_quality_gap_is_judged_against_its_standard_error():
