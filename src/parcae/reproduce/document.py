@@ -369,6 +369,7 @@ class Report:
         """Fill the document's sections; `prose` maps section keys to hand-written text."""
         parts = [
             prose["intro"],
+            "",
             "## Summary",
             "",
             _table(["claim", "paper", "ours", "verdict"], self.summary_rows()),
