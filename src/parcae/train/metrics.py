@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from parcae.errors import DataError
 from parcae.eval.loss import EvalResult
 from parcae.perf import matmul_peak_flops
 from parcae.train.config import TrainConfig
@@ -33,23 +34,38 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record of a run, in order."""
-    path = Path(run_dir) / METRICS_FILE
+    """Every record of a run, in order. A torn last line (a crash mid-write) is dropped with a
+    warning on stderr; a line that is not JSON anywhere else raises DataError naming it."""
+    return [record for _, record in _records(Path(run_dir) / METRICS_FILE)]
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each record of the metrics file at `path` (see `read_metrics`)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            records.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if index == len(lines) - 1:
+                print(f"parcae: {path}:{number}: dropped a torn last line", file=sys.stderr)
+                break
+            raise DataError(
+                f"{path}:{number}: not a JSON record; the metrics file is corrupt (fix or "
+                "remove that line)"
+            ) from None
+    return records
 
 
 def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
-    """Drop records after `last_step` (written by a run that died after its last checkpoint)."""
+    """Drop records after `last_step` (written by a run that died after its last checkpoint),
+    and a torn last line."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
+    kept = [line for line, record in _records(path) if record.get("step", 0) <= last_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
