@@ -61,6 +61,9 @@ def s1_learning_rates(data: Stability, unigram: float | None, path: Path) -> Pat
                 axis.plot(p.lr, y, "x", color=color, markersize=11, mew=2.5)
     if unigram is not None:
         axis.axhline(unigram, color="gray", ls="--", lw=0.8, label="unigram loss (train split)")
+    axis.set_xscale("log")
+    axis.set_xlabel("AdamW learning rate")
+    axis.set_ylabel("final validation loss (T = μ_rec)")
     axis.set_title("S1: stability (○ stalled at the unigram loss, ✕ diverged)")
     axis.grid(alpha=0.3, which="both")
     axis.legend()
