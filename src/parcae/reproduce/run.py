@@ -21,7 +21,7 @@ from parcae.errors import ConfigError, DataError, TrainingError
 from parcae.reproduce import studies
 from parcae.reproduce.records import REFERENCE, read_table, run_record, unigram_loss, write_table
 from parcae.reproduce.studies import RunSpec
-from parcae.train.config import TrainConfig
+from parcae.train.config import TrainConfig, merge_overrides
 
 Say = Callable[[str], None]
 FINISHED = ("done", "diverged")
@@ -42,19 +42,9 @@ class Workspace:
         return self.results / f"{study}.jsonl"
 
 
-def merged(config: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """`config` with `overrides` over it, mappings (model_overrides) merged key by key."""
-    data = dict(config)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            value = {**data[key], **value}
-        data[key] = value
-    return data
-
-
 def run_config(spec: RunSpec, workspace: Workspace) -> TrainConfig:
     """The spec's TrainConfig with the workspace's overrides, in its run directory."""
-    data = merged(spec.config, workspace.overrides)
+    data = merge_overrides(spec.config, workspace.overrides)
     data["out_dir"] = str(workspace.runs / spec.study / spec.name)
     return TrainConfig.from_dict(data)
 
@@ -271,7 +261,7 @@ def run_s4(workspace: Workspace) -> None:
         )
     sweep = load_sweep(studies.ISOFLOP_SWEEP)
     sweep.out_dir = workspace.runs / "S4"
-    sweep.base = TrainConfig.from_dict(merged(sweep.base.to_dict(), workspace.overrides))
+    sweep.base = TrainConfig.from_dict(merge_overrides(sweep.base.to_dict(), workspace.overrides))
     if workspace.quick:
         quick_grid = {"flops_budget": quick_budgets(sweep.base), "mean_recurrence": [1, 2, 4]}
         sweep.grid = {**sweep.grid, **quick_grid, "seed": [0]}
@@ -294,7 +284,7 @@ def quick_budgets(config: TrainConfig) -> list[float]:
     from parcae.train.model import build_model_config
 
     vocab_size = Tokenizer.load(resolve_data_dir(config, prepare=True)).vocab_size
-    shallow = merged(config.to_dict(), {"model_overrides": {"mean_recurrence": 1}})
+    shallow = merge_overrides(config.to_dict(), {"model_overrides": {"mean_recurrence": 1}})
     model_config = build_model_config(TrainConfig.from_dict(shallow), vocab_size)
     step = training_flops_per_token(model_config, config.seq_len) * config.batch_size
     step *= config.seq_len

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from parcae.errors import ConfigError
-from parcae.train.config import TrainConfig, load_config
+from parcae.train.config import TrainConfig, load_config, merge_overrides
 
 COLUMNS = (
     "flops_budget",
@@ -168,12 +168,7 @@ def load_sweep(path: str | Path) -> Sweep:
     overrides = data.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"{path}: 'overrides' must be a mapping of training config keys")
-    merged = base.to_dict()
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            value = {**merged[key], **value}
-        merged[key] = value
-    base = TrainConfig.from_dict(merged)
+    base = TrainConfig.from_dict(merge_overrides(base.to_dict(), overrides))
     grid = _read_grid(path, data.get("grid"))
     out_dir = Path(data["out_dir"]) if data.get("out_dir") else path.with_suffix("")
     sweep = Sweep(path, base, grid, out_dir)

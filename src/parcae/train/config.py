@@ -278,6 +278,17 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
         data[path[0]] = value
 
 
+def merge_overrides(config: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`config` (TrainConfig keys) with `overrides` over it, mappings (model_overrides) merged
+    key by key."""
+    data = dict(config)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            value = {**data[key], **value}
+        data[key] = value
+    return data
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
