@@ -2,7 +2,8 @@
 
 Each capability registers its own subcommands from its own package (a module listed in
 `COMMAND_MODULES` exposing `register(subparsers)`); this file only wires them together and turns
-`ParcaeError` into one line on stderr with exit code 2.
+`ParcaeError` into one line on stderr with exit code 2. A usage error (an unknown option, a
+missing argument) is one line with exit code 2 as well, pointing at `--help`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ COMMAND_MODULES = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), not the usage text;
+    subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parcae", description="Stable looped language models.")
+    parser = OneLineParser(prog="parcae", description="Stable looped language models.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
