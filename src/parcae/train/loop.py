@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from parcae.device import resolve_device
 from parcae.errors import TrainingError
 from parcae.eval.loss import EvalResult
 from parcae.train import distributed as dist
@@ -29,7 +30,7 @@ from parcae.train.config import TrainConfig
 from parcae.train.data import TrainData
 from parcae.train.evaluator import Evaluator
 from parcae.train.metrics import Metrics, format_eval
-from parcae.train.model import TrainModel, resolve_device
+from parcae.train.model import TrainModel
 from parcae.train.optimizer import Optimizer
 from parcae.train.sample import sample_text
 from parcae.train.schedule import total_steps
@@ -71,7 +72,7 @@ def train(config: TrainConfig, after_backward: AfterBackward | None = None) -> T
     `after_backward(model, step)` is called after each step's backward pass, before clipping
     (a fault-injection hook for tests: it may edit gradients or kill the process).
     """
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, "training config 'device'")
     info = dist.setup(device.type)
     try:
         return _train(config, device, info, after_backward)

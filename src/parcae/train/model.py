@@ -26,16 +26,6 @@ from parcae.train import distributed as dist
 from parcae.train.config import TrainConfig
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto`: cuda when available, else cpu; any other name as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"invalid training config 'device': {name!r}") from None
-
-
 def use_bf16(precision: str, device: torch.device) -> bool:
     """bf16 autocast for `precision=bf16`, or `auto` where `device` multiplies bf16 natively."""
     return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
