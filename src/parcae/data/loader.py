@@ -45,10 +45,14 @@ class Batch:
 
 
 class TokenStream:
-    """The shards of a split read as one array: `read(start, length)` may cross shards."""
+    """The shards of a split read as one array: `read(start, length)` may cross shards.
+    `name` (the split, for errors) and `vocab_size` (every id must be below it) come from the
+    manifest."""
 
-    def __init__(self, shards: list[np.ndarray]):
-        self.shards = shards
+    def __init__(
+        self, shards: list[np.ndarray], name: str = "tokens", vocab_size: int | None = None
+    ):
+        self.shards, self.name, self.vocab_size = shards, name, vocab_size
         self.offsets = np.cumsum([0] + [len(shard) for shard in shards]).tolist()
 
     def __len__(self) -> int:
@@ -70,6 +74,13 @@ class TokenStream:
 def _make_batch(stream: TokenStream, rows: list[int], seq_len: int) -> Batch:
     """The batch of the given row indices (row k = stream[k·S : k·S + S + 1])."""
     tokens = np.stack([stream.read(row * seq_len, seq_len + 1) for row in rows])  # (B, S+1)
+    if stream.vocab_size is not None and tokens.max() >= stream.vocab_size:
+        row = rows[int(np.argmax(tokens.max(axis=1)))]
+        raise DataError(
+            f"{stream.name}: row {row} holds token id {tokens.max()}, outside the vocabulary "
+            f"of {stream.vocab_size} ids; the shards are corrupt or come from another "
+            "tokenizer: prepare the dataset again"
+        )
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     return Batch(torch.from_numpy(inputs.copy()), torch.from_numpy(targets.copy()))
 
@@ -83,7 +94,9 @@ def _open(
             f"batch size and seq_len must be positive, got {batch_size} and {seq_len}"
         )
     manifest = load_manifest(data_dir)
-    stream = TokenStream(open_split(data_dir, split, manifest))
+    stream = TokenStream(
+        open_split(data_dir, split, manifest), f"{data_dir} ({split})", manifest["vocab_size"]
+    )
     rows = max(len(stream) - 1, 0) // seq_len
     if rows == 0:
         raise DataError(

@@ -34,6 +34,7 @@ from parcae.data.sources import iter_documents
 from parcae.data.split import DEFAULT_VAL_FRACTION, check_val_fraction, split_of
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import ConfigError, DataError
+from parcae.outputs import check_not_file, output_directory
 
 __all__ = ["prepare_dataset", "load_manifest"]
 
@@ -143,8 +144,8 @@ def prepare_dataset(
     check_val_fraction(val_fraction)
     if shard_tokens <= 0:
         raise ConfigError(f"shard tokens must be positive, got {shard_tokens}")
+    out_dir = check_not_file(out_dir, "data directory")
     tokenizer = Tokenizer.load(tokenizer_dir)
-    out_dir = Path(out_dir)
     identity = _identity(input_spec, text_field, tokenizer, val_fraction)
     if (out_dir / MANIFEST).is_file():
         manifest = load_manifest(out_dir)
@@ -155,7 +156,7 @@ def prepare_dataset(
         _check_same(state, identity, out_dir)
     else:
         state = _fresh_state(identity, tokenizer)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_directory(out_dir, "data directory")
 
     bos = np.array([tokenizer.bos_id], dtype=np.int64)
     buffers = {split: _SplitBuffer() for split in SPLITS}

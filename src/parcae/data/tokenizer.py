@@ -33,6 +33,8 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD)
 FILE_NAME = "tokenizer.json"
 MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
+# above every vocabulary in use (Gemma's 262k); the BPE trainer reserves memory by vocab size
+MAX_VOCAB_SIZE = 1 << 20
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -47,6 +49,15 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(byte): byte for byte in printable} | {
         chr(256 + i): byte for i, byte in enumerate(shifted)
     }
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    """Refuse a vocabulary size a byte-level BPE tokenizer cannot have or could not train."""
+    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+        raise ConfigError(
+            f"vocab size must be between {MIN_VOCAB_SIZE} (3 specials + 256 bytes) and "
+            f"{MAX_VOCAB_SIZE:,}, got {vocab_size:,}"
+        )
 
 
 class Tokenizer:
@@ -65,11 +76,7 @@ class Tokenizer:
     def train(cls, texts: Iterable[str], vocab_size: int, show_progress: bool = False) -> Tokenizer:
         """Learn BPE merges from `texts` until the vocabulary (specials included) has
         `vocab_size` entries."""
-        if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(
-                f"vocab size must be at least {MIN_VOCAB_SIZE} "
-                f"(3 specials + 256 bytes), got {vocab_size}"
-            )
+        check_vocab_size(vocab_size)
         backend = HFTokenizer(models.BPE(unk_token=None, byte_fallback=False))
         backend.normalizer = None
         backend.pre_tokenizer = pre_tokenizers.Sequence(

@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 from parcae.data.sources import iter_documents
 from parcae.data.split import DEFAULT_VAL_FRACTION, check_val_fraction, split_of
-from parcae.data.tokenizer import Tokenizer
-from parcae.errors import DataError
+from parcae.data.tokenizer import Tokenizer, check_vocab_size
+from parcae.errors import ConfigError, DataError
+from parcae.outputs import check_not_file, output_directory
 
 HELDOUT_CHARS = 1 << 24  # held-out text kept in memory to measure compression
 
@@ -95,11 +96,15 @@ def train_tokenizer(
     """Train on the `train` documents of `input_spec` (at most `max_chars` characters), save to
     `out_dir`."""
     check_val_fraction(val_fraction)
+    check_vocab_size(vocab_size)
+    if max_chars is not None and max_chars <= 0:
+        raise ConfigError(f"max chars must be positive, got {max_chars}")
+    check_not_file(out_dir, "tokenizer directory")
     start = time.perf_counter()
     partition = _Partition(input_spec, text_field, val_fraction, max_chars, progress)
     tokenizer = Tokenizer.train(partition, vocab_size)
     seconds = time.perf_counter() - start
-    path = tokenizer.save(out_dir)
+    path = tokenizer.save(output_directory(out_dir, "tokenizer directory"))
     return TokenizerReport(
         tokenizer=tokenizer,
         path=path,

@@ -2,21 +2,26 @@
 
     parcae train run.yaml lr=0.01 model_overrides.d_model=128 eval_depths=[1,4]
 
-Values are parsed as YAML (`true`, `1e-3`, `[1, 2]`); a dotted key sets one entry of a dict
-field. Unknown keys are refused with the closest valid names. Every check lives in
-`TrainConfig.__post_init__`; the resolved config is written to `OUT_DIR/config.yaml`.
+Values are parsed as YAML (`true`, `1e-3`, `[1, 2]`), with booleans spelled `true`/`false` only
+(YAML 1.2: `yes`, `no`, `on` stay strings, so `resume=nope` is refused, not read as true); a
+dotted key sets one entry of a dict field. Unknown keys are refused with the closest valid names.
+Numbers must be finite. Every check lives in `TrainConfig.__post_init__`; the resolved config is
+written to `OUT_DIR/config.yaml`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from parcae.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from parcae.errors import ConfigError
 
 OPTIMIZERS = ("muon", "adamw")
@@ -24,6 +29,26 @@ PRECISIONS = ("auto", "fp32", "bf16")
 PARALLEL = ("ddp", "fsdp")
 DEFAULT_MAX_STEPS = 270
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
+TEXTS = ("model", "data", "out_dir", "device", "wandb_project", "sample_prompt")
+SWITCHES = ("compile", "activation_checkpointing", "resume", "progress", "tensorboard", "wandb")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2: `true`/`false` (any case), nothing else."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """`text` parsed as YAML with YAML 1.2 booleans (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -102,6 +127,21 @@ class TrainConfig:
         _choice(self.optimizer, "optimizer", OPTIMIZERS)
         _choice(self.precision, "precision", PRECISIONS)
         _choice(self.parallel, "parallel", PARALLEL)
+        for name in TEXTS:
+            value = getattr(self, name)
+            _check(
+                isinstance(value, str) and (value != "" or name == "sample_prompt"),
+                name,
+                f"must be a {'' if name == 'sample_prompt' else 'non-empty '}string, got {value!r}",
+            )
+        _check(
+            self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir),
+            "data_dir",
+            f"must be a directory path, got {self.data_dir!r}",
+        )
+        for name in SWITCHES:
+            value = getattr(self, name)
+            _check(isinstance(value, bool), name, f"must be true or false, got {value!r}")
         for name in (
             "batch_size",
             "seq_len",
@@ -137,11 +177,18 @@ class TrainConfig:
                 name,
                 f"must be a positive number, got {value!r}",
             )
+        _check(
+            MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE,
+            "vocab_size",
+            f"must be between {MIN_VOCAB_SIZE} and {MAX_VOCAB_SIZE:,}, got {self.vocab_size:,}",
+        )
         if all(getattr(self, key) is None for key in BUDGET_KEYS):
             self.max_steps = DEFAULT_MAX_STEPS
         for name in ("lr", "adam_lr", "adam_eps"):
             value = getattr(self, name)
-            _check(_is_number(value) and value > 0, name, f"must be positive, got {value!r}")
+            _check(
+                _is_number(value) and value > 0, name, f"must be a positive number, got {value!r}"
+            )
         for name in ("weight_decay", "grad_clip", "sample_temperature"):
             value = getattr(self, name)
             _check(_is_number(value) and value >= 0, name, f"must be >= 0, got {value!r}")
@@ -154,7 +201,9 @@ class TrainConfig:
             f"must be in (0, 1), got {self.val_fraction!r}",
         )
         _check(
-            len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+            isinstance(self.adam_betas, tuple)
+            and len(self.adam_betas) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas),
             "adam_betas",
             f"must be two numbers in [0, 1), got {self.adam_betas!r}",
         )
@@ -202,7 +251,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool, not inf or nan)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _as_number(key: str, value: Any) -> Any:
@@ -250,7 +300,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"expected key=value, got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -299,7 +349,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"no config file at {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = read_yaml(path.read_text())
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -199,8 +199,15 @@ class Metrics:
         self._flops_per_token, self._peak = 0.0, math.inf
 
     def say(self, message: str) -> None:
+        """Progress news (the run's banner, evaluations): shown with `progress`."""
         if self.show:
             tqdm.write(message)
+
+    def warn(self, message: str) -> None:
+        """What a user must see whatever `progress` says (a fresh start where a resume was
+        asked, a skipped step, a stop by signal, a checkpoint passed over): on stderr."""
+        if self.info.is_main:
+            tqdm.write(message, file=sys.stderr)
 
     def open(self, model: TrainModel, data_dir: Path, step: int, total_steps: int) -> None:
         """Start reporting a run of `total_steps` at `step` (a resumed run drops the records
