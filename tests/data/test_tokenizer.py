@@ -103,9 +103,12 @@ def test_load_refuses_a_malformed_file(tmp_path):
         Tokenizer.load(tmp_path)
 
 
-def test_train_refuses_a_vocab_smaller_than_the_byte_alphabet():
-    with pytest.raises(ConfigError, match="at least 259"):
-        Tokenizer.train(["abc"], 100)
+@pytest.mark.parametrize("vocab_size", [100, 258, 1_048_577, 10**9])
+def test_train_refuses_a_vocab_outside_the_byte_alphabet_and_the_bound(vocab_size):
+    """Below 259 the bytes do not fit; far above, the BPE trainer aborted the process trying to
+    reserve memory (70 GB at 1e9) instead of raising."""
+    with pytest.raises(ConfigError, match="between 259 .* and 1,048,576"):
+        Tokenizer.train(["abc"], vocab_size)
 
 
 def test_train_refuses_empty_input():
