@@ -86,9 +86,8 @@ def test_two_processes_match_one_with_the_same_global_batch(
     # distributed run (model, optimizer and data position) as if it had never stopped
     resumed = tmp_path / "resumed"
     ckpt.checkpoint_dir(resumed).mkdir(parents=True)
-    shutil.copy2(
-        ckpt.checkpoint_dir(tmp_path / parallel) / "step_0000002.pt", ckpt.checkpoint_dir(resumed)
-    )
+    for name in ("step_0000002.pt", "step_0000002.pt.sha256"):  # the checkpoint and its hash
+        shutil.copy2(ckpt.checkpoint_dir(tmp_path / parallel) / name, ckpt.checkpoint_dir(resumed))
     train(_config(data_dir, resumed, resume=True))
     continued = _losses(resumed)
     assert continued.keys() == {3, 4}

@@ -1,41 +1,70 @@
-"""Training checkpoints: atomic, the last N kept, with every piece of state needed to resume.
+"""Training checkpoints: hashed, verified on resume, the last N kept, with every piece of state
+needed to resume.
 
 `OUT_DIR/checkpoints/step_{step:07d}.pt` holds a dict: the `state_dict()` of each component
 the `Checkpointer` was given, under its name (a run gives `model`, `optimizer`, `loader` for the
 data position and `counters` for tokens and skipped steps), plus `step` (steps done), `rng`
-(Python, NumPy, torch CPU and CUDA generators), `train_config` and `model_config`. A checkpoint
-is written to a temporary file, fsynced and renamed into place, so a crash leaves either the
-old set of checkpoints or the new one, never half a file.
+(Python, NumPy, torch CPU and CUDA generators), `train_config` and `model_config`. Everything in
+it is a tensor or a plain value (the NumPy generator state is stored as a dict holding a tensor),
+so it is read with `torch.load(weights_only=True)`: a file that holds any other pickled object is
+refused without running its code.
+
+Beside it, `step_{step:07d}.pt.sha256` holds its SHA-256 in `sha256sum` format
+(`<hex>  step_0000100.pt`, so `sha256sum -c` works in that directory). A save writes the `.pt`
+through a temporary file (fsync, rename), then the `.sha256` the same way: the rename of the
+`.sha256` is the commit point, and a `.pt` without one is an unfinished (or unverified) save.
+
+Resuming tries the newest checkpoint first; one whose `.sha256` is missing or does not match, or
+that cannot be read, is reported and skipped for the next older one. Nothing is deleted on
+resume: a bad checkpoint stays until training reaches its step again and saves over it. A file
+known to be fine can be trusted by writing its hash (`sha256sum step_X.pt > step_X.pt.sha256`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
 
 from parcae.errors import CheckpointError
-from parcae.train.config import TrainConfig
+from parcae.train.config import BUDGET_KEYS, TrainConfig
 from parcae.train.distributed import DistInfo
 
 CHECKPOINT_DIR = "checkpoints"
 PATTERN = re.compile(r"^step_(\d{7})\.pt$")
+HASH_SUFFIX = ".sha256"
+HASH_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)\n?$")
 
 
 def checkpoint_dir(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR
 
 
+def hash_path(path: Path) -> Path:
+    """The `.sha256` file beside the checkpoint at `path`."""
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain values (loadable with weights_only)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # uint32 words, widened
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -44,15 +73,24 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    numpy = state["numpy"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
-    """Finished checkpoints, oldest first."""
+    """Every checkpoint file, verified or not, oldest first."""
     directory = checkpoint_dir(out_dir)
     if not directory.is_dir():
         return []
@@ -63,6 +101,14 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1] if found else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -76,39 +122,117 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(
-    out_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int
-) -> Path:
-    """Write `state` as the checkpoint of `step` (temp file, fsync, rename), then delete all
-    but the newest `keep` checkpoints."""
+def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through a temporary file beside it (fsync, rename); the temporary file is
+    removed when anything fails."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
+    """Write `state` as the checkpoint of `step`, then its `.sha256` (the commit point). On a
+    failure (an OSError: disk full, no permission) nothing is left of this save and the other
+    checkpoints are untouched; the error propagates."""
     directory = checkpoint_dir(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{step:07d}.pt"
-    tmp = directory / f".{path.name}.tmp"
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    replaced = False
+    try:
+        _write_atomic(path, lambda handle: torch.save(state, handle))
+        replaced = True
+        line = f"{file_sha256(path)}  {path.name}\n".encode()
+        _write_atomic(hash_path(path), lambda handle: handle.write(line))
+    except BaseException:
+        if replaced:  # the .pt without its hash: an unfinished save of this step
+            for leftover in (hash_path(path), path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+        raise
     _fsync_directory(directory)
-    for old in list_checkpoints(out_dir)[:-keep]:
-        old.unlink(missing_ok=True)
     return path
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int, newest: Path) -> None:
+    """Delete all but the `keep` newest checkpoints up to `newest` (the one just written), each
+    with its `.sha256`. Checkpoints after `newest` (bad ones a resume skipped) are left alone:
+    training saves over them when it reaches their step."""
+    found = list_checkpoints(out_dir)
+    for old in found[: found.index(newest) + 1][:-keep]:
+        hash_path(old).unlink(missing_ok=True)  # first: a .pt left alone is unverified
+        old.unlink(missing_ok=True)
+
+
+class UnusableCheckpoint(CheckpointError):
+    """The checkpoint at `path` cannot be trusted or read; `reason` is a short phrase.
+    `trustable`: writing its hash would make it usable (the hash is what is missing or
+    different), if the user knows the file is fine."""
+
+    def __init__(self, path: Path, reason: str, trustable: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.trustable = path, reason, trustable
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise UnusableCheckpoint unless `path` matches the hash in its `.sha256`."""
+    sidecar = hash_path(path)
+    try:
+        text = sidecar.read_text()
+    except FileNotFoundError:
+        raise UnusableCheckpoint(
+            path, "no .sha256 (an unfinished or unverified save)", True
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UnusableCheckpoint(path, f"unreadable .sha256 ({_one_line(error)})", True) from None
+    match = HASH_LINE.match(text)
+    if match is None or match.group(2) != path.name:
+        raise UnusableCheckpoint(path, f"{sidecar.name} is not a sha256sum line for it", True)
+    try:
+        digest = file_sha256(path)
+    except OSError as error:
+        raise UnusableCheckpoint(path, f"unreadable ({_one_line(error)})") from None
+    if digest != match.group(1):
+        raise UnusableCheckpoint(path, "hash mismatch", True)
+
+
+def _one_line(error: BaseException) -> str:
+    """The gist of `error` on one line (torch's unpickling errors span many)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global|\n|$)", text)
+    if detail:
+        return detail.group(1).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def load_checkpoint(
     path: str | os.PathLike, required: Collection[str] = ("step", "rng")
 ) -> dict[str, Any]:
-    """The state saved at `path`, refused unless it holds the `required` keys."""
+    """The state saved at `path`, verified against its hash and read as tensors and plain
+    values only; raises UnusableCheckpoint unless it holds the `required` keys."""
     path = Path(path)
+    verify_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable training checkpoint ({error})") from None
-    missing = set(required) - set(state)
+        reason = _one_line(error)
+        if reason.startswith("Unsupported global"):
+            raise UnusableCheckpoint(
+                path, f"holds a pickled object, not only tensors ({reason}); not loaded"
+            ) from None
+        raise UnusableCheckpoint(path, f"unreadable ({reason})") from None
+    missing = set(required) - set(state) if isinstance(state, dict) else set(required)
     if missing:
-        raise CheckpointError(
-            f"{path}: not a training checkpoint (missing {', '.join(sorted(missing))})"
+        raise UnusableCheckpoint(
+            path, f"not a training checkpoint (missing {', '.join(sorted(missing))})"
         )
     return state
 
@@ -127,11 +251,13 @@ RESUME_KEYS = ("model", "model_overrides", "batch_size", "seq_len", "seed", "opt
 
 class Checkpointer:
     """Saves `components` (name -> object with `state_dict`/`load_state_dict`) with the RNGs
-    and restores them from the latest checkpoint.
+    and restores them from the newest good checkpoint.
 
     Config keys: out_dir, checkpoint_every, keep_checkpoints, resume (and RESUME_KEYS, checked
-    against the checkpoint's run). Every process calls `save` and `restore` (the state dicts
-    may be collectives); the main process writes.
+    against the checkpoint's run; the budget keys, checked against its step). Every process
+    calls `save` and `restore` (the state dicts may be collectives); the main process writes.
+    `good` is the newest checkpoint this process verified (restored from) or wrote itself: the
+    one to name as good when training fails.
     """
 
     def __init__(
@@ -144,16 +270,15 @@ class Checkpointer:
         self.config, self.info, self.components = config, info, components
         self.model_config = model_config
         self.out_dir = Path(config.out_dir)
-
-    def latest(self) -> Path | None:
-        return latest_checkpoint(self.out_dir)
+        self.good: Path | None = None
 
     def due(self, step: int) -> bool:
         """Whether `step` is a scheduled checkpoint (every `checkpoint_every` steps)."""
         return step % self.config.checkpoint_every == 0
 
     def save(self, step: int) -> Path | None:
-        """Write the checkpoint of `step`; returns its path on the main process."""
+        """Write the checkpoint of `step` and prune old ones; returns its path on the main
+        process. A write that fails (disk full, no permission) raises CheckpointError."""
         states = {name: component.state_dict() for name, component in self.components.items()}
         if not self.info.is_main:
             return None
@@ -164,37 +289,112 @@ class Checkpointer:
             "train_config": self.config.to_dict(),
             "model_config": self.model_config,
         }
-        return save_checkpoint(self.out_dir, step, state, self.config.keep_checkpoints)
+        directory = checkpoint_dir(self.out_dir)
+        try:
+            self.good = save_checkpoint(self.out_dir, step, state)
+            prune_checkpoints(self.out_dir, self.config.keep_checkpoints, self.good)
+        except OSError as error:
+            earlier = f"the newest good one is {self.good}" if self.good else "none is verified"
+            raise CheckpointError(
+                f"cannot save checkpoint step_{step:07d}.pt in {directory}: "
+                f"{error.strerror or error}; the earlier checkpoints are intact ({earlier})"
+            ) from None
+        return self.good
 
-    def restore(self, say: Callable[[str], None]) -> int:
-        """With `resume`, load the latest checkpoint into the components and the RNGs; returns
-        its step (0 for a fresh start). Without `resume`, refuses a directory that already
-        holds checkpoints."""
-        latest = self.latest()
+    def restore(
+        self,
+        steps_total: int,
+        exported: bool,
+        say: Callable[[str], None],
+        warn: Callable[[str], None],
+    ) -> int:
+        """With `resume`, load the newest good checkpoint into the components and the RNGs;
+        returns its step (0 for a fresh start). Bad checkpoints are reported with `warn` and
+        skipped. Refuses a checkpoint past the budget of `steps_total` steps, or at it when the
+        run is finished (`exported`; otherwise the run goes on to its final evaluation and
+        export). Without `resume`, refuses a directory that already holds checkpoints."""
+        found = list_checkpoints(self.out_dir)
         if not self.config.resume:
-            if latest is not None:
+            if found:
                 raise CheckpointError(
                     f"{self.out_dir} already holds checkpoints; pass "
                     "resume=true to continue that run or choose another "
                     "out_dir"
                 )
             return 0
-        if latest is None:
+        if not found:
             say(
                 f"parcae: resume=true but no checkpoint in {checkpoint_dir(self.out_dir)}; "
                 "starting fresh"
             )
             return 0
-        state = load_checkpoint(latest, ("step", "rng", *self.components))
-        saved = state.get("train_config", {})
+        state, path, skipped = self._newest_good(found, warn)
+        saved, step = state.get("train_config", {}), state["step"]
         for key in RESUME_KEYS:
             if key in saved and saved[key] != getattr(self.config, key):
                 raise CheckpointError(
-                    f"{latest}: was trained with {key}={saved[key]!r}, this "
+                    f"{path}: was trained with {key}={saved[key]!r}, this "
                     f"run has {getattr(self.config, key)!r}; cannot resume"
                 )
+        self._check_budget(path, step, steps_total, exported, say)
         for name, component in self.components.items():
             component.load_state_dict(state[name])
         set_rng_state(state["rng"])
-        say(f"parcae: resumed from {latest} at step {state['step']}")
-        return state["step"]
+        self.good = path
+        if skipped:
+            reasons = "; ".join(f"{bad.path.name}: {bad.reason}" for bad in skipped)
+            warn(f"parcae: resumed from {path} at step {step} (skipped newer {reasons})")
+        else:
+            say(f"parcae: resumed from {path} at step {step}")
+        return step
+
+    def _newest_good(
+        self, found: list[Path], warn: Callable[[str], None]
+    ) -> tuple[dict[str, Any], Path, list[UnusableCheckpoint]]:
+        """(state, path) of the newest checkpoint that verifies and loads, and the newer ones
+        skipped; CheckpointError when there is none."""
+        skipped = []
+        for path in reversed(found):
+            try:
+                return load_checkpoint(path, ("step", "rng", *self.components)), path, skipped
+            except UnusableCheckpoint as bad:
+                warn(f"parcae: skipping checkpoint {path}: {bad.reason}")
+                skipped.append(bad)
+        newest, directory = skipped[0], checkpoint_dir(self.out_dir)
+        older = f"; the {len(skipped) - 1} older ones are unusable too" if len(skipped) > 1 else ""
+        name = newest.path.name
+        advice = (
+            f"if you know {name} is fine, trust it with `sha256sum {name} > {name}{HASH_SUFFIX}` "
+            f"in {directory} and resume again"
+            if newest.trustable
+            else "choose another out_dir to start over"
+        )
+        raise CheckpointError(
+            f"no usable checkpoint in {directory} (the newest, {name}: {newest.reason}{older}); "
+            f"{advice}"
+        )
+
+    def _check_budget(
+        self, path: Path, step: int, steps_total: int, exported: bool, say: Callable[[str], None]
+    ) -> None:
+        """Refuse to resume past the budget, or at it when the run is finished."""
+        budget = ", ".join(
+            f"{key}={value}"
+            for key in BUDGET_KEYS
+            if (value := getattr(self.config, key)) is not None
+        )
+        if step > steps_total:
+            raise CheckpointError(
+                f"checkpoint {path} is at step {step}, but the budget ({budget}) is "
+                f"{steps_total} steps and already reached; raise it to train further"
+            )
+        if step == steps_total:
+            if exported:
+                raise CheckpointError(
+                    f"checkpoint {path} is at step {step}, the end of the budget ({budget}): "
+                    "this run is already finished; raise the budget to train further"
+                )
+            say(
+                f"parcae: checkpoint {path} is at the end of the budget ({steps_total} steps) "
+                "but the run has no exported model; finishing it (final evaluation and export)"
+            )

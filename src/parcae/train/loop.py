@@ -3,16 +3,19 @@
 Components (each reads its own keys of `TrainConfig`): `TrainData` (batches, tokenizer),
 `TrainModel` (model, precision, parallelism), `Optimizer` (MuonAdamW, schedule, clipping),
 `Checkpointer` (save, resume), `Metrics` (console and records) and `Evaluator` (validation).
-A step: schedule, forward and backward (`parcae.train.step`), the NaN policy (a non-finite loss
-stops the run, a non-finite gradient norm skips the update), records, evaluation every
-`eval_every` steps, checkpoints every `checkpoint_every` steps and on SIGINT/SIGTERM. At the
-end: the final evaluation, the exported model and a sample.
+Once they are built, the main process locks `out_dir` (`parcae.train.lock`) before anything is
+written into it, so that a second run on the same directory is refused. A step: schedule,
+forward and backward (`parcae.train.step`), the NaN policy (a non-finite loss stops the run, a
+non-finite gradient norm skips the update), records, evaluation every `eval_every` steps,
+checkpoints every `checkpoint_every` steps and on SIGINT/SIGTERM. At the end: the final
+evaluation, the exported model and a sample.
 """
 
 from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from parcae.data.tokenizer import FILE_NAME as TOKENIZER_FILE
 from parcae.device import resolve_device
 from parcae.errors import TrainingError
 from parcae.eval.loss import EvalResult
@@ -29,6 +33,7 @@ from parcae.train.checkpoint import Checkpointer
 from parcae.train.config import TrainConfig
 from parcae.train.data import TrainData
 from parcae.train.evaluator import Evaluator
+from parcae.train.lock import run_lock
 from parcae.train.metrics import Metrics, format_eval
 from parcae.train.model import TrainModel
 from parcae.train.optimizer import Optimizer
@@ -66,6 +71,17 @@ class Counters:
         self.tokens, self.skipped = state["tokens"], state["skipped"]
 
 
+def _warner(info: dist.DistInfo) -> Callable[[str], None]:
+    """Warnings (a skipped checkpoint, an unguarded out_dir) go to stderr from the main
+    process, whatever `progress` says."""
+
+    def warn(message: str) -> None:
+        if info.is_main:
+            print(message, file=sys.stderr)
+
+    return warn
+
+
 def train(config: TrainConfig, after_backward: AfterBackward | None = None) -> TrainResult:
     """Run (or resume) the training described by `config`; returns what it did.
 
@@ -92,79 +108,81 @@ def _train(
     steps_total = total_steps(config, model.params, model.flops_per_token)
     optimizer = Optimizer.build(config, model, steps_total)
     counters = Counters()
-    checkpointer = Checkpointer(
-        config,
-        info,
-        {"model": model, "optimizer": optimizer, "loader": data, "counters": counters},
-        model.config.to_dict(),
-    )
-    step = checkpointer.restore(metrics.say)
-    metrics.open(model, data.directory, step, steps_total)
-    evaluator = Evaluator(config, model, data, info, metrics)
-    interrupted = None
-    with StopSignals() as signals:
-        while step < steps_total:
-            started = time.perf_counter()
-            lr_factor = optimizer.schedule(step)
-            plan = depth_plan(model, config, step)
-            loss = forward_backward(model, data, plan)
-            if after_backward is not None:
-                after_backward(model.model, step)
-            loss = float(dist.all_reduce_mean(loss, info))
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"loss is {loss} at step {step + 1}; training stopped (the "
-                    f"last good checkpoint is {checkpointer.latest() or 'none'}; "
-                    "try a lower lr)"
+    with run_lock(config.out_dir, info, device, _warner(info)):
+        checkpointer = Checkpointer(
+            config,
+            info,
+            {"model": model, "optimizer": optimizer, "loader": data, "counters": counters},
+            model.config.to_dict(),
+        )
+        finished = (Path(config.out_dir) / "model" / TOKENIZER_FILE).is_file()  # exported last
+        step = checkpointer.restore(steps_total, finished, metrics.say, _warner(info))
+        metrics.open(model, data.directory, step, steps_total)
+        evaluator = Evaluator(config, model, data, info, metrics)
+        interrupted = None
+        with StopSignals() as signals:
+            while step < steps_total:
+                started = time.perf_counter()
+                lr_factor = optimizer.schedule(step)
+                plan = depth_plan(model, config, step)
+                loss = forward_backward(model, data, plan)
+                if after_backward is not None:
+                    after_backward(model.model, step)
+                loss = float(dist.all_reduce_mean(loss, info))
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss} at step {step + 1}; training stopped (the "
+                        f"last good checkpoint is {checkpointer.good or 'none'}; "
+                        "try a lower lr)"
+                    )
+                grad_norm = optimizer.step()
+                if not math.isfinite(grad_norm):
+                    counters.skipped += 1
+                    metrics.say(
+                        f"parcae: step {step + 1}: gradient norm {grad_norm}, step skipped "
+                        f"({counters.skipped} so far)"
+                    )
+                step += 1
+                counters.tokens += config.batch_size * config.seq_len
+                metrics.log_step(
+                    step,
+                    time.perf_counter() - started,
+                    force=not math.isfinite(grad_norm),
+                    mean_depth=None if plan is None else float(plan.total_steps.float().mean()),
+                    loss=loss,
+                    lr=optimizer.lr,
+                    lr_factor=lr_factor,
+                    tokens=counters.tokens,
+                    grad_norm=grad_norm,
+                    skipped=counters.skipped,
                 )
-            grad_norm = optimizer.step()
-            if not math.isfinite(grad_norm):
-                counters.skipped += 1
-                metrics.say(
-                    f"parcae: step {step + 1}: gradient norm {grad_norm}, step skipped "
-                    f"({counters.skipped} so far)"
-                )
-            step += 1
-            counters.tokens += config.batch_size * config.seq_len
-            metrics.log_step(
-                step,
-                time.perf_counter() - started,
-                force=not math.isfinite(grad_norm),
-                mean_depth=None if plan is None else float(plan.total_steps.float().mean()),
-                loss=loss,
-                lr=optimizer.lr,
-                lr_factor=lr_factor,
-                tokens=counters.tokens,
-                grad_norm=grad_norm,
-                skipped=counters.skipped,
-            )
-            if step % config.eval_every == 0 and step < steps_total:
-                results = evaluator.run(step, counters.tokens, config.eval_batches)
-                metrics.say(f"step {step}: {format_eval(results)}")
-            stop = dist.any_rank(signals.received is not None, info, device)
-            if checkpointer.due(step) or stop or step == steps_total:
-                checkpointer.save(step)
-            if stop and step < steps_total:  # a signal during the last step: just finish
-                interrupted = signals.received or signal.SIGTERM
-                metrics.say(
-                    f"parcae: stopped by signal {interrupted} at step {step}; "
-                    "checkpoint saved, continue with resume=true"
-                )
-                break
-    final, sample = [], None
-    if interrupted is None:
-        final = evaluator.run(step, counters.tokens, config.final_eval_batches)
-        exported = model.export(Path(config.out_dir) / "model", data.tokenizer, info.is_main)
-        if exported is not None and config.sample_tokens > 0:
-            sample = sample_text(exported, data.tokenizer, config, device)
-    metrics.close()
-    return TrainResult(
-        out_dir=Path(config.out_dir),
-        steps=step,
-        tokens=counters.tokens,
-        skipped_steps=counters.skipped,
-        final_eval=final,
-        sample=sample,
-        interrupted_by=interrupted,
-        is_main=info.is_main,
-    )
+                if step % config.eval_every == 0 and step < steps_total:
+                    results = evaluator.run(step, counters.tokens, config.eval_batches)
+                    metrics.say(f"step {step}: {format_eval(results)}")
+                stop = dist.any_rank(signals.received is not None, info, device)
+                if checkpointer.due(step) or stop or step == steps_total:
+                    checkpointer.save(step)
+                if stop and step < steps_total:  # a signal during the last step: just finish
+                    interrupted = signals.received or signal.SIGTERM
+                    metrics.say(
+                        f"parcae: stopped by signal {interrupted} at step {step}; "
+                        "checkpoint saved, continue with resume=true"
+                    )
+                    break
+        final, sample = [], None
+        if interrupted is None:
+            final = evaluator.run(step, counters.tokens, config.final_eval_batches)
+            exported = model.export(Path(config.out_dir) / "model", data.tokenizer, info.is_main)
+            if exported is not None and config.sample_tokens > 0:
+                sample = sample_text(exported, data.tokenizer, config, device)
+        metrics.close()
+        return TrainResult(
+            out_dir=Path(config.out_dir),
+            steps=step,
+            tokens=counters.tokens,
+            skipped_steps=counters.skipped,
+            final_eval=final,
+            sample=sample,
+            interrupted_by=interrupted,
+            is_main=info.is_main,
+        )
