@@ -323,12 +323,12 @@ class Checkpointer:
                 )
             return 0
         if not found:
-            say(
+            warn(
                 f"parcae: resume=true but no checkpoint in {checkpoint_dir(self.out_dir)}; "
                 "starting fresh"
             )
             return 0
-        state, path, skipped = self._newest_good(found, warn)
+        state, path, skipped = self._newest_good(found)
         saved, step = state.get("train_config", {}), state["step"]
         for key in RESUME_KEYS:
             if key in saved and saved[key] != getattr(self.config, key):
@@ -341,6 +341,8 @@ class Checkpointer:
             component.load_state_dict(state[name])
         set_rng_state(state["rng"])
         self.good = path
+        for bad in skipped:  # reported once resuming succeeded: a refusal stays one line
+            warn(f"parcae: skipping checkpoint {bad.path}: {bad.reason}; falling back")
         if skipped:
             reasons = "; ".join(f"{bad.path.name}: {bad.reason}" for bad in skipped)
             warn(f"parcae: resumed from {path} at step {step} (skipped newer {reasons})")
@@ -349,7 +351,7 @@ class Checkpointer:
         return step
 
     def _newest_good(
-        self, found: list[Path], warn: Callable[[str], None]
+        self, found: list[Path]
     ) -> tuple[dict[str, Any], Path, list[UnusableCheckpoint]]:
         """(state, path) of the newest checkpoint that verifies and loads, and the newer ones
         skipped; CheckpointError when there is none."""
@@ -358,10 +360,10 @@ class Checkpointer:
             try:
                 return load_checkpoint(path, ("step", "rng", *self.components)), path, skipped
             except UnusableCheckpoint as bad:
-                warn(f"parcae: skipping checkpoint {path}: {bad.reason}")
                 skipped.append(bad)
         newest, directory = skipped[0], checkpoint_dir(self.out_dir)
-        older = f"; the {len(skipped) - 1} older ones are unusable too" if len(skipped) > 1 else ""
+        others = len(skipped) - 1
+        older = f"; {others} older one{'s' * (others > 1)} unusable too" if others else ""
         name = newest.path.name
         advice = (
             f"if you know {name} is fine, trust it with `sha256sum {name} > {name}{HASH_SUFFIX}` "
@@ -384,9 +386,10 @@ class Checkpointer:
             if (value := getattr(self.config, key)) is not None
         )
         if step > steps_total:
+            steps = f"{steps_total} step{'s' * (steps_total > 1)}"
             raise CheckpointError(
-                f"checkpoint {path} is at step {step}, but the budget ({budget}) is "
-                f"{steps_total} steps and already reached; raise it to train further"
+                f"checkpoint {path} is at step {step}: the budget ({budget}, {steps}) is "
+                "already reached; raise it to train further"
             )
         if step == steps_total:
             if exported:

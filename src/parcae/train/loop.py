@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from parcae.train.config import TrainConfig
 from parcae.train.data import TrainData
 from parcae.train.evaluator import Evaluator
 from parcae.train.lock import run_lock
-from parcae.train.metrics import Metrics, format_eval
+from parcae.train.metrics import Metrics, format_eval, truncate_metrics
 from parcae.train.model import TrainModel
 from parcae.train.optimizer import Optimizer
 from parcae.train.sample import sample_text
@@ -71,17 +70,6 @@ class Counters:
         self.tokens, self.skipped = state["tokens"], state["skipped"]
 
 
-def _warner(info: dist.DistInfo) -> Callable[[str], None]:
-    """Warnings (a skipped checkpoint, an unguarded out_dir) go to stderr from the main
-    process, whatever `progress` says."""
-
-    def warn(message: str) -> None:
-        if info.is_main:
-            print(message, file=sys.stderr)
-
-    return warn
-
-
 def train(config: TrainConfig, after_backward: AfterBackward | None = None) -> TrainResult:
     """Run (or resume) the training described by `config`; returns what it did.
 
@@ -108,7 +96,7 @@ def _train(
     steps_total = total_steps(config, model.params, model.flops_per_token)
     optimizer = Optimizer.build(config, model, steps_total)
     counters = Counters()
-    with run_lock(config.out_dir, info, device, _warner(info)):
+    with run_lock(config.out_dir, info, device, metrics.warn):
         checkpointer = Checkpointer(
             config,
             info,
@@ -116,7 +104,9 @@ def _train(
             model.config.to_dict(),
         )
         finished = (Path(config.out_dir) / "model" / TOKENIZER_FILE).is_file()  # exported last
-        step = checkpointer.restore(steps_total, finished, metrics.say, _warner(info))
+        step = checkpointer.restore(steps_total, finished, metrics.say, metrics.warn)
+        if step == 0 and info.is_main:  # drop the records of a run killed before its first
+            truncate_metrics(config.out_dir, 0)  # checkpoint (Metrics.open keeps them at step 0)
         metrics.open(model, data.directory, step, steps_total)
         evaluator = Evaluator(config, model, data, info, metrics)
         interrupted = None
@@ -138,7 +128,7 @@ def _train(
                 grad_norm = optimizer.step()
                 if not math.isfinite(grad_norm):
                     counters.skipped += 1
-                    metrics.say(
+                    metrics.warn(
                         f"parcae: step {step + 1}: gradient norm {grad_norm}, step skipped "
                         f"({counters.skipped} so far)"
                     )
@@ -164,7 +154,7 @@ def _train(
                     checkpointer.save(step)
                 if stop and step < steps_total:  # a signal during the last step: just finish
                     interrupted = signals.received or signal.SIGTERM
-                    metrics.say(
+                    metrics.warn(
                         f"parcae: stopped by signal {interrupted} at step {step}; "
                         "checkpoint saved, continue with resume=true"
                     )
