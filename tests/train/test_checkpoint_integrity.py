@@ -44,7 +44,7 @@ def _files(run_dir) -> set[str]:
     return {p.name for p in checkpoint_dir(run_dir).iterdir()}
 
 
-def _corrupt(path) -> None:
+def corrupt_middle(path) -> None:
     """Overwrite 4 KB in the middle of `path` with plausible float32 weights."""
     noise = np.random.default_rng(0).normal(0, 0.02, 1024).astype(np.float32).tobytes()
     data = bytearray(path.read_bytes())
@@ -145,7 +145,7 @@ def test_a_bad_newest_checkpoint_falls_back_to_the_older_one_with_the_same_losse
 ):
     newest = checkpoint_dir(run) / "step_0000006.pt"
     if damage == "overwrite":
-        _corrupt(newest)
+        corrupt_middle(newest)
     elif damage == "no hash":
         hash_path(newest).unlink()
     else:
@@ -285,7 +285,7 @@ def test_pruning_deletes_each_checkpoint_with_its_hash_and_leaves_newer_ones(tmp
 
 
 def test_a_non_finite_loss_names_the_verified_checkpoint_not_the_newest_file(data_dir, run):
-    _corrupt(checkpoint_dir(run) / "step_0000006.pt")
+    corrupt_middle(checkpoint_dir(run) / "step_0000006.pt")
 
     def explode(model, step):
         if step == 4:

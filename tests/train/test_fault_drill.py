@@ -15,7 +15,7 @@ from parcae.train.loop import train
 from parcae.train.metrics import read_metrics
 
 from .conftest import tiny_config
-from .test_checkpoint_integrity import _corrupt
+from .test_checkpoint_integrity import corrupt_middle
 
 STEPS, EVERY, SEED = 12, 2, 20261130
 
@@ -81,7 +81,7 @@ def test_kill_9_three_times_and_a_corrupted_checkpoint_leave_the_losses_unchange
 
     *_, older, newest = list_checkpoints(run)
     assert hash_path(newest).exists() and hash_path(older).exists()
-    _corrupt(newest)
+    corrupt_middle(newest)
     capsys.readouterr()
     assert main(["train", str(config)]) == 0
     err = capsys.readouterr().err

@@ -13,6 +13,9 @@ Beside it, `step_{step:07d}.pt.sha256` holds its SHA-256 in `sha256sum` format
 (`<hex>  step_0000100.pt`, so `sha256sum -c` works in that directory). A save writes the `.pt`
 through a temporary file (fsync, rename), then the `.sha256` the same way: the rename of the
 `.sha256` is the commit point, and a `.pt` without one is an unfinished (or unverified) save.
+A save that fails (disk full, no permission) leaves nothing of itself and the earlier checkpoints
+as they were. After a save, all but the newest `keep_checkpoints` up to it are deleted, each `.pt`
+with its `.sha256`.
 
 Resuming tries the newest checkpoint first; one whose `.sha256` is missing or does not match, or
 that cannot be read, is reported and skipped for the next older one. Nothing is deleted on
@@ -223,7 +226,7 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        reason = _one_line(error)
+        reason = _one_line(error).split(". ")[0]  # torch goes on with advice
         if reason.startswith("Unsupported global"):
             raise UnusableCheckpoint(
                 path, f"holds a pickled object, not only tensors ({reason}); not loaded"
