@@ -4,8 +4,6 @@ import io
 import shutil
 import sys
 
-import pytest
-
 from parcae.cli import main
 from parcae.infer import generate
 from tests.conftest import OFFICIAL_FIXTURE
@@ -55,30 +53,6 @@ def test_generate_accepts_a_run_directory_and_prompt_ids(tmp_path, model_dir, ca
     )
     assert code == 0
     assert capsys.readouterr().out.strip()
-
-
-def test_text_prompt_without_tokenizer_is_one_error(tmp_path, parcae_model, capsys):
-    parcae_model.save_pretrained(tmp_path)
-    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi"]) == 2
-    err = capsys.readouterr().err
-    assert "--prompt-ids" in err and len(err.strip().splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--model", "/nonexistent/model", "--prompt", "x"], "no such model"),
-        (["--prompt-ids", "1,x"], "--prompt-ids"),
-        (["--prompt-ids", ""], "empty"),
-        (["--prompt-ids", "99999"], "outside the vocabulary"),
-    ],
-)
-def test_generate_errors_are_one_line(model_dir, capsys, argv, message):
-    if "--model" not in argv:
-        argv = ["--model", str(model_dir), *argv]
-    assert main(["generate", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
 
 
 def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):

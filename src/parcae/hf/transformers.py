@@ -13,18 +13,23 @@ a directory as it reads a native one. transformers' `generate()` runs on our KV 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from parcae.errors import MissingDependencyError, PromptError
+from parcae.errors import CheckpointError, DataError, MissingDependencyError, PromptError
 
 try:
     from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerFast
     from transformers.modeling_outputs import CausalLMOutputWithPast
+    from transformers.utils import logging as hf_logging
 except ModuleNotFoundError:
     raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 
@@ -32,6 +37,7 @@ from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from parcae.hf.configuration import ParcaeHFConfig
 from parcae.model import KVCache, create_model, from_pretrained
 from parcae.model.layers import rotary_tables
+from parcae.model.serialization import read_config
 
 INITIAL_CACHE_COLUMNS = 256  # the cache grows by doubling beyond this
 
@@ -181,10 +187,107 @@ def convert_official(
     source: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None
 ) -> Path:
     """Convert an official checkpoint directory into one that `parcae.from_pretrained` and
-    `AutoModelForCausalLM.from_pretrained` both load; optionally save a tokenizer with it."""
-    model = from_pretrained(source)
-    out = Path(out)
-    ParcaeForCausalLM.from_parcae(model).save_pretrained(str(out))
-    if tokenizer is not None:
-        save_tokenizer(Tokenizer.load(tokenizer), out)
+    `AutoModelForCausalLM.from_pretrained` both load; optionally save a tokenizer with it.
+
+    Every argument is checked before anything is written: `source` must be an official
+    checkpoint (its flat `config.json`, not ours) whose weights load strictly; `out` must not
+    exist, or be an empty directory (a non-empty one is refused rather than overwritten or
+    mixed with older files); the tokenizer must load and fit the model's vocabulary. The result
+    is written into a temporary directory beside `out` and renamed to `out` at the end, so a
+    failure midway leaves no `out` that looks complete.
+    """
+    source, out = Path(source), Path(out)
+    wrapper, fast = _checked_conversion(source, out, tokenizer)
+    parent = out.parent
+    created = [p for p in (parent, *parent.parents) if not p.exists()]
+    staging = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.converting-"))
+        with _no_progress_bars():  # on stderr, where an error must be the only line
+            wrapper.save_pretrained(str(staging))
+            if fast is not None:
+                fast.save_pretrained(str(staging))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        os.replace(staging, out)
+    except BaseException as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:  # innermost first
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        if isinstance(error, OSError):
+            raise CheckpointError(
+                f"{out}: writing the converted checkpoint failed ({error}); nothing was left there"
+            ) from None
+        raise
     return out
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _checked_conversion(
+    source: Path, out: Path, tokenizer: str | os.PathLike | None
+) -> tuple[ParcaeForCausalLM, PreTrainedTokenizerFast | None]:
+    """The converted model and tokenizer, in memory, once every argument of `convert_official`
+    has been checked; writes nothing."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a directory; give a new output directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise CheckpointError(
+            f"{out}: exists and is not empty; give a new (or empty) output directory"
+        )
+    ancestor = next(p for p in (out.parent, *out.parent.parents) if os.path.lexists(p))
+    if not ancestor.is_dir():
+        raise CheckpointError(f"{out}: cannot be created, {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{out}: cannot be created, {ancestor} is not writable")
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise CheckpointError(f"{out} is inside the source {source}: write the output elsewhere")
+    config = read_config(_existing_dir(source))
+    if _is_ours(source / "config.json"):
+        raise CheckpointError(
+            f"{source} is already a parcae model directory, not an official checkpoint "
+            f"(parcae.from_pretrained and transformers load it as it is)"
+        )
+    model = from_pretrained(source)
+    fast = None
+    if tokenizer is not None:
+        loaded = Tokenizer.load(tokenizer)
+        if loaded.vocab_size > config.vocab_size:
+            raise DataError(
+                f"{tokenizer}: the tokenizer has {loaded.vocab_size} tokens, more than the "
+                f"model's vocabulary of {config.vocab_size}"
+            )
+        fast = to_transformers_tokenizer(loaded)
+    return ParcaeForCausalLM.from_parcae(model), fast
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected an official checkpoint directory, got a file")
+    return path
+
+
+def _is_ours(config_file: Path) -> bool:
+    """Whether a readable config.json is parcae's (it names its architecture) rather than the
+    official flat one."""
+    data = json.loads(config_file.read_text())
+    return isinstance(data, dict) and "architecture" in data

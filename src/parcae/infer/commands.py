@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from parcae.errors import PromptError
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MAX_NEW_TOKENS = 200
 
 
 def register(subparsers) -> None:
@@ -35,7 +43,11 @@ def register(subparsers) -> None:
         help="an official Parcae checkpoint -> a directory loadable by parcae and by transformers",
     )
     official.add_argument("src", help="official checkpoint directory")
-    official.add_argument("out", help="output directory")
+    official.add_argument(
+        "out",
+        help="output directory: must not exist or be empty (it is written beside, as a "
+        "temporary directory, and renamed into place once complete)",
+    )
     official.add_argument(
         "--tokenizer",
         help="tokenizer.json (or its directory) to save alongside, as a PreTrainedTokenizerFast",
@@ -67,7 +79,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit on the state's relative update (residual) or on the KL "
         "between successive steps' next-token distributions (kl)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"at most this many new tokens (default {DEFAULT_MAX_NEW_TOKENS}, fewer if the "
+        "context is smaller); generation also stops when the context is full",
+    )
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
@@ -79,6 +97,50 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-bos", action="store_true", help="do not start the prompt with the BOS token"
     )
     parser.add_argument("--device", default="cpu")
+
+
+def _check_options(args: argparse.Namespace) -> torch.device:
+    """Refuse, naming the flag, every generation option that is invalid whatever the model;
+    returns the device. Runs before the model is loaded and before anything is printed."""
+    from parcae.device import resolve_device
+    from parcae.infer.engine import MAX_SEED
+    from parcae.model.base import check_num_steps
+    from parcae.model.cache import CacheSharing
+
+    device = resolve_device(args.device, "--device")
+    check_num_steps(args.num_steps, "--num-steps", PromptError)
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise PromptError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not 0 <= args.temperature < math.inf:
+        raise PromptError(
+            f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}"
+        )
+    if args.top_k is not None and args.top_k < 1:
+        raise PromptError(f"--top-k must be a positive integer, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise PromptError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.adaptive is not None and not 0 <= args.adaptive < math.inf:
+        raise PromptError(f"--adaptive must be a finite number >= 0, got {args.adaptive}")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise PromptError(f"--seed must be in [0, 2**64 - 1], got {args.seed}")
+    try:
+        CacheSharing.parse(args.cache_sharing)
+    except PromptError as error:
+        raise PromptError(f"--cache-sharing: {error}") from None
+    return device
+
+
+def _check_room(args: argparse.Namespace, model) -> None:
+    """--max-new-tokens must fit in the context beside a prompt of at least one token (its
+    default is lowered to fit)."""
+    room = model.config.context_length - 1
+    if args.max_new_tokens is None:
+        args.max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, room)
+    elif args.max_new_tokens > room:
+        raise PromptError(
+            f"--max-new-tokens {args.max_new_tokens} does not fit the model's context of "
+            f"{model.config.context_length} tokens beside a prompt: at most {room}"
+        )
 
 
 def _generation_options(args: argparse.Namespace, tokenizer) -> dict:
@@ -97,19 +159,28 @@ def _generation_options(args: argparse.Namespace, tokenizer) -> dict:
 
 def _parse_ids(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.replace(",", " ").split()]
+        ids = [int(part) for part in text.replace(",", " ").split()]
     except ValueError:
         raise PromptError(
             f"--prompt-ids must be integers separated by commas, got {text!r}"
         ) from None
+    if not ids:
+        raise PromptError("--prompt-ids is empty: give at least one token id")
+    return ids
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from parcae.infer.generate import generate
+    """Every argument is checked (options, model, prompt) before anything is printed."""
+    from parcae.infer.generate import generate, prepare_prompts
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
-    model, tokenizer = load_for_inference(args.model, device=args.device)
+    device = _check_options(args)
+    if args.prompt == "":
+        raise PromptError("--prompt is empty: give some text to continue")
+    ids = _parse_ids(args.prompt_ids) if args.prompt is None else None
+    model, tokenizer = load_for_inference(args.model, device=device)
+    _check_room(args, model)
     if args.prompt is not None:
         if tokenizer is None:
             raise PromptError(
@@ -119,23 +190,43 @@ def run_generate(args: argparse.Namespace) -> int:
         ids = tokenizer.encode(args.prompt)
         if not args.no_bos:
             ids = [tokenizer.bos_id, *ids]
-        sys.stdout.write(args.prompt)
-    else:
-        ids = _parse_ids(args.prompt_ids)
+    prepare_prompts(model, ids)  # the prompt's checks, before the prompt is echoed
     options = _generation_options(args, tokenizer)
     streamer = TextStreamer(tokenizer, sys.stdout, options["eos_token_id"])
+    if args.prompt is not None:
+        sys.stdout.write(args.prompt)
     generate(model, ids, args.max_new_tokens, streamer=streamer, **options)
     return 0
 
 
+def _read_lines(stream) -> Iterator[str | None]:
+    """The lines of `stream` (a text stream such as sys.stdin), None for a line that does not
+    decode in the stream's encoding. Bytes are read from its binary buffer when it has one,
+    line by line, so that a bad line loses only itself (a text stream would fail on the whole
+    chunk it read ahead)."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text-only stream (io.StringIO in tests)
+        yield from iter(stream.readline, "")
+        return
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    for line in iter(raw.readline, b""):
+        try:
+            yield line.decode(encoding).replace("\r\n", "\n")
+        except UnicodeDecodeError:
+            yield None
+
+
 def run_chat(args: argparse.Namespace) -> int:
     """Read lines from stdin; each is appended to the transcript, which the model continues.
-    `/reset` clears the transcript, `/exit` (or end of input) leaves."""
+    `/reset` clears the transcript, `/exit` (or end of input) leaves. A line that is not valid
+    text in stdin's encoding is skipped with one line on stderr, and the chat goes on."""
     from parcae.infer.generate import generate
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
-    model, tokenizer = load_for_inference(args.model, device=args.device)
+    device = _check_options(args)
+    model, tokenizer = load_for_inference(args.model, device=device)
+    _check_room(args, model)
     if tokenizer is None:
         raise PromptError(f"{args.model} has no tokenizer.json: chat needs one")
     options = _generation_options(args, tokenizer)
@@ -144,11 +235,21 @@ def run_chat(args: argparse.Namespace) -> int:
     # keep room for the reply: the oldest tokens of a long transcript are dropped
     budget = max(model.config.context_length - args.max_new_tokens - 1, 1)
     interactive = sys.stdin.isatty()
+    encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
+    lines = _read_lines(sys.stdin)
+    number = 0
     while True:
         if interactive:
             sys.stdout.write("> ")
             sys.stdout.flush()
-        line = sys.stdin.readline()
+        line = next(lines, "")
+        number += 1
+        if line is None:
+            print(
+                f"parcae: warning: line {number} of stdin is not valid {encoding} text; skipped it",
+                file=sys.stderr,
+            )
+            continue
         if not line or line.strip() in ("/exit", "/quit"):
             return 0
         if line.strip() == "/reset":

@@ -18,6 +18,8 @@ maximum; eps = 0 never exits and equals the fixed-depth forward. Criteria (`EXIT
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -68,8 +70,8 @@ def exit_rule(
         )
     if eps is None:
         return None
-    if not eps >= 0:
-        raise PromptError(f"the adaptive-depth threshold must be >= 0, got {eps}")
+    if not 0 <= eps < math.inf:
+        raise PromptError(f"the adaptive-depth threshold must be a finite number >= 0, got {eps}")
     return ResidualExit(eps) if criterion == "residual" else KLExit(eps, vocab_size)
 
 
@@ -104,9 +106,21 @@ def check_sampling(
 ) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise PromptError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise PromptError(f"temperature must be >= 0, got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise PromptError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise PromptError(f"top_k must be a positive integer, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise PromptError(f"top_p must be in (0, 1], got {top_p}")
+
+
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(seed: int | None) -> None:
+    """A sampling seed is None or an integer in [0, 2**64) (what a torch.Generator holds; a
+    negative seed would silently alias a large one)."""
+    if seed is None:
+        return
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise PromptError(f"seed must be an integer in [0, 2**64 - 1], got {seed!r}")

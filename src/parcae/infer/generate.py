@@ -1,7 +1,10 @@
 """Autoregressive generation with the KV cache: prompt checks, left padding, sampling.
 
 Policy for prompts (each violation is one `PromptError`): a prompt must hold at least one token,
-every id must lie in [0, vocab_size), and it must be shorter than the model's context_length.
+every id must lie in [0, vocab_size) (a tensor must hold integers), and it must be shorter than
+the model's context_length. The options are checked before any work: num_steps an integer in
+[1, MAX_NUM_STEPS] (for a GPT too, which then ignores it), a seed in [0, 2**64), a finite
+temperature >= 0, top_k >= 1, top_p in (0, 1], a finite adaptive threshold >= 0.
 Generation stops after `max_new_tokens`, when every row has produced `eos_token_id`, or when the
 context is full (prompt + generated = context_length), whichever comes first.
 
@@ -18,8 +21,9 @@ import torch
 from torch import Tensor
 
 from parcae.errors import PromptError
-from parcae.infer.engine import check_sampling, exit_rule, sample_next
+from parcae.infer.engine import check_sampling, check_seed, exit_rule, sample_next
 from parcae.model import CacheSharing, KVCache, LanguageModel
+from parcae.model.base import check_num_steps
 
 
 @dataclass
@@ -42,6 +46,10 @@ def prepare_prompts(
     """
     device = next(model.parameters()).device
     if isinstance(input_ids, Tensor):
+        if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+            raise PromptError(
+                f"input_ids must be integer token ids, got a {input_ids.dtype} tensor"
+            )
         ids = input_ids.to(device=device, dtype=torch.long)
         if ids.dim() == 1:
             ids = ids[None]
@@ -146,14 +154,14 @@ def generate(
     (a stop string appeared, say). A done row is padded from then on, as after EOS.
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
+    check_num_steps(num_steps, "num_steps", PromptError)
+    check_seed(seed)
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
     ids, valid = prepare_prompts(model, input_ids, attention_mask, pad_token_id)
     config = model.config
     if config.is_looped:
         num_steps = config.mean_recurrence if num_steps is None else num_steps
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise PromptError(f"num_steps must be a positive integer, got {num_steps!r}")
     else:
         adaptive = None
     exit_rule(adaptive, adaptive_criterion, config.vocab_size)  # checks the arguments

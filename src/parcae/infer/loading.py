@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from parcae.data.tokenizer import FILE_NAME, Tokenizer
+from parcae.device import resolve_device
 from parcae.errors import CheckpointError
 from parcae.model import from_pretrained
 from parcae.model.base import LanguageModel
@@ -47,7 +48,9 @@ def find_tokenizer(model_dir: Path) -> Tokenizer | None:
 def load_for_inference(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[LanguageModel, Tokenizer | None]:
-    """(model in eval mode, tokenizer or None) from a model or run directory."""
+    """(model in eval mode, tokenizer or None) from a model or run directory. A device this
+    machine lacks (or not a device) is refused first, in one line (`resolve_device`)."""
+    device = resolve_device(device, "device")
     model_dir = resolve_model_dir(path)
     model = from_pretrained(model_dir, device=device, dtype=dtype)
     return model, find_tokenizer(model_dir)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from parcae.device import resolve_device
 from parcae.errors import CheckpointError, ConfigError
 from parcae.model.base import CausalLMOutput, LanguageModel
 from parcae.model.cache import CacheSharing, KVCache
@@ -73,7 +74,11 @@ def create_model(
 def from_pretrained(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> LanguageModel:
-    """Load a model directory (ours or official) strictly; returns the model in eval mode."""
+    """Load a model directory (ours or official) strictly; returns the model in eval mode.
+    A device this machine lacks is refused (`parcae.device.resolve_device`) before reading."""
+    device = resolve_device(device, "device")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ConfigError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model directory")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from parcae.errors import ConfigError
+from parcae.errors import ConfigError, ParcaeError, PromptError
 from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import TransformerConfig
 from parcae.model.init import init_matrix_, scaled_zero_std
@@ -30,6 +30,62 @@ from parcae.model.layers import Block, RMSNorm, rotary_tables
 from parcae.model.loop import ExitRule, LoopProbe, LoopStats
 from parcae.model.recurrence import DepthPlan
 from parcae.model.serialization import save_pretrained
+
+# The deepest loop a forward runs: far beyond any trained depth (μ_rec is 4 to 8), and a bound
+# on the work and the cache (one slot per layer and step) that a mistyped depth can ask for.
+MAX_NUM_STEPS = 1024
+
+
+def check_num_steps(
+    num_steps, what: str = "num_steps", error: type[ParcaeError] = ConfigError
+) -> None:
+    """Refuse a loop depth that is not None or an integer in [1, MAX_NUM_STEPS] (one rule for
+    every model: a GPT ignores a valid depth, and refuses an invalid one like Parcae)."""
+    if num_steps is None:
+        return
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise error(f"{what} must be a positive integer, got {num_steps!r}")
+    if num_steps > MAX_NUM_STEPS:
+        raise error(f"{what} is {num_steps}, above the limit of {MAX_NUM_STEPS} loop steps")
+
+
+def check_token_ids(
+    input_ids: Tensor, vocab_size: int, labels: Tensor | None = None, check_range: bool = True
+) -> None:
+    """Refuse (with a `PromptError`) input_ids that are not a non-empty int64 (or int32)
+    (B, S) tensor of ids in [0, vocab_size), and labels that are not such ids of the same shape
+    (or -100, ignored). The range check reads the values (one host sync for ids and labels
+    together); `check_range=False` skips it."""
+    named = (
+        {"input_ids": input_ids} if labels is None else {"input_ids": input_ids, "labels": labels}
+    )
+    for name, ids in named.items():
+        if not isinstance(ids, Tensor):
+            raise PromptError(f"{name} must be a tensor of token ids, got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise PromptError(f"{name} must be int64 token ids, got a {ids.dtype} tensor")
+        if ids.dim() != 2:
+            raise PromptError(f"{name} must have shape (B, S), got {tuple(ids.shape)}")
+    if input_ids.numel() == 0:
+        raise PromptError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give a token")
+    if labels is not None and labels.shape != input_ids.shape:
+        raise PromptError(
+            f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}"
+        )
+    if not check_range or input_ids.device.type == "meta":
+        return
+    if labels is not None:
+        named["labels"] = torch.where(labels == -100, 0, labels)
+    bounds = torch.stack([f(ids).long() for ids in named.values() for f in (torch.min, torch.max)])
+    bounds = bounds.tolist()
+    for index, name in enumerate(named):
+        low, high = bounds[2 * index : 2 * index + 2]
+        bad = low if low < 0 else high if high >= vocab_size else None
+        if bad is not None:
+            ignored = " (or -100, ignored)" if name == "labels" else ""
+            raise PromptError(
+                f"{name} hold token id {bad}, outside the vocabulary [0, {vocab_size}){ignored}"
+            )
 
 
 @dataclass
@@ -153,7 +209,28 @@ class LanguageModel(nn.Module):
         column only. probe: called after every loop step of a fixed depth (`num_steps` or a
         cache) with the state and a readout to logits (`parcae.model.loop.LoopProbe`); a GPT
         has no loop and never calls it.
+
+        Checked first (a `PromptError` or `ConfigError`, not an error from inside the
+        embedding): input_ids and labels are non-empty integer (B, S) tensors of ids in
+        [0, vocab_size) (labels may be -100), and num_steps is None or an integer in
+        [1, MAX_NUM_STEPS] (for every model; a GPT then ignores it). The id range is read on
+        every forward except a one-token step over a cache on an accelerator, where it would
+        cost a host sync per generated token (`generate` checks its prompt and samples only ids
+        in the vocabulary).
         """
+        check_num_steps(num_steps)
+        decoding = (
+            cache is not None
+            and isinstance(input_ids, Tensor)
+            and input_ids.dim() == 2
+            and input_ids.shape[1] == 1
+        )
+        check_token_ids(
+            input_ids,
+            self.config.vocab_size,
+            labels,
+            check_range=not (decoding and input_ids.device.type != "cpu"),
+        )
         if cache is None:
             if attention_mask is not None:
                 raise ConfigError(
@@ -224,7 +301,10 @@ class LanguageModel(nn.Module):
         dtype=None,
     ) -> KVCache:
         """An empty `KVCache` for `batch` rows of up to `max_length` tokens, for loop depth
-        `num_steps` (default mean_recurrence; a GPT has no loop)."""
+        `num_steps` (default mean_recurrence; checked like the forward's). A GPT has no loop:
+        its cache ignores num_steps (and holds 0)."""
+        if self.config.is_looped:
+            check_num_steps(num_steps)
         if num_steps is None:
             num_steps = getattr(self.config, "mean_recurrence", 0)
         return KVCache(self, batch, max_length, num_steps, sharing, device, dtype)

@@ -52,7 +52,11 @@ def model_config(spec: str, overrides: list[str]) -> TransformerConfig:
         key, sep, value = text.partition("=")
         if not sep or not key:
             raise ConfigError(f"expected key=value, got {text!r}")
-        fields[key] = yaml.safe_load(value)
+        try:
+            fields[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ConfigError(f"{text!r}: the value is not a YAML scalar ({problem})") from None
     if spec in list_presets():
         return preset_config(spec, **fields)
     path = Path(spec)

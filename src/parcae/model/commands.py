@@ -4,6 +4,7 @@ parameters by stage and FLOPs per token)."""
 from __future__ import annotations
 
 import json
+import re
 
 
 def register(subparsers) -> None:
@@ -41,13 +42,22 @@ def run_presets(args) -> int:
 def run_flops(args) -> int:
     from parcae.errors import ConfigError
     from parcae.eval.selection import parse_depths
+    from parcae.model.base import MAX_NUM_STEPS
     from parcae.model.budget import format_budget, model_budget, model_config
 
     config = model_config(args.model, args.overrides)
-    seq_len = args.seq_len or config.context_length
-    if seq_len < 1:
-        raise ConfigError(f"--seq-len must be >= 1, got {seq_len}")
+    seq_len = config.context_length if args.seq_len is None else args.seq_len
+    if not 1 <= seq_len <= config.context_length:
+        raise ConfigError(
+            f"--seq-len must be in [1, {config.context_length}] (the context length), got {seq_len}"
+        )
     if args.depths is not None:
+        # before a range such as 1..10**9 is expanded
+        too_deep = [int(n) for n in re.findall(r"\d+", args.depths) if int(n) > MAX_NUM_STEPS]
+        if too_deep:
+            raise ConfigError(
+                f"--depths: {too_deep[0]} is above the limit of {MAX_NUM_STEPS} loop steps"
+            )
         depths = parse_depths(args.depths)
     elif config.is_looped:
         depths = sorted({1, config.mean_recurrence, 2 * config.mean_recurrence})

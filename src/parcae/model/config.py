@@ -31,6 +31,20 @@ def _require(condition: bool, field_name: str, message: str) -> None:
         raise ConfigError(f"invalid config field '{field_name}': {message}", field_name, message)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_bools(config: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+
+
 def _require_choice(value: Any, field_name: str, choices: tuple[str, ...]) -> None:
     _require(value in choices, field_name, f"{value!r} is not one of {', '.join(choices)}")
 
@@ -76,10 +90,26 @@ class TransformerConfig:
         ):
             value = getattr(self, name)
             _require(
-                isinstance(value, int) and value > 0,
+                _is_int(value) and value > 0,
                 name,
                 f"must be a positive integer, got {value!r}",
             )
+        for name in ("padded_vocab_size", "n_kv_heads"):
+            value = getattr(self, name)
+            _require(
+                value is None or _is_int(value),
+                name,
+                f"must be a positive integer or null, got {value!r}",
+            )
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            _require(_is_number(value), name, f"must be a number, got {value!r}")
+        _require(
+            self.logit_softcap is None or _is_number(self.logit_softcap),
+            "logit_softcap",
+            f"must be a number or null, got {self.logit_softcap!r}",
+        )
+        _require_bools(self, ("qk_norm", "value_embeddings", "tie_embeddings", "init_orthogonal"))
         if self.padded_vocab_size is None:
             multiple = self.padding_multiple
             self.padded_vocab_size = multiple * math.ceil(self.vocab_size / multiple)
@@ -105,10 +135,18 @@ class TransformerConfig:
             "n_heads",
             f"head dim {self.head_dim} must be even for rotary embeddings",
         )
-        _require(self.rope_theta > 0, "rope_theta", f"must be positive, got {self.rope_theta}")
-        _require(self.norm_eps > 0, "norm_eps", f"must be positive, got {self.norm_eps}")
         _require(
-            self.logit_softcap is None or self.logit_softcap > 0,
+            0 < self.rope_theta < math.inf,
+            "rope_theta",
+            f"must be positive and finite, got {self.rope_theta}",
+        )
+        _require(
+            0 < self.norm_eps < math.inf,
+            "norm_eps",
+            f"must be positive and finite, got {self.norm_eps}",
+        )
+        _require(
+            self.logit_softcap is None or 0 < self.logit_softcap < math.inf,
             "logit_softcap",
             f"must be positive or None, got {self.logit_softcap}",
         )
@@ -192,7 +230,7 @@ class GPTConfig(TransformerConfig):
     def __post_init__(self) -> None:
         self._validate_transformer()
         _require(
-            isinstance(self.n_layers, int) and self.n_layers > 0,
+            _is_int(self.n_layers) and self.n_layers > 0,
             "n_layers",
             f"must be a positive integer, got {self.n_layers!r}",
         )
@@ -240,20 +278,26 @@ class ParcaeConfig(TransformerConfig):
         for name in ("n_prelude", "n_core", "n_coda", "curriculum_steps"):
             value = getattr(self, name)
             _require(
-                isinstance(value, int) and value >= 0,
+                _is_int(value) and value >= 0,
                 name,
                 f"must be a non-negative integer, got {value!r}",
             )
         _require(self.n_core > 0, "n_core", "the recurrent block needs at least one layer")
         _require(
-            isinstance(self.mean_recurrence, int) and self.mean_recurrence > 0,
+            _is_int(self.mean_recurrence) and self.mean_recurrence > 0,
             "mean_recurrence",
             f"must be a positive integer, got {self.mean_recurrence!r}",
         )
         _require(
-            isinstance(self.mean_backprop_depth, int) and self.mean_backprop_depth > 0,
+            _is_int(self.mean_backprop_depth) and self.mean_backprop_depth > 0,
             "mean_backprop_depth",
             f"must be a positive integer, got {self.mean_backprop_depth!r}",
+        )
+        _require_bools(self, ("prelude_norm", "lockstep_no_grad", "lockstep_grad"))
+        _require(
+            _is_int(self.state_init_seed),
+            "state_init_seed",
+            f"must be an integer, got {self.state_init_seed!r}",
         )
         _require_choice(self.injection, "injection", INJECTIONS)
         _require_choice(self.discretization, "discretization", DISCRETIZATIONS)

@@ -194,9 +194,7 @@ class Parcae(LanguageModel):
     ) -> DepthPlan:
         """`num_steps` for every row; else `depth_plan`; else sampled (training) or
         `mean_recurrence` (eval)."""
-        if num_steps is not None:
-            if num_steps < 0:
-                raise ValueError(f"num_steps must be non-negative, got {num_steps}")
+        if num_steps is not None:  # checked by `LanguageModel.forward`
             return DepthPlan.fixed(batch, num_steps)
         if depth_plan is not None:
             return depth_plan

@@ -9,7 +9,8 @@ Two formats are read (`parcae.model.from_pretrained` builds the model from them)
   `pytorch_model.bin`, `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`,
   `model.` are stripped and the derived `freqs_cis` buffer dropped.
 
-Loading is strict: every missing, unexpected or mis-shaped key is named in one error.
+Loading is strict: every missing, unexpected or mis-shaped key, and every tensor that is not
+floating point or holds NaN or infinity, is named in one error.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
                 f"{key} has shape {tuple(value.shape)}, "
                 f"the config needs {tuple(expected[key].shape)}"
             )
+        elif expected[key].is_floating_point() and not value.is_floating_point():
+            problems.append(f"{key} holds {value.dtype}, not floating-point weights")
+        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            problems.append(f"{key} holds NaN or infinite values")
     if (
         tied
         and not problems
