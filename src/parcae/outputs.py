@@ -35,3 +35,13 @@ def output_directory(path: str | os.PathLike, what: str = "output directory") ->
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path} is not writable")
     return path
+
+
+def output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """`path` as a file that can be written: its parent directories are created; a ConfigError
+    naming `what` when it is a directory or its parent cannot be a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; name a file")
+    output_directory(path.parent, f"the directory of {what}")
+    return path

@@ -122,6 +122,13 @@ def test_written_config_loads_and_trains_the_planned_steps(fit_json, tmp_path, c
     assert total_steps(config, plan.params, plan.flops_per_token) == plan.steps
 
 
+def test_a_budget_below_one_step_is_refused():
+    """1e3 FLOPs once planned 0.018 tokens and rounded that up to a whole step, 7e7 times the
+    budget."""
+    with pytest.raises(ConfigError, match="too small to plan for: the optimal budget is"):
+        plan_training(1e3)
+
+
 def test_paper_anchor_without_a_fit():
     base = preset_config("parcae-tiny", vocab_size=4096)
     params = create_model(base, device="meta").num_params()
@@ -132,7 +139,7 @@ def test_paper_anchor_without_a_fit():
     assert at_anchor.tokens_exact == pytest.approx(tokens0)
     assert at_anchor.compute_ratio == pytest.approx(1.0, rel=1e-3)
     assert "anchored at parcae-tiny" in at_anchor.source and not at_anchor.extrapolated
-    one = plan_training(1e9, overrides=["model_overrides.mean_backprop_depth=3"])
+    one = plan_training(1e12, overrides=["model_overrides.mean_backprop_depth=3"])
     assert one.mean_recurrence == 1 and one.mean_backprop_depth == 1  # k = ⌈μ_rec / 2⌉
     bigger = plan_training(100 * flops0)
     assert bigger.mu_exact == pytest.approx(4.0 * 100**0.4)  # 25.2

@@ -132,9 +132,7 @@ def test_train_refuses_a_missing_config_file_and_stray_words(data_dir, tmp_path,
 
 
 @pytest.mark.parametrize("under", [False, True])
-def test_train_refuses_an_out_dir_that_is_or_sits_under_a_file(
-    data_dir, tmp_path, capsys, under
-):
+def test_train_refuses_an_out_dir_that_is_or_sits_under_a_file(data_dir, tmp_path, capsys, under):
     file = tmp_path / "not_a_dir"
     file.write_text("precious")
     out_dir = file / "run" if under else file

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from parcae.errors import DataError
+from parcae.outputs import check_not_file
 from parcae.scaling.commands import register_fit_law
 
 
@@ -82,13 +83,14 @@ def register(subparsers) -> None:
 
 def run_eval_command(args: argparse.Namespace) -> int:
     from parcae.eval.run import EvalRequest, run_eval, write_results
-    from parcae.eval.selection import parse_depths, resolve_tasks
+    from parcae.eval.selection import parse_depths
 
     depths = parse_depths(args.depths) if args.depths is not None else None
-    selection = resolve_tasks(args.tasks, args.bundle, args.num_fewshot)
     request = EvalRequest(
         model=args.model,
-        selection=selection,
+        tasks=args.tasks,
+        bundle=args.bundle,
+        num_fewshot=args.num_fewshot,
         depths=depths,
         out=args.out,
         max_per_task=args.max_per_task,
@@ -134,7 +136,7 @@ def run_fit_depth(args: argparse.Namespace) -> int:
         raise DataError(f"{path}: not valid JSON ({error.msg})") from None
     if not isinstance(results, dict) or "depths" not in results:
         raise DataError(f"{path}: not a `parcae eval` results file")
-    out_dir = Path(args.out) if args.out else path.parent
+    out_dir = check_not_file(args.out or path.parent, "--out")
     fits = _fit_and_report(results, out_dir, path.stem)
     target = out_dir / f"{path.stem}-fit.json"
     target.write_text(json.dumps(fits, indent=2) + "\n")

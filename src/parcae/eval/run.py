@@ -31,9 +31,10 @@ from parcae.errors import ConfigError, DataError
 from parcae.eval.core import TaskResult, core_score, evaluate_task
 from parcae.eval.depths import check_depths
 from parcae.eval.loss import default_depths, evaluate
-from parcae.eval.selection import Selection
+from parcae.eval.selection import resolve_tasks
 from parcae.eval.tasks import load_task
 from parcae.infer.loading import load_for_inference, resolve_model_dir
+from parcae.outputs import output_file
 
 FIXED = "fixed"
 
@@ -47,7 +48,9 @@ class EvalRequest:
     """What `parcae eval` was asked (see its --help)."""
 
     model: str
-    selection: Selection
+    tasks: str = "bpb,bigbench"  # see `parcae.eval.selection.resolve_tasks`
+    bundle: str | None = None
+    num_fewshot: int | None = None
     depths: list[int] | None = None  # default: 1, 2, 4 and μ_rec
     out: str | None = None
     max_per_task: int | None = None
@@ -112,7 +115,7 @@ def run_eval(request: EvalRequest) -> dict:
     """Evaluate, writing the results file as it goes; returns the results dict."""
     model, tokenizer = load_for_inference(request.model, device=request.device)
     config = model.config
-    selection = request.selection
+    selection = resolve_tasks(request.tasks, request.bundle, request.num_fewshot)
     if selection.tasks and tokenizer is None:
         raise ConfigError(
             f"{request.model} has no tokenizer.json: the ICL tasks need one to encode prompts "
@@ -134,7 +137,7 @@ def run_eval(request: EvalRequest) -> dict:
                 f"{data_dir}: its tokenizer has {data_tokenizer.vocab_size} tokens, more than "
                 f"the model's vocab_size {config.vocab_size}"
             )
-    out = Path(request.out) if request.out else default_out(request.model)
+    out = output_file(request.out or default_out(request.model), "--out")
     results: dict = {
         "model": str(request.model),
         "looped": config.is_looped,

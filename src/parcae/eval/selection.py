@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from parcae.errors import ConfigError, DataError
 from parcae.eval import bundle as bundles
 from parcae.eval.tasks import TaskSpec
+from parcae.model.base import MAX_NUM_STEPS
 
 BPB = "bpb"
 BIGBENCH = "bigbench"
@@ -28,7 +29,8 @@ BUNDLE_SETS = ("core", "core_extended")  # named in help and suggestions even wi
 
 
 def parse_depths(text: str) -> list[int]:
-    """Sorted distinct depths from "1,2,4", "1..32" or a mixture."""
+    """Sorted distinct depths from "1,2,4", "1..32" or a mixture, each in [1, MAX_NUM_STEPS]
+    (checked before a range is expanded)."""
     depths: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         bounds = part.split("..")
@@ -42,6 +44,10 @@ def parse_depths(text: str) -> list[int]:
             ) from None
         if low <= 0 or high < low:
             raise ConfigError(f"--depths: {part!r}: depths must be positive integers, low..high")
+        if high > MAX_NUM_STEPS:
+            raise ConfigError(
+                f"--depths: {part!r} goes above the limit of {MAX_NUM_STEPS} loop steps"
+            )
         depths.update(range(low, high + 1))
     return sorted(depths)
 

@@ -4,7 +4,6 @@ parameters by stage and FLOPs per token)."""
 from __future__ import annotations
 
 import json
-import re
 
 
 def register(subparsers) -> None:
@@ -42,7 +41,6 @@ def run_presets(args) -> int:
 def run_flops(args) -> int:
     from parcae.errors import ConfigError
     from parcae.eval.selection import parse_depths
-    from parcae.model.base import MAX_NUM_STEPS
     from parcae.model.budget import format_budget, model_budget, model_config
 
     config = model_config(args.model, args.overrides)
@@ -52,12 +50,6 @@ def run_flops(args) -> int:
             f"--seq-len must be in [1, {config.context_length}] (the context length), got {seq_len}"
         )
     if args.depths is not None:
-        # before a range such as 1..10**9 is expanded
-        too_deep = [int(n) for n in re.findall(r"\d+", args.depths) if int(n) > MAX_NUM_STEPS]
-        if too_deep:
-            raise ConfigError(
-                f"--depths: {too_deep[0]} is above the limit of {MAX_NUM_STEPS} loop steps"
-            )
         depths = parse_depths(args.depths)
     elif config.is_looped:
         depths = sorted({1, config.mean_recurrence, 2 * config.mean_recurrence})

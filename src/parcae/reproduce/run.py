@@ -228,7 +228,6 @@ def evaluate_into(workspace: Workspace, model: Path, name: str, tasks: str, dept
     import json
 
     from parcae.eval.run import EvalRequest, run_eval
-    from parcae.eval.selection import resolve_tasks
 
     out = workspace.results / "S3" / name
     if out.is_file() and json.loads(out.read_text()).get("complete"):
@@ -236,7 +235,7 @@ def evaluate_into(workspace: Workspace, model: Path, name: str, tasks: str, dept
     started = time.perf_counter()
     request = EvalRequest(
         model=str(model),
-        selection=resolve_tasks(tasks),
+        tasks=tasks,
         depths=list(depths),
         out=str(out),
         max_per_task=studies.S3_MAX_PER_TASK,

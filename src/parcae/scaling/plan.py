@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from parcae.errors import ConfigError
+from parcae.outputs import output_file
 from parcae.scaling.isoflop import PAPER_ALPHA, PAPER_BETA, IsoflopFit, load_fit
 from parcae.scaling.sweep import default_backprop_depth
 from parcae.train.config import BUDGET_KEYS, TrainConfig, apply_override, parse_override
@@ -137,7 +138,14 @@ def plan_training(
         "mean_backprop_depth": backprop,
     }
     _, params, flops_per_token = _model_cost(base, model_overrides)
-    steps = max(1, round(tokens_exact / (base.batch_size * base.seq_len)))
+    step_tokens = base.batch_size * base.seq_len
+    if tokens_exact < step_tokens / 2:
+        raise ConfigError(
+            f"--flops {flops:.3g} is too small to plan for: the optimal budget is "
+            f"{tokens_exact:.3g} tokens, less than half of one step ({step_tokens} tokens of "
+            f"{step_tokens * flops_per_token:.3g} FLOPs)"
+        )
+    steps = max(1, round(tokens_exact / step_tokens))
     config = {
         **data,
         "model": base.model,
@@ -185,8 +193,7 @@ def format_plan(plan: Plan) -> str:
 
 def write_config(plan: Plan, path: str | Path) -> Path:
     """Write the plan's training config as YAML (for `parcae train PATH`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = output_file(path, "--write-config")
     path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
     return path
 
@@ -195,6 +202,8 @@ def run_plan(args: argparse.Namespace) -> int:
     """`parcae plan --flops C [--fit fit.json] [--model PRESET] [--seq-len S] [--batch-size B]
     [--write-config out.yaml] [key=value ...]`."""
     fit = load_fit(args.fit) if args.fit else None
+    if args.write_config:
+        output_file(args.write_config, "--write-config")
     plan = plan_training(
         args.flops,
         fit=fit,

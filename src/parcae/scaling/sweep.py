@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from parcae.errors import ConfigError
-from parcae.train.config import TrainConfig, load_config, merge_overrides
+from parcae.train.config import TrainConfig, load_config, merge_overrides, read_yaml
 
 COLUMNS = (
     "flops_budget",
@@ -156,7 +156,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"no sweep file at {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):

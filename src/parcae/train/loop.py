@@ -33,7 +33,7 @@ from parcae.train.config import TrainConfig
 from parcae.train.data import TrainData
 from parcae.train.evaluator import Evaluator
 from parcae.train.lock import run_lock
-from parcae.train.metrics import Metrics, format_eval, truncate_metrics
+from parcae.train.metrics import Metrics, format_eval
 from parcae.train.model import TrainModel
 from parcae.train.optimizer import Optimizer
 from parcae.train.sample import sample_text
@@ -105,8 +105,6 @@ def _train(
         )
         finished = (Path(config.out_dir) / "model" / TOKENIZER_FILE).is_file()  # exported last
         step = checkpointer.restore(steps_total, finished, metrics.say, metrics.warn)
-        if step == 0 and info.is_main:  # drop the records of a run killed before its first
-            truncate_metrics(config.out_dir, 0)  # checkpoint (Metrics.open keeps them at step 0)
         metrics.open(model, data.directory, step, steps_total)
         evaluator = Evaluator(config, model, data, info, metrics)
         interrupted = None

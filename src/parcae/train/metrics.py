@@ -210,16 +210,15 @@ class Metrics:
             tqdm.write(message, file=sys.stderr)
 
     def open(self, model: TrainModel, data_dir: Path, step: int, total_steps: int) -> None:
-        """Start reporting a run of `total_steps` at `step` (a resumed run drops the records
-        written after its checkpoint)."""
+        """Start reporting a run of `total_steps` at `step`, dropping the records written after
+        `step` (by a run that died after its last checkpoint, or before its first)."""
         config, out_dir = self.config, Path(self.config.out_dir)
         self._flops_per_token = model.flops_per_token
         self._peak = _peak_flops(model.dtype, str(model.device)) * self.info.world_size
         if self.info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             config.save(out_dir / "config.yaml")
-            if step > 0:
-                truncate_metrics(out_dir, step)
+            truncate_metrics(out_dir, step)  # at 0: a run killed before its first checkpoint
             self._logger = MetricsLogger(
                 out_dir, config.tensorboard, config.wandb, config.wandb_project, config.to_dict()
             )
