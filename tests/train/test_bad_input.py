@@ -177,3 +177,25 @@ def test_train_protects_an_existing_run(
     shutil.copytree(finished_run, run)
     argv = tiny_run(data_dir, run, "batch_size=4", *overrides)
     assert expected in refuse(argv, capsys, protect=[run, data_dir])
+
+
+@pytest.mark.parametrize(
+    "records, expected",
+    [
+        (None, "no metrics.jsonl records"),
+        ("", "no metrics.jsonl records"),
+        ('{"step": 1, "loss": 5.0}\n{broken\n{"step": 3, "loss": 4.0}\n', "metrics.jsonl:2"),
+    ],
+)
+def test_plot_refuses_a_run_without_readable_records(tmp_path, capsys, records, expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    if records is not None:
+        (run / "metrics.jsonl").write_text(records)
+    assert expected in refuse(["plot", str(run)], capsys, protect=[run])
+
+
+def test_plot_refuses_an_out_that_is_a_file(finished_run, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("precious")
+    argv = ["plot", str(finished_run), "--out", str(tmp_path / "a_file")]
+    assert "a_file" in refuse(argv, capsys, protect=[finished_run, tmp_path / "a_file"])

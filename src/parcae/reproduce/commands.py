@@ -58,10 +58,15 @@ def register(subparsers) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from parcae.outputs import check_not_file
     from parcae.reproduce.run import Workspace, run_study
 
-    runs = Path(args.runs or ("runs/reproduce-quick" if args.quick else "runs/reproduce"))
-    results = Path(args.results or (runs / "results" if args.quick else RESULTS))
+    runs = check_not_file(
+        args.runs or ("runs/reproduce-quick" if args.quick else "runs/reproduce"), "--runs"
+    )
+    results = check_not_file(
+        args.results or (runs / "results" if args.quick else RESULTS), "--results"
+    )
     workspace = Workspace(runs, results, quick=args.quick)
     for study in args.study or ["S1", "S2", "S3", "S4"]:
         seconds = run_study(study, workspace)
@@ -71,6 +76,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     from parcae.errors import DataError
+    from parcae.outputs import check_not_file, output_file
     from parcae.reproduce.document import Report
     from parcae.reproduce.prose import prose
 
@@ -79,6 +85,8 @@ def report_command(args: argparse.Namespace) -> int:
         raise DataError(
             f"no results in {results}: run `parcae reproduce run` first (or pass --results)"
         )
+    check_not_file(args.figures, "--figures")
+    output_file(args.out, "--out")
     started = time.perf_counter()
     report = Report(Path(args.results), Path(args.figures), Path(args.out))
     for figure in report.draw():

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from parcae.errors import DataError
+from parcae.outputs import output_directory
 from parcae.train.metrics import read_metrics
 
 
@@ -35,8 +36,7 @@ def plot_runs(
         if not records:
             raise DataError(f"{run_dir}: no metrics.jsonl records to plot")
         runs[label] = records
-    out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_directory(out_dir or Path(run_dirs[0]) / "plots", "plot directory")
     written = []
 
     def finish(figure, axis, name: str, xlabel: str, ylabel: str, log_x: bool = False) -> None:

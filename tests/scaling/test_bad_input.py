@@ -1,0 +1,148 @@
+"""Bad input to `parcae plan`, `parcae fit isoflop` and `parcae sweep`: each case exits 2 with one
+line on stderr, no traceback, and its inputs untouched (`tests/bad_input.py`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.bad_input import refuse
+
+HEADER = "flops_budget,mean_recurrence,seed,tokens,val_loss,status\n"
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--flops", "0"], "--flops must be a positive number"),
+        (["--flops=-1e15"], "--flops must be a positive number"),
+        (["--flops", "inf"], "--flops must be a positive number"),
+        (["--flops", "nan"], "--flops must be a positive number"),
+        (["--flops", "lots"], "invalid float"),
+        (["--flops", "1e3"], "too small to plan for"),
+        ([], "--flops"),
+        (["--flops", "1e15", "--seq-len", "0"], "'seq_len'"),
+        (["--flops", "1e15", "--batch-size", "0"], "'batch_size'"),
+        (["--flops", "1e15", "--model", "parcae-gigantic"], "unknown model preset"),
+        (["--flops", "1e15", "--model", "gpt-tiny"], "looped"),
+        (["--flops", "1e15", "lrr=3"], "did you mean lr"),
+        (["--flops", "1e15", "lr=inf"], "'lr'"),
+        (["--flops", "1e15", "max_steps=10"], "the plan sets the training budget"),
+        (["--flops", "1e15", "nonsense"], "key=value"),
+    ],
+)
+def test_plan_refuses(capsys, extra, expected):
+    assert expected in refuse(["plan", *extra], capsys)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "no such fit file"),
+        ("{not json", "not valid JSON"),
+        ("{}", "not a `parcae fit isoflop` fit.json"),
+        ("[1]", "not a `parcae fit isoflop` fit.json"),
+    ],
+)
+def test_plan_refuses_a_bad_fit_file(tmp_path, capsys, content, expected):
+    fit = tmp_path / "fit.json"
+    if content is not None:
+        fit.write_text(content)
+    argv = ["plan", "--flops", "1e15", "--fit", str(fit)]
+    assert expected in refuse(argv, capsys, protect=[fit])
+
+
+@pytest.mark.parametrize("target", ["a_dir", "a_file/run.yaml"])
+def test_plan_refuses_a_config_path_it_cannot_write(tmp_path, capsys, target):
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("precious")
+    argv = ["plan", "--flops", "1e15", "--write-config", str(tmp_path / target)]
+    assert "--write-config" in refuse(argv, capsys, protect=[tmp_path])
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        (None, "no such results file"),
+        ("a,b\n1,2\n", "missing column(s)"),
+        (HEADER, "no finished points"),
+        (HEADER + "1e15,2,0,1e6,3.1,failed\n", "no finished points"),
+        (HEADER + "1e15,2,0,1e6,nan,done\n", ":2: val_loss is not a finite number"),
+        (HEADER + "1e15,2,0,lots,3.1,done\n", ":2: tokens is not a finite number"),
+        (HEADER + "-1e15,2,0,1e6,3.1,done\n", ":2: flops_budget must be positive"),
+        (HEADER + "1e15,0,0,1e6,3.1,done\n", ":2: mean_recurrence must be positive"),
+    ],
+)
+def test_fit_isoflop_refuses_a_bad_table(tmp_path, capsys, rows, expected):
+    table = tmp_path / "results.csv"
+    if rows is not None:
+        table.write_text(rows)
+    assert expected in refuse(["fit", "isoflop", str(table)], capsys, protect=[tmp_path])
+
+
+def _sweep(tmp_path: Path, data_dir: Path, **changes) -> Path:
+    sweep = dict(
+        overrides=dict(data=str(data_dir), tensorboard=False, progress=False, device="cpu"),
+        grid=dict(flops_budget=[4e8], mean_recurrence=[1, 2]),
+        out_dir=str(tmp_path / "sweep"),
+    )
+    for key, value in changes.items():
+        if value is None:
+            sweep.pop(key, None)
+        else:
+            sweep[key] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (dict(colour="blue"), "unknown sweep key 'colour'"),
+        (dict(grid=[1, 2]), "'grid' must map"),
+        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[1], depth=[3])), "unknown grid key"),
+        (dict(grid=dict(mean_recurrence=[1])), "the grid needs 'flops_budget'"),
+        (dict(grid=dict(flops_budget=[4e8])), "the grid needs 'mean_recurrence'"),
+        (dict(grid=dict(flops_budget=[], mean_recurrence=[1])), "must be a non-empty list"),
+        (dict(grid=dict(flops_budget=[-4e8], mean_recurrence=[1])), "not a positive number"),
+        (dict(grid=dict(flops_budget=["inf"], mean_recurrence=[1])), "not a positive number"),
+        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[0])), "must be an integer >= 1"),
+        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[1.5])), "must be an integer >= 1"),
+        (
+            dict(grid=dict(flops_budget=[4e8], mean_recurrence=[1], seed=[-1])),
+            "must be an integer >= 0",
+        ),
+        (dict(overrides=[1]), "'overrides' must be a mapping"),
+        (dict(overrides=dict(lrr=0.1)), "did you mean lr"),
+        (dict(overrides=dict(resume="yes")), "'resume': must be true or false"),
+        (dict(overrides=dict(model="gpt-tiny")), "looped model"),
+        (dict(base="missing.yaml"), "no config file"),
+    ],
+)
+def test_sweep_refuses_a_bad_sweep_file(data_dir, tmp_path, capsys, changes, expected):
+    path = _sweep(tmp_path, data_dir, **changes)
+    assert expected in refuse(["sweep", str(path)], capsys, protect=[path, data_dir])
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [(None, "no sweep file"), ("grid: [1", "not valid YAML"), ("- 1\n", "mapping")],
+)
+def test_sweep_refuses_a_missing_or_malformed_file(tmp_path, capsys, text, expected):
+    path = tmp_path / "sweep.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert expected in refuse(["sweep", str(path)], capsys, protect=[tmp_path])
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [(["--workers", "0"], "--workers"), (["--launcher", "slurm"], "invalid choice")],
+)
+def test_sweep_refuses_bad_options(data_dir, tmp_path, capsys, extra, expected):
+    path = _sweep(tmp_path, data_dir)
+    assert expected in refuse(["sweep", str(path), *extra], capsys, protect=[path])
