@@ -121,7 +121,7 @@ def test_an_out_dir_that_is_a_file_is_one_line(data_dir, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     tiny_config(data_dir, file).save(config)
     line = refuse(["train", str(config)], capsys, protect=[file])
-    assert line == f"parcae: error: out_dir {file} is a file; choose a directory"
+    assert line == f"parcae: error: out_dir {file} is a file, not a directory"
 
 
 def test_an_out_dir_that_cannot_be_created_is_one_line(data_dir, tmp_path, capsys, monkeypatch):

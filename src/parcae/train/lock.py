@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from parcae.errors import ConfigError
+from parcae.outputs import output_directory
 from parcae.train import distributed as dist
 
 LOCK_FILE = ".lock"
@@ -55,16 +56,7 @@ def run_lock(
 
 def _acquire(out_dir: Path, warn: Callable[[str], None]) -> int | None:
     """The descriptor of the locked `.lock` file (None where flock is not supported)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(
-            f"out_dir {out_dir} is a file; choose a directory", field="out_dir"
-        ) from None
-    except OSError as error:
-        raise ConfigError(
-            f"cannot create out_dir {out_dir}: {error.strerror or error}", field="out_dir"
-        ) from None
+    output_directory(out_dir, "out_dir")
     path = out_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
