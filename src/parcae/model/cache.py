@@ -29,7 +29,10 @@ Columns are a shared timeline: with left padding, row b's real tokens start at i
 the eval-mode initial state use positions, so a padded row computes what it computes alone).
 A cache is reusable: `reset()` empties it for a new request, `release(rows)` frees rows so new
 sequences can start there (their old columns are hidden), `select_rows(index)` keeps or reorders
-rows.
+rows. For continuous batching (`parcae.serve`): `admit(row, source)` places a sequence prefilled
+alone in another cache into one row while the other rows keep their state, and `compact()` moves
+every row's real columns to the right end of a shorter timeline when it fills (a row's columns
+keep their order, positions and keys, so what its later tokens compute does not change).
 """
 
 from __future__ import annotations
@@ -306,6 +309,60 @@ class KVCache:
         """Forget the tokens of `rows`: a new sequence can start there at position 0 on the
         next forward (the rows' old columns stay hidden from it)."""
         self.valid[torch.as_tensor(rows, dtype=torch.long, device=self.valid.device)] = False
+
+    def compact(self, length: int | None = None) -> None:
+        """Right-align every row's real columns to end at column `length` (default: the most
+        real columns of any row), dropping padding and released columns: the timeline becomes
+        that long. A row keeps its columns' order, keys, values and positions, so its later
+        tokens attend to the same keys. Copies each row's columns once."""
+        counts = self.valid[:, : self.length].sum(dim=1).tolist()
+        length = max(counts, default=0) if length is None else length
+        if not max(counts, default=0) <= length <= self.max_length:
+            raise ValueError(
+                f"cannot compact rows of up to {max(counts, default=0)} tokens into "
+                f"{length} columns (capacity {self.max_length})"
+            )
+        for row, count in enumerate(counts):
+            columns = self.valid[row, : self.length].nonzero().squeeze(1)
+            target = slice(length - count, length)
+            self.keys[:, row, :, target] = self.keys[:, row].index_select(2, columns)
+            self.values[:, row, :, target] = self.values[:, row].index_select(2, columns)
+            self.positions[row, target] = self.positions[row, columns]
+            self.valid[row] = False
+            self.valid[row, target] = True
+        self.length = length
+
+    def admit(self, row: int, source: KVCache, source_row: int = 0) -> None:
+        """Put the sequence held in row `source_row` of `source` (a cache of the same model,
+        typically a prompt prefilled alone) into row `row`, which must be free (`release`): its
+        real columns become the last columns of this timeline (compacted first if it is
+        shorter), with their positions. The other rows are untouched.
+
+        A core slot of loop step t takes the source's slot of step min(t, T_source - 1): a
+        source made for fewer steps than this cache gives the deeper steps its last step's keys
+        and values, which is what a token frozen after T_source steps leaves in its slots."""
+        columns = source.valid[source_row, : source.length].nonzero().squeeze(1)
+        count = columns.numel()
+        if count > self.length:
+            counts = self.valid[:, : self.length].sum(dim=1)
+            self.compact(max(count, int(counts.max()) if counts.numel() else 0))
+        target = slice(self.length - count, self.length)
+        pairs = [(self.slot(layer), source.slot(layer)) for layer in self.config.prelude_layers]
+        for layer in self.core_layers:
+            for step in range(self.num_steps):
+                last = max(min(step, source.num_steps - 1), 0)
+                pairs.append((self.slot(layer, step), source.slot(layer, last)))
+        pairs += [(self.slot(layer), source.slot(layer)) for layer in self.coda_layers]
+        for mine, theirs in pairs:
+            self.keys[mine, row, :, target] = source.keys[theirs, source_row].index_select(
+                1, columns
+            )
+            self.values[mine, row, :, target] = source.values[theirs, source_row].index_select(
+                1, columns
+            )
+        self.valid[row] = False
+        self.valid[row, target] = True
+        self.positions[row, target] = source.positions[source_row, columns]
 
     def select_rows(self, index: Tensor | list[int]) -> None:
         """Keep rows `index` (int64, in that order): drop finished sequences or reorder."""

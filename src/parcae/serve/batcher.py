@@ -1,0 +1,560 @@
+"""Continuous batching: one decode loop over one `KVCache` serves every active request.
+
+`ContinuousBatcher(model, max_batch, max_queue, max_num_steps, cache_sharing)` holds a cache of
+`max_batch` rows (one row per active request) and a bounded queue of waiting requests.
+`submit(request)` checks the request, queues it and returns a `Handle` whose events are the
+request's tokens as they come, then one `FinishEvent`. Each scheduling iteration (`step()`;
+`start()` runs it in a background thread) does, in order:
+
+1. cancelled requests leave: a waiting one is dropped, an active one's row is released
+   (`KVCache.release`) and is free for the next request at once;
+2. waiting requests take the free rows (first come, first served): each prompt is prefilled
+   *alone*, in a cache of its own made for its own depth, exactly as `parcae.generate` prefills
+   it; its first token is sampled, and the prefilled keys and values are placed into its row of
+   the shared cache (`KVCache.admit`; the other rows keep their state);
+3. one decode forward over the shared cache feeds every active row its last token; each row
+   samples its next token, and a row that produced a stop token or its `max_tokens` leaves and
+   frees its row.
+
+When the cache's column timeline fills, it is compacted (`KVCache.compact`: each row's real
+columns moved to the right end; nothing a row computes changes).
+
+What one decode step shares, and what it does not:
+
+- shared: a single forward of every row (prelude, core loop, coda, head) over the one cache.
+  Rows of different prompt lengths and join times sit on one column timeline with left padding:
+  each row has its own positions (starting at 0 for its prompt, so RoPE and the loop's initial
+  state are what they are alone) and attends only to its own columns (padding and the columns
+  of earlier occupants of its row are masked).
+- shared, with full cache sharing (the default): loop depth. The cache is built for
+  `max_num_steps`; a row of depth T stops after its own T steps through an exit rule (its
+  tokens are then frozen: skipped by the loop, its deeper cache slots keep its step-T keys), and
+  a row with `adaptive_eps` also stops when its loop residual falls below its threshold. A row
+  that stops at T computes what a cached forward at `num_steps=T` computes, so every row's
+  greedy tokens equal those of `parcae.generate` run alone at its depth (tested). When every
+  active row has the cache's depth and no adaptive exit, the loop runs all rows in lockstep.
+- not shared with cache sharing `ring:M` / `last:M`: depth. Which slot a step reads there
+  depends on T, so rows of another depth would read other steps' keys; such a batcher serves one
+  depth, `max_num_steps`, and refuses others (a `PromptError`).
+- not shared: prefill (alone per request, see 2.), sampling (per row: its temperature, top_p and
+  its own `torch.Generator` seeded from its seed, so a seeded request draws the same tokens
+  whatever shares the batch, and the same as `parcae.generate` with that seed), stop tokens and
+  `max_tokens`.
+
+Rows that are free still run through the forward as padding (the forward is over all
+`max_batch` rows). The stop token that ends a request is not sent as a `TokenEvent`: it is the
+`FinishEvent`'s `stop_token_id`, and it counts in `completion_tokens` (as in `generate`'s
+stats). A request's `mean_loop_steps` is the mean over its generated tokens of the loop steps
+of the forward that produced each one (the prefill's last token for the first); 0 for a GPT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from parcae.errors import ConfigError, ParcaeError, PromptError
+from parcae.infer.engine import exit_rule, sample_next
+from parcae.model.base import check_num_steps
+from parcae.model.cache import CacheSharing
+from parcae.model.loop import Readout, relative_update
+from parcae.serve.requests import GenerationRequest
+
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+RATE_WINDOW_S = 10.0  # tokens/s is measured over this trailing window
+
+
+class QueueFull(ParcaeError):
+    """The batcher's queue holds `max_queue` waiting requests (an HTTP server answers 429).
+    `retry_after`: a suggested wait in seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A generated token and the loop steps of the forward that produced it."""
+
+    token_id: int
+    loop_steps: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    mean_loop_steps: float
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    """The last event of a request. finish_reason: `stop` (a stop token, `stop_token_id`),
+    `length` (max_tokens), `cancelled`, or `error` (the engine failed; `error` says why)."""
+
+    finish_reason: str
+    usage: Usage
+    stop_token_id: int | None = None
+    error: str | None = None
+
+
+Event = TokenEvent | FinishEvent
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What `Handle.result()` returns: every token sent and the finish event."""
+
+    token_ids: list[int]
+    loop_steps: list[int]
+    finish: FinishEvent
+
+
+class Handle:
+    """A submitted request's events (thread-safe). Consume them once, either synchronously
+    (`for event in handle`, `handle.get()`, `handle.result()`) or from asyncio
+    (`async for event in handle.events_async()`: events reach the event loop through
+    `call_soon_threadsafe`, no thread waits per request). `cancel()` ends the request at the
+    next step boundary (a `FinishEvent` with finish_reason `cancelled`)."""
+
+    def __init__(self, request_id: int, request: GenerationRequest, batcher: ContinuousBatcher):
+        self.id = request_id
+        self.request = request
+        self._batcher = batcher
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Event] = queue.Queue()
+        self._sink: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
+        self._cancelled = threading.Event()
+        self.finish: FinishEvent | None = None
+
+    # ------------------------------------------------------------ producer side (engine)
+
+    def _put(self, event: Event) -> None:
+        with self._lock:
+            if isinstance(event, FinishEvent):
+                self.finish = event
+            if self._sink is None:
+                self._queue.put(event)
+                return
+            loop, sink = self._sink
+        try:
+            loop.call_soon_threadsafe(sink.put_nowait, event)
+        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
+            self.cancel()
+
+    # ------------------------------------------------------------ consumer side
+
+    def cancel(self) -> None:
+        """Cancel the request (a no-op once it has finished)."""
+        if not self._cancelled.is_set():
+            self._cancelled.set()
+            self._batcher._wake.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event (blocks; `queue.Empty` after `timeout` seconds)."""
+        return self._queue.get(timeout=timeout)
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self._queue.get()
+            yield event
+            if isinstance(event, FinishEvent):
+                return
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Wait for the end; every token and the finish event (`TimeoutError` after
+        `timeout` seconds in all)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tokens, steps = [], []
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                event = self._queue.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError(f"request {self.id} did not finish in {timeout} s") from None
+            if isinstance(event, FinishEvent):
+                return Completion(tokens, steps, event)
+            tokens.append(event.token_id)
+            steps.append(event.loop_steps)
+
+    async def events_async(self) -> AsyncIterator[Event]:
+        """The events on the running asyncio loop; the request is cancelled if the consumer
+        stops early (a client that disconnects)."""
+        sink: asyncio.Queue[Event] = asyncio.Queue()
+        with self._lock:
+            while True:
+                try:
+                    sink.put_nowait(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._sink = (asyncio.get_running_loop(), sink)
+        finished = False
+        try:
+            while True:
+                event = await sink.get()
+                if isinstance(event, FinishEvent):
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.cancel()
+
+
+@dataclass
+class _Sequence:
+    """An admitted request: its row in the cache and what it has generated."""
+
+    handle: Handle
+    request: GenerationRequest
+    depth: int
+    generator: torch.Generator | None
+    row: int | None = None
+    pending: int = 0  # the last sampled token, fed by the next decode step
+    generated: int = 0
+    steps_total: int = 0
+    stop_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+class RowExit:
+    """Exit rule of a batch: row b stops after `depths[b]` loop steps, or earlier once its
+    loop residual falls below `eps[b]` (0: never; the rule of `ResidualExit`)."""
+
+    def __init__(self, depths: Tensor, eps: Tensor) -> None:
+        self.depths, self.eps = depths, eps
+        self.adaptive = bool((eps > 0).any())
+        self.steps = 0
+
+    def __call__(self, h: Tensor, h_prev: Tensor, readout: Readout) -> Tensor:
+        self.steps += 1
+        stop = (self.depths <= self.steps)[:, None].expand(h.shape[:2])
+        if self.adaptive:
+            stop = stop | (relative_update(h, h_prev) < self.eps[:, None])
+        return stop
+
+
+class ContinuousBatcher:
+    """One decode loop serving many requests over one `KVCache` (module docstring).
+
+    max_batch: rows of the cache (requests decoded together); max_queue: waiting requests
+    beyond which `submit` raises `QueueFull`; max_num_steps: the deepest loop a request may ask
+    for (the cache holds that many steps; default twice the model's mean_recurrence with full
+    sharing, the mean_recurrence with other sharing, where it is the one depth served; ignored
+    for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`.
+    """
+
+    def __init__(
+        self,
+        model,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        max_num_steps: int | None = None,
+        cache_sharing: str | CacheSharing | None = "full",
+    ) -> None:
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_num_steps(max_num_steps, "max_num_steps")
+        self.model = model
+        config = self.config = model.config
+        self.sharing = CacheSharing.parse(cache_sharing)
+        self.looped = config.is_looped
+        if self.looped and max_num_steps is None:
+            factor = 2 if self.sharing.kind == "full" else 1
+            max_num_steps = factor * config.mean_recurrence
+        self.max_num_steps = max_num_steps if self.looped else 0
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.device = next(model.parameters()).device
+        # room for two contexts: compacted rows hold < context_length columns, so a compaction
+        # frees at least a context's worth of columns
+        self.cache = model.new_cache(
+            max_batch, 2 * config.context_length, self.max_num_steps or None, self.sharing
+        )
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._waiting: deque[Handle] = deque()
+        self._active: dict[int, _Sequence] = {}
+        self._free = list(range(max_batch))
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._rate: deque[tuple[float, int]] = deque()
+        self._counters = dict(
+            requests_total=0,
+            requests_rejected_total=0,
+            requests_finished_total=0,
+            requests_cancelled_total=0,
+            prompt_tokens_total=0,
+            tokens_generated_total=0,
+            loop_steps_total=0,
+            decode_steps_total=0,
+            compactions_total=0,
+        )
+
+    # ------------------------------------------------------------ requests
+
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Check and queue `request` (thread-safe): a `PromptError` for a bad request, a
+        `QueueFull` when `max_queue` requests are waiting."""
+        request.check(self.model)
+        depth = request.depth(self.model)
+        if self.looped and depth > self.max_num_steps:
+            raise PromptError(
+                f"num_steps is {depth}; this server runs at most {self.max_num_steps} loop steps"
+            )
+        if self.looped and self.sharing.kind != "full" and depth != self.max_num_steps:
+            raise PromptError(
+                f"num_steps is {depth}; with cache sharing {self.sharing} this server runs "
+                f"{self.max_num_steps} loop steps only"
+            )
+        with self._lock:
+            if len(self._waiting) >= self.max_queue:
+                self._counters["requests_rejected_total"] += 1
+                raise QueueFull(
+                    f"the queue is full ({self.max_queue} requests waiting); retry later"
+                )
+            handle = Handle(next(self._ids), request, self)
+            self._waiting.append(handle)
+            self._counters["requests_total"] += 1
+        self._wake.set()
+        return handle
+
+    # ------------------------------------------------------------ the loop
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One scheduling iteration (module docstring); False when there was nothing to do.
+        Call it from one thread at a time (the background thread, or a test)."""
+        admitted = []
+        with self._lock:
+            for handle in [h for h in self._waiting if h.cancelled]:
+                self._waiting.remove(handle)
+                self._finish_waiting(handle, "cancelled")
+            while self._waiting and len(admitted) < len(self._free):
+                admitted.append(self._waiting.popleft())
+        for sequence in [s for s in self._active.values() if s.handle.cancelled]:
+            self._finish(sequence, "cancelled")
+        for handle in admitted:
+            self._prefill(handle)
+        if self._active:
+            self._decode()
+        return bool(admitted or self._active)
+
+    def run_until_idle(self, max_steps: int | None = None) -> None:
+        """Step until nothing is waiting or active (tests and scripts without `start`)."""
+        for _ in itertools.count() if max_steps is None else range(max_steps):
+            if not self.step():
+                return
+
+    def start(self) -> None:
+        """Run the loop in a background thread (daemon) until `stop()`."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="parcae-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background loop; every waiting or active request ends `cancelled`."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._end_all("cancelled")
+
+    def __enter__(self) -> ContinuousBatcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                worked = self.step()
+            except Exception as error:  # noqa: BLE001 - reported to every request, loop goes on
+                self._end_all("error", f"{type(error).__name__}: {error}")
+                worked = False
+            if not worked:
+                self._wake.wait(0.5)
+
+    # ------------------------------------------------------------ prefill and decode
+
+    def _prefill(self, handle: Handle) -> None:
+        request = handle.request
+        depth = request.depth(self.model)
+        generator = None
+        if request.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        sequence = _Sequence(
+            handle, request, depth, generator, stop_ids=frozenset(request.stop_token_ids)
+        )
+        self._counters["prompt_tokens_total"] += len(request.prompt_ids)
+        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+        cache = self.model.new_cache(1, ids.shape[1], depth or None, self.sharing)
+        eps = request.adaptive_eps if self.looped else None
+        out = self.model(ids, cache=cache, last_only=True, exit_rule=exit_rule(eps))
+        steps = [int(out.loop.steps[0, -1])] if out.loop is not None else [0]
+        tokens = self._sample([sequence], out.logits[:, -1])
+        if self._record(sequence, tokens[0], steps[0]):
+            return
+        sequence.row = self._free.pop(0)
+        self.cache.admit(sequence.row, cache)
+        self._active[sequence.row] = sequence
+
+    def _decode(self) -> None:
+        cache, batch = self.cache, self.max_batch
+        rows = sorted(self._active)
+        sequences = [self._active[row] for row in rows]
+        tokens = torch.zeros(batch, 1, dtype=torch.long)
+        valid = torch.zeros(batch, 1, dtype=torch.bool)
+        index = torch.tensor(rows, dtype=torch.long)
+        tokens[index, 0] = torch.tensor([s.pending for s in sequences])
+        valid[index, 0] = True
+        rule = None
+        if self.looped:
+            depths = torch.full((batch,), max(s.depth for s in sequences), dtype=torch.long)
+            depths[index] = torch.tensor([s.depth for s in sequences])
+            eps = torch.zeros(batch)
+            eps[index] = torch.tensor([s.request.adaptive_eps or 0.0 for s in sequences])
+            if bool((depths != cache.num_steps).any() or (eps > 0).any()):
+                rule = RowExit(depths.to(self.device), eps.to(self.device))
+        if cache.length + 1 > cache.max_length:
+            cache.compact()
+            self._counters["compactions_total"] += 1
+        out = self.model(
+            tokens.to(self.device),
+            cache=cache,
+            attention_mask=valid.to(self.device),
+            last_only=True,
+            exit_rule=rule,
+        )
+        self._counters["decode_steps_total"] += 1
+        steps = out.loop.steps[:, -1].tolist() if out.loop is not None else [0] * batch
+        index = index.to(self.device)
+        sampled = self._sample(sequences, out.logits[index, -1])
+        for sequence, token in zip(sequences, sampled):
+            self._record(sequence, token, steps[sequence.row])
+
+    def _sample(self, sequences: list[_Sequence], logits: Tensor) -> list[int]:
+        """Each row's next token from logits (R, V_pad), with its own settings."""
+        logits = logits[:, : self.config.vocab_size]
+        if all(s.request.temperature == 0 for s in sequences):
+            return logits.argmax(dim=-1).tolist()
+        tokens = [
+            sample_next(
+                logits[i : i + 1], s.request.temperature, None, s.request.top_p, s.generator
+            )
+            for i, s in enumerate(sequences)
+        ]
+        return torch.cat(tokens).tolist()
+
+    def _record(self, sequence: _Sequence, token: int, steps: int) -> bool:
+        """Count and send `token`; finish the request if it is done (True)."""
+        sequence.generated += 1
+        sequence.steps_total += steps
+        self._counters["tokens_generated_total"] += 1
+        self._counters["loop_steps_total"] += steps
+        now = time.monotonic()
+        self._rate.append((now, 1))
+        while self._rate and self._rate[0][0] < now - RATE_WINDOW_S:
+            self._rate.popleft()
+        if token in sequence.stop_ids:
+            self._finish(sequence, "stop", token)
+            return True
+        sequence.handle._put(TokenEvent(token, steps))
+        sequence.pending = token
+        if sequence.generated >= sequence.request.max_tokens:
+            self._finish(sequence, "length")
+            return True
+        return False
+
+    # ------------------------------------------------------------ endings
+
+    def _finish(
+        self,
+        sequence: _Sequence,
+        reason: str,
+        stop_token: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        if sequence.row is not None:
+            self.cache.release([sequence.row])
+            del self._active[sequence.row]
+            self._free.append(sequence.row)
+            self._free.sort()
+            sequence.row = None
+        usage = Usage(
+            len(sequence.request.prompt_ids),
+            sequence.generated,
+            sequence.steps_total / sequence.generated if sequence.generated else 0.0,
+        )
+        self._count_end(reason)
+        sequence.handle._put(FinishEvent(reason, usage, stop_token, error))
+
+    def _finish_waiting(self, handle: Handle, reason: str, error: str | None = None) -> None:
+        self._count_end(reason)
+        usage = Usage(len(handle.request.prompt_ids), 0, 0.0)
+        handle._put(FinishEvent(reason, usage, None, error))
+
+    def _count_end(self, reason: str) -> None:
+        self._counters["requests_finished_total"] += 1
+        if reason == "cancelled":
+            self._counters["requests_cancelled_total"] += 1
+
+    def _end_all(self, reason: str, error: str | None = None) -> None:
+        """End every waiting and active request with `reason` and empty the cache."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for handle in waiting:
+            self._finish_waiting(handle, reason, error)
+        for sequence in list(self._active.values()):
+            self._finish(sequence, reason, error=error)
+        self.cache.reset()
+
+    # ------------------------------------------------------------ metrics
+
+    def stats(self) -> dict[str, float]:
+        """Counters since construction and the current state: requests_total (accepted),
+        requests_rejected_total (queue full), requests_finished_total,
+        requests_cancelled_total, prompt_tokens_total, tokens_generated_total,
+        loop_steps_total, decode_steps_total, compactions_total, queue_depth,
+        active_batch_size, max_batch, max_queue, mean_loop_steps_per_token (over every
+        generated token) and tokens_per_second (over the last 10 s)."""
+        with self._lock:
+            stats: dict[str, float] = dict(self._counters)
+            stats["queue_depth"] = len(self._waiting)
+        stats["active_batch_size"] = len(self._active)
+        stats["max_batch"], stats["max_queue"] = self.max_batch, self.max_queue
+        generated = stats["tokens_generated_total"]
+        stats["mean_loop_steps_per_token"] = (
+            stats["loop_steps_total"] / generated if generated else 0.0
+        )
+        rate = list(self._rate)
+        now = time.monotonic()
+        recent = [t for t, _ in rate if t >= now - RATE_WINDOW_S]
+        span = now - recent[0] if recent else 0.0
+        stats["tokens_per_second"] = len(recent) / span if span > 0 else 0.0
+        return stats
