@@ -135,14 +135,21 @@ class Handle:
         self._queue: queue.Queue[Event] = queue.Queue()
         self._sink: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
         self._cancelled = threading.Event()
+        self._finished = threading.Event()
+        self._token_ids: list[int] = []
+        self._loop_steps: list[int] = []
         self.finish: FinishEvent | None = None
 
     # ------------------------------------------------------------ producer side (engine)
 
     def _put(self, event: Event) -> None:
         with self._lock:
-            if isinstance(event, FinishEvent):
+            if isinstance(event, TokenEvent):
+                self._token_ids.append(event.token_id)
+                self._loop_steps.append(event.loop_steps)
+            else:
                 self.finish = event
+                self._finished.set()
             if self._sink is None:
                 self._queue.put(event)
                 return
@@ -180,20 +187,13 @@ class Handle:
                 return
 
     def result(self, timeout: float | None = None) -> Completion:
-        """Wait for the end; every token and the finish event (`TimeoutError` after
-        `timeout` seconds in all)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        tokens, steps = [], []
-        while True:
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            try:
-                event = self._queue.get(timeout=left)
-            except queue.Empty:
-                raise TimeoutError(f"request {self.id} did not finish in {timeout} s") from None
-            if isinstance(event, FinishEvent):
-                return Completion(tokens, steps, event)
-            tokens.append(event.token_id)
-            steps.append(event.loop_steps)
+        """Wait for the end (`TimeoutError` after `timeout` seconds); every token sent and
+        the finish event. The handle records them itself: this reads no event stream and may be
+        called again, or after the events were consumed."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"request {self.id} did not finish in {timeout} s")
+        with self._lock:
+            return Completion(list(self._token_ids), list(self._loop_steps), self.finish)
 
     async def events_async(self) -> AsyncIterator[Event]:
         """The events on the running asyncio loop; the request is cancelled if the consumer
@@ -216,6 +216,10 @@ class Handle:
                 if finished:
                     return
         finally:
+            with self._lock:  # later events (the cancellation's) go to the thread-side queue
+                self._sink = None
+                while not sink.empty():
+                    self._queue.put(sink.get_nowait())
             if not finished:
                 self.cancel()
 
@@ -259,7 +263,9 @@ class ContinuousBatcher:
     beyond which `submit` raises `QueueFull`; max_num_steps: the deepest loop a request may ask
     for (the cache holds that many steps; default twice the model's mean_recurrence with full
     sharing, the mean_recurrence with other sharing, where it is the one depth served; ignored
-    for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`.
+    for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`; cache_length:
+    columns of the shared timeline (at least the context length; default twice it), compacted
+    when full.
     """
 
     def __init__(
@@ -269,6 +275,7 @@ class ContinuousBatcher:
         max_queue: int = 64,
         max_num_steps: int | None = None,
         cache_sharing: str | CacheSharing | None = "full",
+        cache_length: int | None = None,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -284,10 +291,17 @@ class ContinuousBatcher:
         self.max_num_steps = max_num_steps if self.looped else 0
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device = next(model.parameters()).device
-        # room for two contexts: compacted rows hold < context_length columns, so a compaction
-        # frees at least a context's worth of columns
+        # compacted rows hold < context_length columns: a timeline of twice the context is
+        # compacted at most once per context_length decode steps
+        if cache_length is None:
+            cache_length = 2 * config.context_length
+        if not isinstance(cache_length, int) or cache_length < config.context_length:
+            raise ConfigError(
+                f"cache_length must be an integer >= the context length "
+                f"{config.context_length}, got {cache_length!r}"
+            )
         self.cache = model.new_cache(
-            max_batch, 2 * config.context_length, self.max_num_steps or None, self.sharing
+            max_batch, cache_length, self.max_num_steps or None, self.sharing
         )
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -344,25 +358,28 @@ class ContinuousBatcher:
     def step(self) -> bool:
         """One scheduling iteration (module docstring); False when there was nothing to do.
         Call it from one thread at a time (the background thread, or a test)."""
+        cancelled = [s for s in self._active.values() if s.handle.cancelled]
+        for sequence in cancelled:
+            self._finish(sequence, "cancelled")
         admitted = []
         with self._lock:
             for handle in [h for h in self._waiting if h.cancelled]:
                 self._waiting.remove(handle)
                 self._finish_waiting(handle, "cancelled")
+                cancelled.append(handle)
             while self._waiting and len(admitted) < len(self._free):
                 admitted.append(self._waiting.popleft())
-        for sequence in [s for s in self._active.values() if s.handle.cancelled]:
-            self._finish(sequence, "cancelled")
         for handle in admitted:
             self._prefill(handle)
-        if self._active:
+        decoded = bool(self._active)
+        if decoded:
             self._decode()
-        return bool(admitted or self._active)
+        return bool(cancelled or admitted or decoded)
 
     def run_until_idle(self, max_steps: int | None = None) -> None:
         """Step until nothing is waiting or active (tests and scripts without `start`)."""
         for _ in itertools.count() if max_steps is None else range(max_steps):
-            if not self.step():
+            if not self.step() and not self._waiting:
                 return
 
     def start(self) -> None:
