@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from parcae.cli import main
 from parcae.errors import TrainingError
 from parcae.train import checkpoint
 from parcae.train.checkpoint import (
     checkpoint_dir,
     hash_path,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     rng_state,
@@ -174,19 +176,55 @@ def test_a_bad_newest_checkpoint_falls_back_to_the_older_one_with_the_same_losse
 def test_no_usable_checkpoint_is_refused_until_the_user_trusts_one(
     data_dir, reference, run, tmp_path, capsys
 ):
-    for name in ("step_0000004.pt", "step_0000006.pt"):  # e.g. saved before hashes existed
+    for name in ("step_0000004.pt", "step_0000006.pt"):  # e.g. a save cut short
         hash_path(checkpoint_dir(run) / name).unlink()
     line = refuse(_argv(data_dir, run, tmp_path), capsys, protect=[run])
     assert line == (
         f"parcae: error: no usable checkpoint in {checkpoint_dir(run)} (the newest, "
         "step_0000006.pt: no .sha256 (an unfinished or unverified save); 1 older one unusable "
-        "too); if you know step_0000006.pt is fine, trust it with `sha256sum step_0000006.pt "
-        f"> step_0000006.pt.sha256` in {checkpoint_dir(run)} and resume again"
+        "too); if you wrote step_0000006.pt yourself (an older parcae, or a save cut short), "
+        f"trust and convert it with `parcae upgrade-checkpoints {run}` and resume again"
     )
-    command = "sha256sum step_0000006.pt > step_0000006.pt.sha256"
+    command = "sha256sum step_0000006.pt > step_0000006.pt.sha256"  # sha256sum alone trusts too
     subprocess.run(command, shell=True, cwd=checkpoint_dir(run), check=True)
     train(tiny_config(data_dir, run, max_steps=STEPS, resume=True))
     assert _train_records(run) == _train_records(reference)
+
+
+def test_a_checkpoint_of_an_older_parcae_is_upgraded_then_resumes_exactly(
+    data_dir, reference, run, tmp_path, capsys
+):
+    """Before 2026-11-30 a checkpoint held NumPy's RNG state as a pickled tuple of an ndarray,
+    and had no hash: refused by weights_only loading, until `parcae upgrade-checkpoints`."""
+    for path in list_checkpoints(run):
+        state = torch.load(path, weights_only=True)
+        numpy = state["rng"]["numpy"]
+        state["rng"]["numpy"] = (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+        torch.save(state, path)
+        hash_path(path).unlink()
+    assert "parcae upgrade-checkpoints" in refuse(_argv(data_dir, run, tmp_path), capsys)
+    assert main(["upgrade-checkpoints", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "upgraded 2 checkpoints" in out and "step_0000006.pt" in out
+    assert all(hash_path(path).exists() for path in list_checkpoints(run))
+    assert main(["upgrade-checkpoints", str(run)]) == 0  # a second time: nothing to do
+    assert "nothing to upgrade" in capsys.readouterr().out
+    train(tiny_config(data_dir, run, max_steps=STEPS, resume=True))
+    assert _train_records(run) == _train_records(reference)
+
+
+def test_upgrade_refuses_a_directory_without_checkpoints_and_a_foreign_file(tmp_path, capsys):
+    assert "no checkpoints" in refuse(["upgrade-checkpoints", str(tmp_path)], capsys)
+    checkpoint_dir(tmp_path).mkdir()
+    torch.save({"weights": torch.zeros(2)}, checkpoint_dir(tmp_path) / "step_0000001.pt")
+    line = refuse(["upgrade-checkpoints", str(tmp_path)], capsys, protect=[tmp_path])
+    assert "not a parcae training checkpoint" in line
 
 
 class RunsCode:

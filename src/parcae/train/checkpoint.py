@@ -20,7 +20,9 @@ with its `.sha256`.
 Resuming tries the newest checkpoint first; one whose `.sha256` is missing or does not match, or
 that cannot be read, is reported and skipped for the next older one. Nothing is deleted on
 resume: a bad checkpoint stays until training reaches its step again and saves over it. A file
-known to be fine can be trusted by writing its hash (`sha256sum step_X.pt > step_X.pt.sha256`).
+known to be fine can be trusted with `parcae upgrade-checkpoints OUT_DIR` (`upgrade_checkpoints`):
+it also converts the checkpoints of parcae before 2026-11-30 (a pickled NumPy RNG state, no
+hash).
 """
 
 from __future__ import annotations
@@ -56,18 +58,23 @@ def hash_path(path: Path) -> Path:
     return path.with_name(path.name + HASH_SUFFIX)
 
 
+def numpy_rng_state(legacy: tuple) -> dict[str, Any]:
+    """NumPy's `get_state()` tuple as tensors and plain values (loadable with weights_only)."""
+    kind, keys, position, has_gauss, cached_gaussian = legacy
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),  # uint32 words, widened
+        "pos": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
 def rng_state() -> dict[str, Any]:
     """Every generator's state as tensors and plain values (loadable with weights_only)."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),  # uint32 words, widened
-            "pos": int(position),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
+        "numpy": numpy_rng_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -369,8 +376,8 @@ class Checkpointer:
         older = f"; {others} older one{'s' * (others > 1)} unusable too" if others else ""
         name = newest.path.name
         advice = (
-            f"if you know {name} is fine, trust it with `sha256sum {name} > {name}{HASH_SUFFIX}` "
-            f"in {directory} and resume again"
+            f"if you wrote {name} yourself (an older parcae, or a save cut short), trust and "
+            f"convert it with `parcae upgrade-checkpoints {self.out_dir}` and resume again"
             if newest.trustable
             else "choose another out_dir to start over"
         )
@@ -404,3 +411,24 @@ class Checkpointer:
                 f"parcae: checkpoint {path} is at the end of the budget ({steps_total} steps) "
                 "but the run has no exported model; finishing it (final evaluation and export)"
             )
+
+
+def upgrade_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """Trust the checkpoints of `out_dir` that have no `.sha256` (written by parcae before
+    2026-11-30, or a save cut short between its two renames): read each with full unpickling
+    (only for files the user vouches for), store the NumPy RNG state as tensors, and write it
+    back with its hash. Returns the checkpoints upgraded; those with a hash are left alone."""
+    upgraded = []
+    for path in list_checkpoints(out_dir):
+        if hash_path(path).exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # truncated or foreign files: several types
+            raise CheckpointError(f"{path}: unreadable ({_one_line(error)})") from None
+        if not isinstance(state, dict) or not {"step", "rng"} <= set(state):
+            raise CheckpointError(f"{path}: not a parcae training checkpoint")
+        if isinstance(state["rng"].get("numpy"), tuple):
+            state["rng"]["numpy"] = numpy_rng_state(state["rng"]["numpy"])
+        upgraded.append(save_checkpoint(out_dir, state["step"], state))
+    return upgraded

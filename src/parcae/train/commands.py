@@ -44,6 +44,20 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_checkpoints(args: argparse.Namespace) -> int:
+    from parcae.errors import CheckpointError
+    from parcae.train.checkpoint import list_checkpoints, upgrade_checkpoints
+
+    if not list_checkpoints(args.run):
+        raise CheckpointError(f"{args.run}: no checkpoints (expected {args.run}/checkpoints/)")
+    upgraded = upgrade_checkpoints(args.run)
+    if not upgraded:
+        print(f"{args.run}: every checkpoint has its hash; nothing to upgrade")
+    else:
+        print(f"upgraded {len(upgraded)} checkpoints: {', '.join(p.name for p in upgraded)}")
+    return 0
+
+
 def register(subparsers) -> None:
     """Add this package's subcommands to the top-level parser."""
     train = subparsers.add_parser(
@@ -57,6 +71,17 @@ def register(subparsers) -> None:
     )
     train.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     train.set_defaults(func=_train)
+
+    upgrade = subparsers.add_parser(
+        "upgrade-checkpoints",
+        help="trust a run's checkpoints that have no hash (older parcae, or a save cut short)",
+        description="For checkpoints you wrote yourself: read each checkpoint of RUN_DIR that "
+        "has no .sha256 (fully unpickled: never run this on files from elsewhere), convert the "
+        "state of parcae before 2026-11-30 and write it back with its hash, so that "
+        "resume=true accepts it.",
+    )
+    upgrade.add_argument("run", metavar="RUN_DIR", help="the run's out_dir")
+    upgrade.set_defaults(func=_upgrade_checkpoints)
 
     plot = subparsers.add_parser("plot", help="plot training runs (PNG files)")
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories to overlay")
