@@ -315,3 +315,48 @@ def test_background_thread_and_async_consumers(model):
         assert isinstance(finish, FinishEvent) and finish.finish_reason == "length"
         assert tokens == alone(model, request)
     assert not any(t.name == "parcae-batcher" for t in threading.enumerate())
+
+
+def test_ring_sharing_serves_one_depth(model):
+    """With `ring:2` the slots a step reads depend on T: the batcher serves its one depth
+    (equal to `generate` with that sharing) and refuses others."""
+    batcher = ContinuousBatcher(model, max_batch=2, max_num_steps=4, cache_sharing="ring:2")
+    with pytest.raises(PromptError, match="with cache sharing ring:2 this server runs 4"):
+        batcher.submit(GenerationRequest([1, 2], max_tokens=3, num_steps=2))
+    requests = [
+        GenerationRequest(list(range(5, 5 + n)), max_tokens=10, temperature=0) for n in (3, 9, 6)
+    ]
+    handles = [batcher.submit(request) for request in requests]
+    batcher.run_until_idle()
+    for request, handle in zip(requests, handles):
+        expected = parcae.generate(
+            model, [request.prompt_ids], 10, temperature=0, cache_sharing="ring:2"
+        )[0, len(request.prompt_ids) :].tolist()
+        assert served(handle) == expected
+
+
+def test_engine_failure_ends_requests_with_an_error(model, monkeypatch):
+    """A forward that fails in the background loop ends every request it holds with
+    finish_reason `error` (never a consumer waiting forever); the loop serves on."""
+    with ContinuousBatcher(model, max_batch=2, max_num_steps=4) as batcher:
+        original = batcher.model.forward
+        calls = []
+
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("out of memory")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(batcher.model, "forward", failing)
+        handle = batcher.submit(GenerationRequest([1, 2, 3], max_tokens=20, temperature=0))
+        finish = handle.result(timeout=10).finish
+        assert finish.finish_reason == "error" and "out of memory" in finish.error
+        monkeypatch.setattr(batcher.model, "forward", original)
+        after = GenerationRequest([4, 5], max_tokens=5, temperature=0)
+        assert served_after(batcher.submit(after)) == alone(model, after)
+
+
+def served_after(handle) -> list[int]:
+    handle.result(timeout=10)
+    return served(handle)
