@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "parcae.scaling.commands",
     "parcae.scaling.sweep_commands",
     "parcae.reproduce.commands",
+    "parcae.serve.commands",
 )
 
 

@@ -1,0 +1,517 @@
+"""The OpenAI-compatible HTTP server (FastAPI) in front of a `ContinuousBatcher`.
+
+Endpoints:
+
+- `GET /v1/models` (and `/v1/models/{id}`): the one model served, with its context length and
+  loop depths;
+- `POST /v1/completions`, `POST /v1/chat/completions`: OpenAI's request and response shapes
+  (`parcae.serve.protocol` lists the fields and the error statuses); `stream: true` answers
+  Server-Sent Events in OpenAI's chunk format (`data: {...}` per chunk, then `data: [DONE]`),
+  the last chunk carrying `finish_reason` and `usage`. `usage` has `prompt_tokens`,
+  `completion_tokens`, `total_tokens` and `loop_steps` (mean loop steps per generated token);
+- `GET /health`: `{"status": "ok", ...}`;
+- `GET /metrics`: Prometheus text (requests, tokens, tokens/s, queue depth, active batch size,
+  mean loop steps per token, HTTP responses by status);
+- `GET /`: the chat page (`static/`).
+
+A client that disconnects (mid-stream or while waiting for a whole completion) cancels its
+request, which frees its row at the engine's next step. Every error is OpenAI's JSON error
+body: `APIError`s, Starlette's HTTP errors (404 unknown path, 405) and validation errors keep
+their status; anything unexpected is a 500 with a generic message (the exception is logged,
+never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parcae.errors import PromptError
+from parcae.serve.batcher import ContinuousBatcher, FinishEvent, QueueFull, TokenEvent
+from parcae.serve.chat_template import ChatTemplate
+from parcae.serve.detokenize import TextAssembler
+from parcae.serve.protocol import (
+    MAX_BODY_BYTES,
+    APIError,
+    Parsed,
+    decode_json,
+    error_body,
+    from_prompt_error,
+    parse_chat,
+    parse_completion,
+)
+
+logger = logging.getLogger("parcae.serve")
+STATIC_DIR = Path(str(resources.files("parcae.serve") / "static"))
+DRAIN_FACTOR = 8  # a body over the limit is read (and dropped) up to this many limits
+
+
+@dataclass
+class ServingState:
+    """What the app serves: the model, its tokenizer (or None), the engine and the defaults."""
+
+    model: object
+    tokenizer: object
+    batcher: ContinuousBatcher
+    name: str
+    template: ChatTemplate = field(default_factory=ChatTemplate)
+    aliases: tuple[str, ...] = ()
+    num_steps: int | None = None
+    adaptive_eps: float | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    created: int = field(default_factory=lambda: int(time.time()))
+    responses: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    @property
+    def max_num_steps(self) -> int:
+        return self.batcher.max_num_steps
+
+    @property
+    def default_depth(self) -> int:
+        config = self.model.config
+        if not config.is_looped:
+            return 0
+        return self.num_steps or config.mean_recurrence
+
+
+def _error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+class EventStream(StreamingResponse):
+    """Server-Sent Events that stop as soon as the client disconnects: the stream is cancelled
+    (whatever ASGI version the server speaks), so the generator's cleanup cancels the request."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def read_body(request: Request, limit: int) -> dict:
+    """The JSON object of the body: 413 over `limit` bytes (by Content-Length, or by the bytes
+    read), 400 for anything that is not a JSON object."""
+    too_large = APIError(
+        413, f"the request body is over the limit of {limit} bytes", None, "request_too_large"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, "Content-Length must be a number of bytes", None, "invalid_header")
+        if int(declared) > limit:
+            raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:
+            break  # stop reading: the connection is closed after the answer
+    if size > limit:
+        raise too_large
+    return decode_json(b"".join(chunks))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, loop_steps: float) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "loop_steps": round(loop_steps, 4),
+    }
+
+
+class Generation:
+    """One request's run: its events turned into text, its finish reason and usage."""
+
+    def __init__(self, state: ServingState, parsed: Parsed, chat: bool) -> None:
+        self.state, self.parsed, self.chat = state, parsed, chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.assembler = TextAssembler(state.tokenizer, parsed.stops)
+        self.steps: list[int] = []
+        self.finish: FinishEvent | None = None
+        self.finish_reason: str | None = None
+        try:
+            self.handle = state.batcher.submit(parsed.request)
+        except QueueFull as error:
+            retry = max(1, math.ceil(error.retry_after))
+            raise APIError(
+                429, str(error), None, "queue_full", headers={"Retry-After": str(retry)}
+            ) from None
+        except PromptError as error:
+            raise from_prompt_error(error) from None
+
+    async def deltas(self):
+        """The text as it becomes final (strings), until the request ends."""
+        try:
+            async with aclosing(self.handle.events_async()) as events:
+                async for event in events:
+                    if isinstance(event, TokenEvent):
+                        self.steps.append(event.loop_steps)
+                        text = self.assembler.feed(event.token_id)
+                        if text:
+                            yield text
+                        if self.assembler.stopped:  # a stop sequence: end the request here
+                            self.finish_reason = "stop"
+                            return
+                    else:
+                        self.finish = event
+                        text = self.assembler.finish()
+                        if text:
+                            yield text
+                        self.finish_reason = {"stop": "stop", "length": "length"}.get(
+                            event.finish_reason
+                        )
+                        if event.finish_reason == "error":
+                            logger.error(
+                                "request %s failed in the engine: %s", self.id, event.error
+                            )
+                        return
+        finally:
+            if not self.handle.done:
+                self.handle.cancel()
+
+    def usage(self) -> dict:
+        prompt = len(self.parsed.request.prompt_ids)
+        if self.finish is not None and self.finish_reason is not None:
+            usage = self.finish.usage
+            return _usage(prompt, usage.completion_tokens, usage.mean_loop_steps)
+        steps = self.steps
+        return _usage(prompt, len(steps), sum(steps) / len(steps) if steps else 0.0)
+
+    def failure(self) -> APIError:
+        """The error of a request that ended neither by stop nor by length."""
+        if self.finish is not None and self.finish.finish_reason == "cancelled":
+            return APIError(503, "the server is shutting down; the request was cancelled")
+        return APIError(500, "the engine failed while generating; see the server's log")
+
+    def envelope(self, choice: dict, chunk: bool) -> dict:
+        kind = "chat.completion" if self.chat else "text_completion"
+        return {
+            "id": self.id,
+            "object": kind + ".chunk" if chunk and self.chat else kind,
+            "created": self.created,
+            "model": self.state.name,
+            "choices": [{"index": 0, **choice}],
+        }
+
+    def chunk(self, text: str | None = None, finish: str | None = None, role: bool = False):
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else {}
+            if text is not None:
+                delta["content"] = text
+            choice = {"delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"text": text or "", "finish_reason": finish, "logprobs": None}
+        return self.envelope(choice, chunk=True)
+
+
+def _sse(payload) -> str:
+    import json
+
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _stream(generation: Generation):
+    if generation.chat:
+        yield _sse(generation.chunk(role=True))
+    async for text in generation.deltas():
+        yield _sse(generation.chunk(text))
+    if generation.finish_reason is None:
+        error = generation.failure()
+        yield _sse(error.body())
+    else:
+        final = generation.chunk(finish=generation.finish_reason)
+        final["usage"] = generation.usage()
+        yield _sse(final)
+    yield "data: [DONE]\n\n"
+
+
+async def _complete(generation: Generation, request: Request) -> dict:
+    async def collect() -> None:
+        async for _ in generation.deltas():
+            pass
+
+    collector = asyncio.ensure_future(collect())
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (collector, watcher):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
+    if not collector.done() or collector.cancelled() or generation.finish_reason is None:
+        if watcher.done() and not watcher.cancelled():
+            raise APIError(499, "the client disconnected")
+        raise generation.failure()
+    text = generation.assembler.text
+    if generation.chat:
+        choice = {
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": generation.finish_reason,
+            "logprobs": None,
+        }
+    else:
+        choice = {"text": text, "finish_reason": generation.finish_reason, "logprobs": None}
+    response = generation.envelope(choice, chunk=False)
+    response["usage"] = generation.usage()
+    return response
+
+
+def metrics_text(state: ServingState) -> str:
+    """The Prometheus text exposition of the engine's counters and gauges."""
+    stats = state.batcher.stats()
+    metrics = [
+        ("requests_total", "counter", "Generation requests accepted", stats["requests_total"]),
+        (
+            "requests_rejected_total",
+            "counter",
+            "Generation requests refused because the queue was full (429)",
+            stats["requests_rejected_total"],
+        ),
+        (
+            "requests_finished_total",
+            "counter",
+            "Generation requests ended (any reason)",
+            stats["requests_finished_total"],
+        ),
+        (
+            "requests_cancelled_total",
+            "counter",
+            "Generation requests cancelled (client disconnects, stop sequences)",
+            stats["requests_cancelled_total"],
+        ),
+        ("prompt_tokens_total", "counter", "Prompt tokens prefilled", stats["prompt_tokens_total"]),
+        (
+            "tokens_generated_total",
+            "counter",
+            "Tokens generated",
+            stats["tokens_generated_total"],
+        ),
+        ("decode_steps_total", "counter", "Batched decode steps", stats["decode_steps_total"]),
+        (
+            "tokens_per_second",
+            "gauge",
+            "Tokens generated per second over the last 10 seconds",
+            stats["tokens_per_second"],
+        ),
+        ("queue_depth", "gauge", "Requests waiting for a batch row", stats["queue_depth"]),
+        (
+            "active_batch_size",
+            "gauge",
+            "Requests decoding in the batch now",
+            stats["active_batch_size"],
+        ),
+        ("max_batch_size", "gauge", "Rows of the batch", stats["max_batch"]),
+        ("max_queue_size", "gauge", "Waiting requests allowed", stats["max_queue"]),
+        (
+            "mean_loop_steps_per_token",
+            "gauge",
+            "Mean loop steps per generated token (0 for a GPT)",
+            stats["mean_loop_steps_per_token"],
+        ),
+    ]
+    lines = []
+    for name, kind, help_text, value in metrics:
+        lines += [
+            f"# HELP parcae_{name} {help_text}.",
+            f"# TYPE parcae_{name} {kind}",
+            f"parcae_{name} {float(value):.6g}"
+            if kind == "gauge"
+            else f"parcae_{name} {int(value)}",
+        ]
+    lines += [
+        "# HELP parcae_http_responses_total HTTP responses by status code.",
+        "# TYPE parcae_http_responses_total counter",
+    ]
+    for status, count in sorted(state.responses.items()):
+        lines.append(f'parcae_http_responses_total{{status="{status}"}} {count}')
+    return "\n".join(lines) + "\n"
+
+
+class CountResponses:
+    """ASGI middleware counting HTTP responses by status (an exception counts as a 500)."""
+
+    def __init__(self, app, counts: dict[int, int]) -> None:
+        self.app, self.counts = app, counts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def counting_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                self.counts[status] = self.counts.get(status, 0) + 1
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            if not started:
+                self.counts[500] = self.counts.get(500, 0) + 1
+            raise
+
+
+def create_app(state: ServingState) -> FastAPI:
+    """The ASGI app; its lifespan starts and stops the engine's loop."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.batcher.start()
+        try:
+            yield
+        finally:
+            state.batcher.stop()
+
+    app = FastAPI(title="parcae", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.serving = state
+
+    app.add_middleware(CountResponses, counts=state.responses)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError):
+        return _error_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        body = error_body(
+            str(error.detail),
+            "invalid_request_error" if error.status_code < 500 else "server_error",
+            None,
+            codes.get(error.status_code),
+        )
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
+        body = error_body(
+            first.get("msg", "invalid request"), "invalid_request_error", param, "invalid_type"
+        )
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        body = error_body("internal server error", "server_error", None, None)
+        return JSONResponse(body, status_code=500)
+
+    def model_card() -> dict:
+        config = state.model.config
+        return {
+            "id": state.name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "parcae",
+            "context_length": config.context_length,
+            "looped": config.is_looped,
+            "num_steps": state.default_depth,
+            "max_num_steps": state.max_num_steps,
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id not in state.model_ids:
+            raise APIError(
+                404, f"the model {model_id!r} does not exist", "model", "model_not_found"
+            )
+        return model_card()
+
+    async def generate(request: Request, chat: bool):
+        body = await read_body(request, state.max_body_bytes)
+        if chat:
+            parsed = parse_chat(body, state, state.template)
+        else:
+            parsed = parse_completion(body, state)
+        generation = Generation(state, parsed, chat)
+        if parsed.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return EventStream(_stream(generation), headers=headers)
+        return JSONResponse(await _complete(generation, request))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, chat=True)
+
+    @app.get("/health")
+    async def health():
+        stats = state.batcher.stats()
+        return {
+            "status": "ok",
+            "model": state.name,
+            "queue_depth": stats["queue_depth"],
+            "active_batch_size": stats["active_batch_size"],
+        }
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(
+            metrics_text(state), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

@@ -1,0 +1,96 @@
+"""`parcae serve`: the OpenAI-compatible server and chat page (needs `parcae[serve]`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from parcae.errors import ConfigError, PromptError
+
+
+def register(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server with continuous batching, and a chat page at /",
+    )
+    serve.add_argument(
+        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    serve.add_argument(
+        "--max-batch", type=int, default=8, help="requests decoded together (rows of the cache)"
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="waiting requests beyond which a request is answered 429 with Retry-After",
+    )
+    serve.add_argument(
+        "--num-steps",
+        type=int,
+        default=None,
+        help="default loop depth T of a request (default: the model's mean recurrence); a "
+        "request may set its own with the body field num_steps",
+    )
+    serve.add_argument(
+        "--max-num-steps",
+        type=int,
+        default=None,
+        help="deepest loop a request may ask for (default: twice the mean recurrence)",
+    )
+    serve.add_argument(
+        "--adaptive",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="default per-token early exit threshold (body field adaptive_eps)",
+    )
+    serve.add_argument("--name", default=None, help="model id to serve (default: the path's name)")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
+    )
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Options, the serve extra, the port and the model are checked before serving."""
+    from parcae.device import resolve_device
+    from parcae.model.base import check_num_steps
+    from parcae.serve.server import bind, load_state, require_serve_extra, serve
+
+    require_serve_extra()
+    device = resolve_device(args.device, "--device")
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    check_num_steps(args.num_steps, "--num-steps", PromptError)
+    check_num_steps(args.max_num_steps, "--max-num-steps", PromptError)
+    if args.adaptive is not None and not 0 <= args.adaptive < math.inf:
+        raise PromptError(f"--adaptive must be a finite number >= 0, got {args.adaptive}")
+    sock = bind(args.host, args.port)
+    try:
+        state = load_state(
+            args.model,
+            device,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            num_steps=args.num_steps,
+            adaptive_eps=args.adaptive,
+            max_num_steps=args.max_num_steps,
+            name=args.name,
+        )
+        host, port = sock.getsockname()[:2]
+        print(
+            f"parcae: serving {state.name} on http://{args.host}:{port} "
+            f"(chat page at /, OpenAI API at /v1)",
+            file=sys.stderr,
+            flush=True,
+        )
+        serve(state, sock, args.log_level)
+    finally:
+        sock.close()
+    return 0
