@@ -20,8 +20,10 @@ HARNESS_DIR = FIXTURES / "harness"  # lm-eval task YAMLs and their jsonl (tests/
 
 # A skip is allowed only when its reason names missing hardware with one of these phrases (e.g.
 # `reason="torch.compile on CPU needs a C++ compiler"`); any other skip is reported as a failure,
-# so that a missing fixture or package cannot pass CI silently.
-HARDWARE_SKIPS = ("needs a GPU", "needs a C++ compiler")
+# so that a missing fixture or package cannot pass CI silently. A web browser counts as a
+# machine-level tool like a compiler: the chat page's test (tests/serve/test_page.py) needs
+# Debian's chromium and chromium-driver, which `.ci/run` installs where it can.
+HARDWARE_SKIPS = ("needs a GPU", "needs a C++ compiler", "needs a Chromium browser")
 
 
 @pytest.fixture(scope="session")
