@@ -4,9 +4,9 @@ A model directory (or the run directory holding it) may carry a `tokenizer_confi
 `chat_template` (a Jinja template, as transformers writes it). When it does and `jinja2` is
 installed, the messages are rendered with it in a sandbox, with `messages`,
 `add_generation_prompt=True`, `bos_token` and `eos_token` (the config's, else `<|bos|>` and
-`<|eos|>`) and `raise_exception`; the rendered text is encoded as it is (special tokens written
-in it, such as `<|bos|>`, become their ids), with no BOS added, and it adds no implicit stop
-sequence (EOS ends the reply).
+`<|eos|>`) and `raise_exception`; the rendered text is encoded as it is, the BOS and EOS tokens
+written in it becoming their ids, with no BOS added; it adds no implicit stop sequence (EOS
+ends the reply).
 
 Otherwise, for base models (everything `parcae train` makes), the plain template is::
 
@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from parcae.data.tokenizer import BOS, EOS
 from parcae.errors import PromptError
 
 CONFIG_FILE = "tokenizer_config.json"
@@ -75,8 +77,8 @@ class ChatTemplate:
     """`template`: the tokenizer's Jinja template, or None for the plain one."""
 
     template: str | None = None
-    bos_token: str = "<|bos|>"
-    eos_token: str = "<|eos|>"
+    bos_token: str = BOS
+    eos_token: str = EOS
 
     @classmethod
     def find(cls, *directories: Path) -> ChatTemplate:
@@ -119,8 +121,26 @@ class ChatTemplate:
         """The prompt's token ids for `messages` (each a dict with a string `role` and a
         `content`); PromptError for content the template cannot take."""
         if self.template is None:
-            return [tokenizer.bos_id, *tokenizer.encode(render_plain(messages))]
-        return tokenizer.encode(self.render(messages))
+            text = render_plain(messages)
+            return [tokenizer.bos_id, *tokenizer.encode(text)]
+        return self.encode(self.render(messages), tokenizer)
+
+    def encode(self, text: str, tokenizer) -> list[int]:
+        """`text`'s ids, the BOS and EOS tokens written in it as their ids (our tokenizer
+        encodes special tokens in text as plain text, so they are split out here)."""
+        specials = {BOS: tokenizer.bos_id, EOS: tokenizer.eos_id}
+        specials |= {self.bos_token: tokenizer.bos_id, self.eos_token: tokenizer.eos_id}
+        specials.pop("", None)
+        pattern = (
+            "(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+        )
+        ids: list[int] = []
+        for index, piece in enumerate(re.split(pattern, text)):
+            if index % 2:
+                ids.append(specials[piece])
+            elif piece:
+                ids += tokenizer.encode(piece)
+        return ids
 
     def render(self, messages: list[dict]) -> str:
         from jinja2 import TemplateError

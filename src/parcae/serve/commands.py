@@ -57,7 +57,8 @@ def register(subparsers) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Options, the serve extra, the port and the model are checked before serving."""
+    """Options, the serve extra, the port and the model are checked before serving; Ctrl-C
+    stops the server cleanly (exit code 0)."""
     from parcae.device import resolve_device
     from parcae.model.base import check_num_steps
     from parcae.serve.server import bind, load_state, require_serve_extra, serve
@@ -90,7 +91,10 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        serve(state, sock, args.log_level)
+        try:
+            serve(state, sock, args.log_level)
+        except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the signal
+            print("parcae: server stopped", file=sys.stderr)
     finally:
         sock.close()
     return 0
