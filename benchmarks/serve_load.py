@@ -1,0 +1,195 @@
+"""Load on `parcae serve`: N concurrent streamed greedy completions with the `openai` async client
+against the same requests served one at a time, on loopback.
+
+Starts `parcae serve` as a subprocess on 127.0.0.1 (a free port) for `--model` (any saved model
+or run directory), or, without `--model`, for a tiny random Parcae and a small tokenizer written
+to a temporary directory (nothing is trained). Sends `--requests` streamed completions at once
+(prompts of 8 to 32 token ids, `--max-tokens` new tokens each, temperature 0), then the same
+requests one at a time (concurrency 1) to the same server, and reports for each: successes,
+p50/p95 latency and time to first token, and aggregate generated tokens/s (completion tokens
+over wall time); then the speed-up, and whether each request's text was the same both ways.
+Every request and the whole run are bounded in time (`--timeout`).
+
+    python benchmarks/serve_load.py [--model PATH] [--requests 100] [--max-tokens 32]
+        [--max-batch 16] [--timeout 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def tiny_model_dir(directory: Path) -> Path:
+    """A tiny random Parcae (context 128) and a tokenizer trained on a sentence, saved."""
+    import torch
+
+    import parcae
+    from parcae.data.tokenizer import Tokenizer
+
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind. " * 50
+    tokenizer = Tokenizer.train([text], vocab_size=300)
+    torch.manual_seed(0)
+    model = parcae.create_model(
+        "parcae-tiny", vocab_size=300, d_model=64, n_heads=2, ffn_dim=128, context_length=128
+    )
+    with torch.no_grad():  # identity-init blocks would make every token's keys alike
+        for name, parameter in model.named_parameters():
+            if name.endswith(("c_proj.weight", "mlp.proj.weight")):
+                parameter.normal_(std=0.05)
+    path = directory / "parcae-tiny-random"
+    model.eval().save_pretrained(path)
+    tokenizer.save(path)
+    return path
+
+
+def start_server(model: Path, max_batch: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+    command = [
+        sys.executable,
+        "-m",
+        "parcae",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        "0",
+        "--max-batch",
+        str(max_batch),
+        "--max-queue",
+        str(max_queue),
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            raise SystemExit(f"parcae serve exited: {process.wait()}")
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            return process, match.group(1)
+    raise SystemExit("parcae serve did not start in 120 s")
+
+
+async def one(client, model: str, prompt: list[int], max_tokens: int, timeout: float):
+    """(ok, latency, time to first token, completion tokens, text) of one streamed request."""
+    start = time.perf_counter()
+    first, text, tokens = None, "", 0
+
+    async def consume() -> None:
+        nonlocal first, text, tokens
+        stream = await client.completions.create(
+            model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                first = first or time.perf_counter()
+                text += chunk.choices[0].text
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+
+    try:
+        await asyncio.wait_for(consume(), timeout)
+    except Exception as error:  # noqa: BLE001 - counted as a failure and reported
+        return False, time.perf_counter() - start, None, 0, f"{type(error).__name__}: {error}"
+    end = time.perf_counter()
+    return True, end - start, (first or end) - start, tokens, text
+
+
+async def run(url: str, model: str, prompts, max_tokens: int, concurrency: int, timeout: float):
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=timeout)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(prompt):
+        async with gate:
+            return await one(client, model, prompt, max_tokens, timeout)
+
+    start = time.perf_counter()
+    results = await asyncio.wait_for(asyncio.gather(*(gated(p) for p in prompts)), timeout=timeout)
+    wall = time.perf_counter() - start
+    await client.close()
+    return results, wall
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def report(name: str, results, wall: float) -> float:
+    ok = [r for r in results if r[0]]
+    latencies = [r[1] for r in ok]
+    ttfts = [r[2] for r in ok]
+    tokens = sum(r[3] for r in ok)
+    rate = tokens / wall
+    print(
+        f"{name:>14}: {len(ok)}/{len(results)} ok in {wall:6.2f} s | latency p50 "
+        f"{percentile(latencies, 50):6.3f} s p95 {percentile(latencies, 95):6.3f} s | TTFT p50 "
+        f"{percentile(ttfts, 50):6.3f} s p95 {percentile(ttfts, 95):6.3f} s | "
+        f"{tokens} tokens, {rate:7.1f} tokens/s"
+    )
+    for failure in [r for r in results if not r[0]][:3]:
+        print(f"{'':>16}failure: {failure[4]}")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="a saved model or run directory")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
+    parser.add_argument("--timeout", type=float, default=600, help="bound on each phase, s")
+    args = parser.parse_args()
+    if not 1 <= args.requests <= 1000:
+        raise SystemExit("--requests must be in [1, 1000]")
+    rng = random.Random(0)
+    prompts = [
+        [rng.randrange(3, 256) for _ in range(rng.randint(8, 32))] for _ in range(args.requests)
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model or tiny_model_dir(Path(scratch))
+        process, url = start_server(model, args.max_batch, args.requests)
+        try:
+            import httpx
+
+            name = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+            print(
+                f"{args.requests} streamed greedy completions of {args.max_tokens} tokens, "
+                f"server --max-batch {args.max_batch}, {os.cpu_count()} CPUs, {model}"
+            )
+            batched, batched_wall = asyncio.run(
+                run(url, name, prompts, args.max_tokens, args.requests, args.timeout)
+            )
+            serial, serial_wall = asyncio.run(
+                run(url, name, prompts, args.max_tokens, 1, args.timeout)
+            )
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    fast = report("concurrent", batched, batched_wall)
+    slow = report("one at a time", serial, serial_wall)
+    same = sum(a[0] and b[0] and a[4] == b[4] for a, b in zip(batched, serial))
+    print(f"speed-up of continuous batching: {fast / slow:.2f}x aggregate tokens/s")
+    print(f"identical texts both ways: {same}/{args.requests}")
+
+
+if __name__ == "__main__":
+    main()
