@@ -5,7 +5,9 @@ Starts `parcae serve` as a subprocess on 127.0.0.1 (a free port) for `--model` (
 or run directory), or, without `--model`, for a tiny random Parcae and a small tokenizer written
 to a temporary directory (nothing is trained). Sends `--requests` streamed completions at once
 (prompts of 8 to 32 token ids, `--max-tokens` new tokens each, temperature 0), then the same
-requests one at a time (concurrency 1) to the same server, and reports for each: successes,
+requests one at a time (concurrency 1) to a server with `--max-batch 1` (a batch of one row:
+what serving one request at a time costs; the batcher's free rows are computed as padding, so
+a wide batch serving one request is slower than that), and reports for each: successes,
 p50/p95 latency and time to first token, and aggregate generated tokens/s (completion tokens
 over wall time); then the speed-up, and whether each request's text was the same both ways.
 Every request and the whole run are bounded in time (`--timeout`).
@@ -166,24 +168,30 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or tiny_model_dir(Path(scratch))
-        process, url = start_server(model, args.max_batch, args.requests)
-        try:
-            import httpx
+        runs = {}
+        for label, max_batch, concurrency in (
+            ("concurrent", args.max_batch, args.requests),
+            ("one at a time", 1, 1),
+        ):
+            process, url = start_server(model, max_batch, args.requests)
+            try:
+                import httpx
 
-            name = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-            print(
-                f"{args.requests} streamed greedy completions of {args.max_tokens} tokens, "
-                f"server --max-batch {args.max_batch}, {os.cpu_count()} CPUs, {model}"
-            )
-            batched, batched_wall = asyncio.run(
-                run(url, name, prompts, args.max_tokens, args.requests, args.timeout)
-            )
-            serial, serial_wall = asyncio.run(
-                run(url, name, prompts, args.max_tokens, 1, args.timeout)
-            )
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+                name = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+                if not runs:
+                    print(
+                        f"{args.requests} streamed greedy completions of {args.max_tokens} "
+                        f"tokens, {os.cpu_count()} CPUs, {model}; concurrent: server "
+                        f"--max-batch {args.max_batch}; one at a time: --max-batch 1"
+                    )
+                runs[label] = asyncio.run(
+                    run(url, name, prompts, args.max_tokens, concurrency, args.timeout)
+                )
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+    batched, batched_wall = runs["concurrent"]
+    serial, serial_wall = runs["one at a time"]
     fast = report("concurrent", batched, batched_wall)
     slow = report("one at a time", serial, serial_wall)
     same = sum(a[0] and b[0] and a[4] == b[4] for a, b in zip(batched, serial))
