@@ -510,3 +510,26 @@ def test_chat_page_is_served(server):
     assert "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
     script = httpx.get(f"{server.url}/static/app.js")
     assert script.status_code == 200 and "/v1/chat/completions" in script.text
+
+
+def test_unexpected_error_is_a_generic_500(server, monkeypatch):
+    """A bug (here: the chat template raising) is a 500 with a generic message, no traceback;
+    the server serves on. (Last in the module: the metrics test counts no 500.)"""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(server.state.template, "prompt_ids", broken)
+    response = httpx.post(f"{server.url}{CHAT}", json=OK_CHAT)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "internal server error",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert "secret" not in response.text
+    monkeypatch.undo()
+    assert httpx.post(f"{server.url}{CHAT}", json={**OK_CHAT, "max_tokens": 2}).status_code == 200
