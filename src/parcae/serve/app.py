@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -251,8 +252,6 @@ class Generation:
 
 
 def _sse(payload) -> str:
-    import json
-
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from parcae.errors import PromptError
 from parcae.infer.engine import MAX_SEED
@@ -147,8 +148,8 @@ class Parsed:
     stops: list[str] = field(default_factory=list)
 
 
-class Limits:
-    """What a parse needs to know of the server (duck-typed: `serve.app.ServingState`)."""
+class Limits(Protocol):
+    """What a parse needs to know of the server (`serve.app.ServingState` has it)."""
 
     model_ids: tuple[str, ...]
     context_length: int
