@@ -22,6 +22,7 @@ from parcae.model.recurrence import DepthPlan
 from parcae.model.serialization import (
     load_state_dict_strict,
     read_config,
+    read_quantization,
     read_state_dict,
     save_pretrained,
 )
@@ -86,8 +87,16 @@ def from_pretrained(
         raise CheckpointError(f"{path}: expected a model directory, got a file")
     config = read_config(path)
     state = read_state_dict(path)
+    quantization = read_quantization(path)
+    if quantization is not None and dtype not in (None, torch.float32):
+        raise ConfigError(f"{path}: a quantized model runs in float32, not {dtype}")
     model = create_model(config, device)
-    load_state_dict_strict(model, state, str(path))
+    if quantization is not None:  # written by `parcae quantize`
+        from parcae.quant.schemes import load_quantized
+
+        load_quantized(model, quantization, state, str(path), load_state_dict_strict)
+    else:
+        load_state_dict_strict(model, state, str(path))
     model.to(dtype=dtype)
     return model.eval()
 

@@ -8,6 +8,8 @@ Two formats are read (`parcae.model.from_pretrained` builds the model from them)
 - the official implementation's (ARCHITECTURE §3): its flat `config.json` and
   `pytorch_model.bin`, `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`,
   `model.` are stripped and the derived `freqs_cis` buffer dropped.
+A model quantized by `parcae quantize` is ours plus a `quantization` entry in `config.json` and
+packed weights with their scales (`parcae.quant.schemes` holds that format and rebuilds it).
 
 Loading is strict: every missing, unexpected or mis-shaped key, and every tensor that is not
 floating point or holds NaN or infinity, is named in one error.
@@ -51,12 +53,20 @@ def read_config(path: Path) -> TransformerConfig:
     try:
         if "architecture" in data:
             data.pop("parcae_format_version", None)
+            data.pop("quantization", None)  # read by read_quantization
             if "model_type" in data:  # written by transformers: our fields plus its own
                 data = _parcae_fields(data)
             return TransformerConfig.from_dict(data)
         return ParcaeConfig.from_official(data)
     except ParcaeError as error:
         raise CheckpointError(f"{config_file}: {error}") from None
+
+
+def read_quantization(path: Path) -> dict[str, Any] | None:
+    """The `quantization` entry of `path`'s config.json (written by `parcae quantize`), or
+    None for an unquantized model. Call after `read_config`, which checks the file."""
+    data = json.loads((path / "config.json").read_text())
+    return data.get("quantization") if "architecture" in data else None
 
 
 def _parcae_fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +169,8 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write `config.json` and `model.safetensors` into `path`, atomically per file."""
+    """Write `config.json` and `model.safetensors` into `path`, atomically per file (a model
+    quantized by `parcae.quant` is written in its format)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = {
@@ -167,9 +178,14 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
         "model_type": "parcae",
         "parcae_format_version": FORMAT_VERSION,
     }
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight")
+    if getattr(model, "quantization", None) is not None:
+        from parcae.quant.schemes import quantized_state
+
+        state, config["quantization"] = quantized_state(model)
+    else:
+        state = {k: value.detach().cpu().contiguous() for k, value in model.state_dict().items()}
+        if model.config.tie_embeddings:
+            state.pop("lm_head.weight")
     _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
     _atomic_write(
         path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n")
