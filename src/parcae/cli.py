@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "parcae.scaling.sweep_commands",
     "parcae.reproduce.commands",
     "parcae.serve.commands",
+    "parcae.export.commands",
     "parcae.quant.commands",
 )
 

@@ -26,6 +26,14 @@ def register(subparsers) -> None:
         "--prompt-ids",
         help="prompt as comma-separated token ids (for checkpoints without a tokenizer)",
     )
+    generate.add_argument(
+        "--backend",
+        choices=("pytorch", "onnxruntime"),
+        default="pytorch",
+        help="run the model in PyTorch, or run the --onnx file of parcae export onnx with "
+        "onnxruntime (--model then gives its config and tokenizer)",
+    )
+    generate.add_argument("--onnx", default=None, help="the .onnx file for --backend onnxruntime")
     generate.set_defaults(func=run_generate)
 
     chat = subparsers.add_parser(
@@ -175,6 +183,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
+    if args.backend == "onnxruntime":
+        from parcae.export.runtime import run_generate_onnx
+
+        # this module's checks are handed over (parcae.export does not import parcae.infer's CLI)
+        return run_generate_onnx(args, _check_options(args), _parse_ids, _check_room)
+    if args.onnx is not None:
+        raise PromptError("--onnx is read by --backend onnxruntime only: add it")
     device = _check_options(args)
     if args.prompt == "":
         raise PromptError("--prompt is empty: give some text to continue")
