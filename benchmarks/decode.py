@@ -19,6 +19,15 @@ Quality (`--model PATH --data-dir DIR`): on rows of the validation split, teache
     python benchmarks/decode.py [--presets parcae-tiny parcae-140m] [--prompt-tokens 200]
     python benchmarks/decode.py --presets --model runs/parcae-tiny \
         --data-dir ~/.cache/parcae/prepared/shakespeare-v4096
+
+Edge decode (`--edge`, issue 14): a random Parcae of width 256, 2/2/2 layers, vocabulary 8192,
+T = 8, fp32; a 200-token prompt + 50 new tokens, greedy, batch 1 and 8. Prints prefill ms and
+decode tok/s (49 decode steps: time(50 new) - time(1 new)) for eager and compiled generation
+(`generate(..., compile=True)`; compile time apart), and the ratio to a matmul-bound estimate
+(FLOPs per token from `parcae.model.flops` over the measured fp32 matmul peak). The official
+implementation (`parcae_lm`) is timed only if it is importable; the project does not need it.
+
+    OMP_NUM_THREADS=2 python benchmarks/decode.py --edge --threads 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -126,6 +135,81 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
         print(line)
 
 
+EDGE = dict(
+    d_model=256,
+    n_heads=4,
+    ffn_dim=1024,
+    vocab_size=8192,
+    context_length=256,
+    n_prelude=2,
+    n_core=2,
+    n_coda=2,
+)
+
+
+def bench_edge(args: argparse.Namespace) -> None:
+    import importlib.util
+    import inspect
+
+    from parcae.model.flops import forward_flops_per_token
+    from parcae.perf import matmul_peak_flops
+
+    steps, prompt_len, new = args.num_steps or 8, args.prompt_tokens, args.new_tokens
+    torch.manual_seed(0)
+    model = create_model("parcae-tiny", **EDGE).eval()
+    config = model.config
+    flops = forward_flops_per_token(config, prompt_len + new // 2, steps)
+    peak = matmul_peak_flops(torch.float32)
+    bound = peak / flops
+    print(
+        f"\nedge decode: width {config.d_model}, {config.n_prelude}/{config.n_core}/"
+        f"{config.n_coda} layers, vocab {config.vocab_size}, T = {steps}, fp32, "
+        f"{torch.get_num_threads()} threads; prompt {prompt_len} + {new} new, greedy"
+    )
+    print(
+        f"  {flops / 1e6:.1f} MFLOP/token, fp32 matmul peak {peak / 1e9:.0f} GFLOP/s: "
+        f"matmul-bound estimate {bound:.0f} tok/s"
+    )
+    modes = ["eager"]
+    if "compile" in inspect.signature(generate).parameters:
+        modes.append("compiled")
+    print(
+        f"  {'implementation':<16} {'batch':>5} {'prefill ms':>10} {'decode tok/s':>12} "
+        f"{'row tok/s':>9} {'of bound':>8} {'compile s':>9}"
+    )
+    reference = {}
+    for batch in args.edge_batches:
+        prompt = torch.randint(
+            config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1)
+        )
+        for mode in modes:
+            options = {"compile": True} if mode == "compiled" else {}
+
+            def run(count: int, options=options, prompt=prompt):
+                return generate(model, prompt, count, num_steps=steps, temperature=0, **options)
+
+            start = time.perf_counter()
+            tokens = run(new)  # warm-up (and compilation)
+            first = time.perf_counter() - start
+            prefill = timed(lambda: run(1), args.repeats)
+            total = timed(lambda: run(new), args.repeats)
+            decode = total - prefill
+            compile_s = f"{first - total.wall:9.1f}" if mode == "compiled" else f"{'-':>9}"
+            rate_ = (new - 1) / decode.wall
+            print(
+                f"  {'ours ' + mode:<16} {batch:>5} {prefill.wall * 1e3:>10.1f} "
+                f"{rate_ * batch:>12.1f} {rate_:>9.1f} {rate_ / bound:>8.1%} {compile_s}"
+            )
+            if mode == "eager":
+                reference[batch] = tokens
+            elif not torch.equal(tokens, reference[batch]):
+                print("  WARNING: compiled tokens differ from eager")
+    if importlib.util.find_spec("parcae_lm") is None:
+        print("  official implementation (parcae_lm) not importable: not timed")
+    else:
+        print("  official implementation importable: time it with benchmarks/official_decode.py")
+
+
 def validation_rows(data_dir: str, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     from parcae.data.loader import iter_eval_batches
 
@@ -225,9 +309,16 @@ def main() -> None:
         help="loop steps T for speed and sharing (default: mean_recurrence)",
     )
     parser.add_argument("--max-steps", type=int, default=8, help="the most loop steps (depth)")
+    parser.add_argument("--edge", action="store_true", help="the issue-14 edge decode table only")
+    parser.add_argument("--edge-batches", type=int, nargs="*", default=[1, 8])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.edge:
+        if args.new_tokens == 100:
+            args.new_tokens = 50
+        bench_edge(args)
+        return
     for preset in args.presets:
         bench_speed(preset, args)
     if args.model:

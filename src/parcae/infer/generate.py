@@ -24,6 +24,7 @@ from parcae.errors import PromptError
 from parcae.infer.engine import check_sampling, check_seed, exit_rule, sample_next
 from parcae.model import CacheSharing, KVCache, LanguageModel
 from parcae.model.base import check_num_steps
+from parcae.model.decode import decode_step
 
 
 @dataclass
@@ -136,6 +137,7 @@ def generate(
     use_cache: bool = True,
     stats: GenerationStats | None = None,
     stop: Callable[[Tensor], Tensor] | None = None,
+    compile: bool = False,
 ) -> Tensor:
     """Continue each prompt by up to `max_new_tokens` tokens; returns int64 (B, P + N): the
     left-padded prompts then the new tokens (after a row's EOS, `pad_token_id`).
@@ -152,6 +154,10 @@ def generate(
     stats: filled with what the call did.
     stop: called with each step's new tokens (B,); returns bool (B,), the rows that are done
     (a stop string appeared, say). A done row is padded from then on, as after EOS.
+    compile: run the single-token decode step under `torch.compile` (compiled once per call,
+    a few seconds; without a C++ compiler on CPU, one warning and eager decoding). Without an
+    adaptive threshold, decoding takes the single-token fast path (`parcae.model.decode`)
+    either way; with one, the general forward (and `compile` is ignored).
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     check_num_steps(num_steps, "num_steps", PromptError)
@@ -193,13 +199,16 @@ def generate(
     total = prompt_len + max_new_tokens
     cache = model.new_cache(batch, max(total - 1, prompt_len), num_steps, cache_sharing)
     out = forward(ids, valid, cache)
+    logits = out.logits[:, -1, : config.vocab_size]
+    fast = decode_step(model, cache, compile) if use_cache and adaptive is None else None
+    fixed_steps = torch.full(
+        (batch,), num_steps if config.is_looped else 0, dtype=torch.long, device=ids.device
+    )
     generated, steps_used = [], [steps_of(out)]
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     sequence, sequence_valid = ids, valid
     for index in range(max_new_tokens):
-        token = sample_next(
-            out.logits[:, -1, : config.vocab_size], temperature, top_k, top_p, generator
-        )
+        token = sample_next(logits, temperature, top_k, top_p, generator)
         token = torch.where(finished, pad_token_id, token)
         generated.append(token)
         if streamer is not None:
@@ -210,6 +219,10 @@ def generate(
             finished = finished | stop(token).to(finished.device)
         if index == max_new_tokens - 1 or bool(finished.all()):
             break
+        if fast is not None:
+            logits = fast(token)[:, : config.vocab_size]
+            steps_used.append(torch.where(finished, 0, fixed_steps))
+            continue
         step_valid = torch.ones(batch, 1, dtype=torch.bool, device=ids.device)
         if use_cache:
             out = forward(token[:, None], step_valid, cache)
@@ -221,6 +234,7 @@ def generate(
                 sequence_valid,
                 model.new_cache(batch, sequence.shape[1], num_steps, cache_sharing),
             )
+        logits = out.logits[:, -1, : config.vocab_size]
         steps_used.append(torch.where(finished, 0, steps_of(out)))
     if streamer is not None:
         streamer.end()

@@ -1,0 +1,102 @@
+"""The single-token decode step (`parcae.model.decode`) against the general cached forward, and
+the compiled step against the eager one."""
+
+import pytest
+import torch
+
+from parcae.infer import GenerationStats, generate
+from parcae.model.decode import DecodeStep, compiler_available
+from tests.infer.conftest import tiny_model
+
+PROMPT = torch.randint(300, (2, 12), generator=torch.Generator().manual_seed(3))
+STEPS = 6
+
+
+@torch.no_grad()
+def general_logits(model, sharing, num_steps=3):
+    cache = model.new_cache(2, 24, num_steps, sharing)
+    logits = model(PROMPT, cache=cache, last_only=True).logits[:, -1]
+    tokens, out = [], []
+    for _ in range(STEPS):
+        token = logits[:, :300].argmax(-1)  # the vocabulary (logits are padded)
+        tokens.append(token)
+        logits = model(token[:, None], cache=cache, last_only=True).logits[:, -1]
+        out.append(logits)
+    return torch.stack(tokens, 1), torch.stack(out, 1)
+
+
+@torch.no_grad()
+def fast_logits(model, sharing, num_steps=3, compile=False):
+    cache = model.new_cache(2, 24, num_steps, sharing)
+    logits = model(PROMPT, cache=cache, last_only=True).logits[:, -1]
+    step = DecodeStep(model, cache, compile=compile)
+    tokens, out = [], []
+    for _ in range(STEPS):
+        token = logits[:, :300].argmax(-1)  # the vocabulary (logits are padded)
+        tokens.append(token)
+        logits = step(token)
+        out.append(logits)
+    return torch.stack(tokens, 1), torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("sharing", ["full", "ring:2"])
+def test_fast_path_equals_general_parcae(parcae_model, sharing):
+    tokens, logits = general_logits(parcae_model, sharing)
+    fast_tokens, fast = fast_logits(parcae_model, sharing)
+    assert torch.equal(tokens, fast_tokens)
+    torch.testing.assert_close(fast, logits, atol=1e-6, rtol=0)
+
+
+def test_fast_path_equals_general_gpt(gpt_model):
+    tokens, logits = general_logits(gpt_model, None)
+    fast_tokens, fast = fast_logits(gpt_model, None)
+    assert torch.equal(tokens, fast_tokens)
+    torch.testing.assert_close(fast, logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sharing", ["full", "ring:2"])
+def test_generate_fast_equals_adaptive_general(parcae_model, sharing):
+    """generate without a threshold takes the fast path; with eps = 0 (never exits) the
+    general forward and its exit-rule machinery: same tokens and loop steps."""
+    stats_fast, stats_general = GenerationStats(), GenerationStats()
+    fast = generate(
+        parcae_model,
+        PROMPT,
+        8,
+        num_steps=3,
+        temperature=0,
+        cache_sharing=sharing,
+        stats=stats_fast,
+    )
+    general = generate(
+        parcae_model,
+        PROMPT,
+        8,
+        num_steps=3,
+        temperature=0,
+        cache_sharing=sharing,
+        adaptive=0.0,
+        stats=stats_general,
+    )
+    assert torch.equal(fast, general)
+    assert stats_fast.mean_steps == stats_general.mean_steps == 3.0
+
+
+def test_generate_fast_matches_uncached(parcae_model, gpt_model):
+    for model in (parcae_model, gpt_model):
+        cached = generate(model, PROMPT, 6, num_steps=3, temperature=0)
+        uncached = generate(model, PROMPT, 6, num_steps=3, temperature=0, use_cache=False)
+        assert torch.equal(cached, uncached)
+
+
+@pytest.mark.skipif(
+    not compiler_available(), reason="needs a C++ compiler (inductor's CPU backend)"
+)
+def test_compiled_equals_eager():
+    model = tiny_model("parcae-tiny", n_prelude=1, n_core=1, n_coda=1)
+    tokens, logits = fast_logits(model, "full", num_steps=2)
+    compiled_tokens, compiled = fast_logits(model, "full", num_steps=2, compile=True)
+    assert torch.equal(tokens, compiled_tokens)
+    torch.testing.assert_close(compiled, logits, atol=1e-5, rtol=0)
+    eager = generate(model, PROMPT, 6, num_steps=2, temperature=0)
+    assert torch.equal(generate(model, PROMPT, 6, num_steps=2, temperature=0, compile=True), eager)
