@@ -81,6 +81,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-token early exit once ||h_t+1 - h_t|| / ||h_t|| < EPS (T stays the maximum)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the single-token decode step with torch.compile (a C++ compiler on CPU; "
+        "compiling takes seconds to a minute, once per process)",
+    )
+    parser.add_argument(
         "--adaptive-criterion",
         choices=("residual", "kl"),
         default="residual",
@@ -162,6 +168,7 @@ def _generation_options(args: argparse.Namespace, tokenizer) -> dict:
         adaptive_criterion=args.adaptive_criterion,
         cache_sharing=args.cache_sharing,
         eos_token_id=tokenizer.eos_id if tokenizer is not None else None,
+        **({"compile": True} if getattr(args, "compile", False) else {}),
     )
 
 
