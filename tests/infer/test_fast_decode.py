@@ -100,3 +100,24 @@ def test_compiled_equals_eager():
     torch.testing.assert_close(compiled, logits, atol=1e-5, rtol=0)
     eager = generate(model, PROMPT, 6, num_steps=2, temperature=0)
     assert torch.equal(generate(model, PROMPT, 6, num_steps=2, temperature=0, compile=True), eager)
+
+
+def test_compile_without_a_compiler_warns_in_one_line_and_decodes_eagerly(
+    parcae_model, monkeypatch, capsys
+):
+    """Issue 14: a missing compiler is one clear line, and decoding goes on (eager)."""
+    from parcae.model import decode
+
+    monkeypatch.setattr(decode, "compiler_available", lambda: False)
+    monkeypatch.setattr(decode, "_WARNED", False)
+    prompt = [[3, 1, 4, 1, 5]]
+    parcae_model.__dict__.pop("_decode_steps", None)
+    compiled = generate(parcae_model, prompt, 6, num_steps=2, temperature=0, compile=True)
+    eager = generate(parcae_model, prompt, 6, num_steps=2, temperature=0)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a C++ compiler" in err and "decoding eagerly" in err
+    assert torch.equal(compiled, eager)
+    step = next(s for key, s in parcae_model._decode_steps.items() if key[-1])
+    assert not step.compiled
+    generate(parcae_model, prompt, 2, num_steps=2, temperature=0, compile=True)
+    assert capsys.readouterr().err == ""  # once per process

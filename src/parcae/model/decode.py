@@ -12,8 +12,9 @@ serves every step, which is what lets `torch.compile` compile it once (`compile=
 
 from __future__ import annotations
 
+import os
 import shutil
-import warnings
+import sys
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ def compiler_available() -> bool:
         from torch._inductor import cpp_builder
 
         compiler = cpp_builder.get_cpp_compiler()
-        return shutil.which(compiler) is not None or shutil.os.path.exists(compiler)
+        return shutil.which(compiler) is not None or os.path.exists(compiler)
     except Exception:
         return shutil.which("g++") is not None or shutil.which("clang++") is not None
 
@@ -86,11 +87,11 @@ class DecodeStep:
             device = next(model.parameters()).device
             if device.type == "cpu" and not compiler_available():
                 global _WARNED
-                if not _WARNED:
-                    warnings.warn(
-                        "compile=True needs a C++ compiler (g++ or clang++) for CPU kernels; "
-                        "none found, decoding eagerly",
-                        stacklevel=3,
+                if not _WARNED:  # one line on stderr, once per process
+                    print(
+                        "parcae: warning: compile=True needs a C++ compiler (g++ or clang++) "
+                        "for CPU kernels; none found, decoding eagerly",
+                        file=sys.stderr,
                     )
                     _WARNED = True
             else:
