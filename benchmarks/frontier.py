@@ -132,6 +132,26 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             f"| {label} | {row['scheme']} | {row['parameters']:,} | {row['memory_bytes']:,} | "
             f"{row['disk_bytes']:,} | " + " | ".join(cells) + f" | {row['decode_tok_s']:.1f} |"
         )
+    lines += ["", "Parcae at μ_rec against the GPT, scheme by scheme:", ""]
+    parcae_rows = {r["scheme"]: r for r in rows if r["family"] == "parcae"}
+    for row in (r for r in rows if r["family"] == "gpt"):
+        other = parcae_rows.get(row["scheme"])
+        if other is None:
+            continue
+        lines.append(
+            f"- {row['scheme']}: Δbpb = {other['bpb']['mu_rec'] - row['bpb']['fixed']:+.4f} "
+            f"(negative: Parcae better) at {other['memory_bytes'] / row['memory_bytes']:.3f}× "
+            f"the GPT's memory, {other['decode_tok_s'] / row['decode_tok_s']:.2f}× its decode "
+            "speed"
+        )
+    lines += [
+        "",
+        "Notes: int4 is packed two values per byte on disk but held one value per int8 byte in "
+        "memory (torchao's `IntxUnpackedToInt8Tensor`, the only CPU int4 path here), so int4 "
+        "saves disk, not memory, against int8. Weight-only int8/int4 decode runs through "
+        "torchao's CPU fallbacks and is slower than fp32 at this size. Decode timings on a small "
+        "CPU vary run to run (up to ~2× between runs here); compare rows of one run.",
+    ]
     return "\n".join(lines) + "\n"
 
 
