@@ -206,8 +206,8 @@ def bench_edge(args: argparse.Namespace) -> None:
                 print("  WARNING: compiled tokens differ from eager")
     if importlib.util.find_spec("parcae_lm") is None:
         print("  official implementation (parcae_lm) not importable: not timed")
-    else:
-        print("  official implementation importable: time it with benchmarks/official_decode.py")
+    else:  # the PyPI wheel of parcae-lm 0.1.0 holds no code; nothing to write against yet
+        print("  official implementation importable, but this script does not time it yet")
 
 
 def validation_rows(data_dir: str, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
