@@ -22,6 +22,7 @@ import torch
 from parcae.errors import CheckpointError, MissingDependencyError, PromptError
 from parcae.export.onnx import INPUTS, OUTPUTS, cache_shape
 from parcae.infer.engine import check_sampling, check_seed, sample_next
+from parcae.infer.generate import check_prompt_ids, encode_text_prompt
 
 
 def require_onnxruntime(feature: str = "parcae generate --backend onnxruntime"):
@@ -117,19 +118,7 @@ class OnnxGenerator:
         return np.zeros(self.shape, np.float32), np.zeros(self.shape, np.float32)
 
     def check_prompt(self, ids: list[int]) -> None:
-        config = self.config
-        if not ids:
-            raise PromptError("prompt is empty: give at least one token")
-        bad = [token for token in ids if not 0 <= token < config.vocab_size]
-        if bad:
-            raise PromptError(
-                f"prompt has token id {bad[0]} outside the vocabulary [0, {config.vocab_size})"
-            )
-        if len(ids) >= config.context_length:
-            raise PromptError(
-                f"prompt has {len(ids)} tokens; the model's context holds "
-                f"{config.context_length}, so prompts must be shorter"
-            )
+        check_prompt_ids(ids, self.config)
 
     def generate(
         self,
@@ -199,14 +188,7 @@ def run_generate_onnx(args, device: torch.device, parse_ids, check_room) -> int:
     check_room(args, SimpleNamespace(config=config))  # it reads model.config only
     generator = OnnxGenerator(args.onnx, config, args.num_steps)
     if args.prompt is not None:
-        if tokenizer is None:
-            raise PromptError(
-                f"{args.model} has no tokenizer.json, so text prompts cannot be "
-                f"encoded: pass --prompt-ids"
-            )
-        ids = tokenizer.encode(args.prompt)
-        if not args.no_bos:
-            ids = [tokenizer.bos_id, *ids]
+        ids = encode_text_prompt(args.prompt, tokenizer, not args.no_bos, args.model)
     generator.check_prompt(ids)
     eos = tokenizer.eos_id if tokenizer is not None else None
     streamer = TextStreamer(tokenizer, sys.stdout, eos)

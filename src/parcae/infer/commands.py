@@ -186,7 +186,7 @@ def _parse_ids(text: str) -> list[int]:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Every argument is checked (options, model, prompt) before anything is printed."""
-    from parcae.infer.generate import generate, prepare_prompts
+    from parcae.infer.generate import encode_text_prompt, generate, prepare_prompts
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
@@ -204,14 +204,7 @@ def run_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_inference(args.model, device=device)
     _check_room(args, model)
     if args.prompt is not None:
-        if tokenizer is None:
-            raise PromptError(
-                f"{args.model} has no tokenizer.json, so text prompts cannot be "
-                f"encoded: pass --prompt-ids"
-            )
-        ids = tokenizer.encode(args.prompt)
-        if not args.no_bos:
-            ids = [tokenizer.bos_id, *ids]
+        ids = encode_text_prompt(args.prompt, tokenizer, not args.no_bos, args.model)
     prepare_prompts(model, ids)  # the prompt's checks, before the prompt is echoed
     options = _generation_options(args, tokenizer)
     streamer = TextStreamer(tokenizer, sys.stdout, options["eos_token_id"])

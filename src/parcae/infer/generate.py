@@ -37,6 +37,33 @@ class GenerationStats:
     cache_bytes: int = 0
 
 
+def check_prompt_ids(row: list[int], config, label: str = "prompt") -> None:
+    """One prompt's policy (see the module docstring) for a model of `config`."""
+    if not row:
+        raise PromptError(f"{label} is empty: give at least one token")
+    bad = [token for token in row if not 0 <= token < config.vocab_size]
+    if bad:
+        raise PromptError(
+            f"{label} has token id {bad[0]} outside the vocabulary [0, {config.vocab_size})"
+        )
+    if len(row) >= config.context_length:
+        raise PromptError(
+            f"{label} has {len(row)} tokens; the model's context holds "
+            f"{config.context_length}, so prompts must be shorter"
+        )
+
+
+def encode_text_prompt(text: str, tokenizer, add_bos: bool, source: str) -> list[int]:
+    """`text` as token ids (BOS first with `add_bos`); `source` (the model path) names a model
+    without a tokenizer in the error."""
+    if tokenizer is None:
+        raise PromptError(
+            f"{source} has no tokenizer.json, so text prompts cannot be encoded: pass --prompt-ids"
+        )
+    ids = tokenizer.encode(text)
+    return [tokenizer.bos_id, *ids] if add_bos else ids
+
+
 def prepare_prompts(
     model: LanguageModel, input_ids, attention_mask: Tensor | None = None, pad_token_id: int = 0
 ) -> tuple[Tensor, Tensor]:
@@ -75,19 +102,7 @@ def prepare_prompts(
         raise PromptError("no prompts given")
     config = model.config
     for b, row in enumerate(rows):
-        label = "prompt" if len(rows) == 1 else f"prompt {b}"
-        if not row:
-            raise PromptError(f"{label} is empty: give at least one token")
-        bad = [token for token in row if not 0 <= token < config.vocab_size]
-        if bad:
-            raise PromptError(
-                f"{label} has token id {bad[0]} outside the vocabulary [0, {config.vocab_size})"
-            )
-        if len(row) >= config.context_length:
-            raise PromptError(
-                f"{label} has {len(row)} tokens; the model's context holds "
-                f"{config.context_length}, so prompts must be shorter"
-            )
+        check_prompt_ids(row, config, "prompt" if len(rows) == 1 else f"prompt {b}")
     if ids is None:
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
