@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from decode import EDGE  # benchmarks/decode.py: issue 14's edge configuration
 
 import parcae
 from parcae.export.onnx import export_onnx
@@ -26,17 +27,7 @@ T, PROMPT, NEW = 8, 200, 50
 
 def build():
     torch.manual_seed(0)
-    model = parcae.create_model(
-        "parcae-tiny",
-        d_model=256,
-        n_heads=4,
-        ffn_dim=1024,
-        vocab_size=8192,
-        context_length=256,
-        n_prelude=2,
-        n_core=2,
-        n_coda=2,
-    )
+    model = parcae.create_model("parcae-tiny", **EDGE)
     return model.eval()
 
 
