@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from parcae.errors import ConfigError
 from parcae.model.official import fields_to_official, official_to_fields, restate_error
+from parcae.values import is_number
 
 INJECTIONS = ("diagonal", "linear", "add")
 DISCRETIZATIONS = ("euler", "zoh")
@@ -33,10 +34,6 @@ def _require(condition: bool, field_name: str, message: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require_bools(config: Any, names: tuple[str, ...]) -> None:
@@ -103,9 +100,9 @@ class TransformerConfig:
             )
         for name in ("rope_theta", "norm_eps"):
             value = getattr(self, name)
-            _require(_is_number(value), name, f"must be a number, got {value!r}")
+            _require(is_number(value), name, f"must be a number, got {value!r}")
         _require(
-            self.logit_softcap is None or _is_number(self.logit_softcap),
+            self.logit_softcap is None or is_number(self.logit_softcap),
             "logit_softcap",
             f"must be a number or null, got {self.logit_softcap!r}",
         )

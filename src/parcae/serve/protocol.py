@@ -44,6 +44,7 @@ from parcae.errors import PromptError
 from parcae.infer.engine import MAX_SEED
 from parcae.model.base import MAX_NUM_STEPS
 from parcae.serve.requests import GenerationRequest
+from parcae.values import is_number
 
 MAX_BODY_BYTES = 1 << 20
 MAX_STOP_SEQUENCES = 4
@@ -121,10 +122,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _typed(body: dict, name: str, check, what: str):
     """body[name] (None when absent or null); APIError 422 when it is not `what`."""
     value = body.get(name)
@@ -184,11 +181,11 @@ def _options(body: dict, server: Limits, prompt_ids: list[int], default_tokens: 
     if max_tokens is None and "max_completion_tokens" in body:
         tokens_field = "max_completion_tokens"
         max_tokens = _typed(body, tokens_field, _is_int, "an integer")
-    temperature = _typed(body, "temperature", _is_number, "a number")
-    top_p = _typed(body, "top_p", _is_number, "a number")
+    temperature = _typed(body, "temperature", is_number, "a number")
+    top_p = _typed(body, "top_p", is_number, "a number")
     seed = _typed(body, "seed", _is_int, "an integer")
     num_steps = _typed(body, "num_steps", _is_int, "an integer")
-    adaptive_eps = _typed(body, "adaptive_eps", _is_number, "a number")
+    adaptive_eps = _typed(body, "adaptive_eps", is_number, "a number")
     stop = _typed(
         body,
         "stop",

@@ -16,10 +16,7 @@ from parcae.errors import PromptError
 from parcae.infer.engine import check_sampling, check_seed, exit_rule
 from parcae.infer.generate import prepare_prompts
 from parcae.model.base import check_num_steps
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+from parcae.values import is_number
 
 
 @dataclass
@@ -58,14 +55,14 @@ class GenerationRequest:
             raise PromptError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if self.max_tokens < 1:
             raise PromptError(f"max_tokens must be a positive integer, got {self.max_tokens}")
-        if not _is_number(self.temperature):
+        if not is_number(self.temperature):
             raise PromptError(f"temperature must be a number, got {self.temperature!r}")
-        if self.top_p is not None and not _is_number(self.top_p):
+        if self.top_p is not None and not is_number(self.top_p):
             raise PromptError(f"top_p must be a number, got {self.top_p!r}")
         check_sampling(self.temperature, None, self.top_p, self.max_tokens)
         check_seed(self.seed)
         check_num_steps(self.num_steps, "num_steps", PromptError)
-        if self.adaptive_eps is not None and not _is_number(self.adaptive_eps):
+        if self.adaptive_eps is not None and not is_number(self.adaptive_eps):
             raise PromptError(f"adaptive_eps must be a number, got {self.adaptive_eps!r}")
         exit_rule(self.adaptive_eps)
         prompt = len(self.prompt_ids)

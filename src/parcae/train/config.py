@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 
 from parcae.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from parcae.errors import ConfigError
+from parcae.values import is_finite_number
 
 OPTIMIZERS = ("muon", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -173,7 +173,7 @@ class TrainConfig:
         for name in ("max_flops", "tokens_per_param"):
             value = getattr(self, name)
             _check(
-                value is None or (_is_number(value) and value > 0),
+                value is None or (is_finite_number(value) and value > 0),
                 name,
                 f"must be a positive number, got {value!r}",
             )
@@ -187,23 +187,29 @@ class TrainConfig:
         for name in ("lr", "adam_lr", "adam_eps"):
             value = getattr(self, name)
             _check(
-                _is_number(value) and value > 0, name, f"must be a positive number, got {value!r}"
+                is_finite_number(value) and value > 0,
+                name,
+                f"must be a positive number, got {value!r}",
             )
         for name in ("weight_decay", "grad_clip", "sample_temperature"):
             value = getattr(self, name)
-            _check(_is_number(value) and value >= 0, name, f"must be >= 0, got {value!r}")
+            _check(is_finite_number(value) and value >= 0, name, f"must be >= 0, got {value!r}")
         for name in ("decay_fraction", "final_lr_fraction", "muon_momentum", "muon_momentum_start"):
             value = getattr(self, name)
-            _check(_is_number(value) and 0 <= value <= 1, name, f"must be in [0, 1], got {value!r}")
+            _check(
+                is_finite_number(value) and 0 <= value <= 1,
+                name,
+                f"must be in [0, 1], got {value!r}",
+            )
         _check(
-            _is_number(self.val_fraction) and 0 < self.val_fraction < 1,
+            is_finite_number(self.val_fraction) and 0 < self.val_fraction < 1,
             "val_fraction",
             f"must be in (0, 1), got {self.val_fraction!r}",
         )
         _check(
             isinstance(self.adam_betas, tuple)
             and len(self.adam_betas) == 2
-            and all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas),
+            and all(is_finite_number(b) and 0 <= b < 1 for b in self.adam_betas),
             "adam_betas",
             f"must be two numbers in [0, 1), got {self.adam_betas!r}",
         )
@@ -248,11 +254,6 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, not inf or nan)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _as_number(key: str, value: Any) -> Any:
