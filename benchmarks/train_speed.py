@@ -6,27 +6,32 @@ depth sampling, forward, backward, clipping, MuonAdamW), in float32 and bfloat16
 Each precision runs `parcae.train.loop.train` for `--steps` optimizer steps of the default
 training config (plus any `key=value` overrides, as on the `parcae train` command line) and
 reads the per-step records of `metrics.jsonl`; the first `--warmup` steps are left out of the
-figures. bf16 runs even where the CPU has no native bf16 (it is then emulated and slow, and its
-MFU is also given against the fp32 peak, the emulated bf16 peak being meaningless). MFU =
-training FLOPs per token (`parcae.model.flops.training_flops_per_token`, ARCHITECTURE §6.1) ×
-tokens/s / the matmul peak of the same precision measured in-process (`parcae.perf`).
+figures, which are totals over the timed steps (tokens / seconds; MFU weighted by step time, as
+steps differ in their drawn loop depths). "warm-up" is what the first steps took beyond the
+timed steps' mean: kernel selection, and with `compile=true` the compilation. bf16 runs even
+where the CPU has no native bf16 (it is then emulated and slow, and its MFU is also given
+against the fp32 peak, the emulated bf16 peak being meaningless). MFU = training FLOPs per
+token of each step's drawn depths (`parcae.model.flops`, ARCHITECTURE §6.1) × tokens/s / the
+peak of the same precision (`parcae.perf.peak_flops`: best of three measured windows, or the
+data-sheet figure of a known GPU), as on the progress bar of `parcae train`.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
+import torch
 from common import add_training_options, apply_threads
 
+from parcae.device import resolve_device
 from parcae.model.flops import training_flops_per_token
-from parcae.perf import bf16_is_fast, matmul_peak_flops
+from parcae.perf import bf16_is_fast, peak_flops
 from parcae.train.config import load_config
 from parcae.train.loop import train
 from parcae.train.metrics import read_metrics
-from parcae.train.model import build_model_config, resolve_device
+from parcae.train.model import build_model_config
 
 # what a speed measurement does not need: evaluation, samples, TensorBoard, progress bars
 QUIET = [
@@ -40,7 +45,8 @@ QUIET = [
 
 
 def measure(precision: str, steps: int, warmup: int, overrides: list[str]) -> dict[str, float]:
-    """Median tokens/s, MFU and step time over steps warmup+1..steps of one short run."""
+    """Tokens/s, MFU and mean step time over steps warmup+1..steps of one short run, and the
+    warm-up cost of the first `warmup` steps."""
     with tempfile.TemporaryDirectory(prefix="parcae-speed-") as out_dir:
         config = load_config(
             None,
@@ -56,13 +62,17 @@ def measure(precision: str, steps: int, warmup: int, overrides: list[str]) -> di
         train(config)
         wall = time.perf_counter() - started
         records = [r for r in read_metrics(out_dir) if r.get("kind") == "train"]
-    timed = records[warmup:] or records
+    timed = records[warmup:]
+    seconds = sum(r["step_time"] for r in timed)
+    mean_step = seconds / len(timed)
+    tokens_per_step = config.batch_size * config.seq_len
     return {
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
-        "mfu": statistics.median(r["mfu"] for r in timed),
-        "step_time": statistics.median(r["step_time"] for r in timed),
+        "tokens_per_s": tokens_per_step * len(timed) / seconds,
+        "mfu": sum(r["mfu"] * r["step_time"] for r in timed) / seconds,
+        "step_time": mean_step,
+        "warmup": sum(r["step_time"] - mean_step for r in records[:warmup]),
         "wall": wall,
-        "tokens_per_step": config.batch_size * config.seq_len,
+        "tokens_per_step": tokens_per_step,
     }
 
 
@@ -83,8 +93,8 @@ def main() -> None:
     device = resolve_device(config.device)
     print(
         f"{config.model}, batch {config.batch_size} x {config.seq_len} tokens, "
-        f"optimizer {config.optimizer}, {device}; median of steps "
-        f"{args.warmup + 1}..{args.steps}"
+        f"optimizer {config.optimizer}, {device}, {torch.get_num_threads()} threads, "
+        f"compile={config.compile}; steps {args.warmup + 1}..{args.steps}"
     )
     for precision in args.precisions:
         result = measure(precision, args.steps, args.warmup, args.overrides)
@@ -94,13 +104,13 @@ def main() -> None:
             flops = training_flops_per_token(
                 build_model_config(config, config.vocab_size), config.seq_len
             )
-            vs_fp32 = result["tokens_per_s"] * flops / matmul_peak_flops(device=device)
+            vs_fp32 = result["tokens_per_s"] * flops / peak_flops(torch.float32, device)
             utilisation = f"{vs_fp32:.1%} of the fp32 peak"
             note = f"  (no native bf16 on this {device.type}: emulated; `precision=auto` uses fp32)"
         print(
             f"  {precision}: {result['tokens_per_s']:8,.0f} tokens/s  {utilisation}  "
             f"{result['step_time']:.3f} s/step ({result['tokens_per_step']:,} tokens)  "
-            f"run {result['wall']:.0f} s{note}"
+            f"warm-up {result['warmup']:.1f} s  run {result['wall']:.0f} s{note}"
         )
 
 

@@ -1,5 +1,5 @@
-"""Hardware figures measured in-process: the matmul peak that MFU is relative to, and whether
-bfloat16 is worth using on a device."""
+"""Hardware figures: the matmul peak that MFU is relative to (a data-sheet figure for known GPUs
+in bf16, else measured in-process), and whether bfloat16 is worth using on a device."""
 
 from __future__ import annotations
 
@@ -11,6 +11,19 @@ from pathlib import Path
 import torch
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, by a part of
+# the device name; the first match wins, so the PCIe H100 comes before the SXM one.
+NOMINAL_BF16_PEAKS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+)
 
 
 def synchronize(device: torch.device) -> None:
@@ -66,3 +79,24 @@ def matmul_peak_flops(
         fastest = min(fastest, now - start)
         if now >= deadline:
             return 2.0 * size**3 / fastest
+
+
+def nominal_peak_flops(dtype: torch.dtype, device: str | torch.device) -> float | None:
+    """The data-sheet dense peak of `device` in `dtype`, where known (bf16 on the GPUs of
+    NOMINAL_BF16_PEAKS), else None."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for part, peak in NOMINAL_BF16_PEAKS if part in name), None)
+
+
+def peak_flops(dtype: torch.dtype, device: str | torch.device, trials: int = 3) -> float:
+    """The matmul peak MFU is measured against: the nominal figure where one is known, else the
+    best of `trials` measurements of `matmul_peak_flops` (each the fastest matmul of its window),
+    so that a window shared with other work (a compiler's worker processes starting up) does not
+    lower it."""
+    nominal = nominal_peak_flops(dtype, device)
+    if nominal is not None:
+        return nominal
+    return max(matmul_peak_flops(dtype, device, seconds=0.25) for _ in range(trials))

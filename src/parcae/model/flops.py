@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from parcae.model.config import VALUE_EMBED_GATE_CHANNELS, ParcaeConfig, TransformerConfig
 from parcae.model.injection import INJECTIONS
+from parcae.model.recurrence import DepthPlan
 
 
 def block_matmul_params(config: TransformerConfig, has_value_embedding: bool) -> int:
@@ -69,6 +70,13 @@ def expected_depth(config: ParcaeConfig) -> ExpectedDepth:
     return ExpectedDepth(mean_total - mean_grad, mean_grad)
 
 
+def plan_depth(plan: DepthPlan) -> ExpectedDepth:
+    """The mean no-gradient and gradient loop steps per token of a drawn `plan`."""
+    return ExpectedDepth(
+        float(plan.no_grad_steps.double().mean()), float(plan.grad_steps.double().mean())
+    )
+
+
 def _blocks_params(config: TransformerConfig, layers: range) -> int:
     return sum(block_matmul_params(config, config.has_value_embedding(i)) for i in layers)
 
@@ -106,11 +114,14 @@ def forward_flops_per_token(
     return outer + (config.mean_recurrence if num_steps is None else num_steps) * step
 
 
-def training_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
-    """Forward+backward FLOPs per trained token at the sampler's expected depths: 3x forward
-    outside the loop and in gradient steps, 1x in no-gradient steps."""
+def training_flops_per_token(
+    config: TransformerConfig, seq_len: int, depth: ExpectedDepth | None = None
+) -> float:
+    """Forward+backward FLOPs per trained token at mean loop depths `depth` (default: the
+    sampler's expected depths; a step's own plan gives its actual FLOPs): 3x forward outside
+    the loop and in gradient steps, 1x in no-gradient steps."""
     outer, step = _outer_and_step(config, seq_len)
     if not config.is_looped:
         return 3.0 * outer
-    depth = expected_depth(config)
+    depth = expected_depth(config) if depth is None else depth
     return 3.0 * outer + (depth.no_grad + 3.0 * depth.grad) * step

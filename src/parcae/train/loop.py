@@ -136,6 +136,7 @@ def _train(
                     step,
                     time.perf_counter() - started,
                     force=not math.isfinite(grad_norm),
+                    flops_per_token=model.step_flops_per_token(plan),
                     mean_depth=None if plan is None else float(plan.total_steps.float().mean()),
                     loss=loss,
                     lr=optimizer.lr,

@@ -2,8 +2,11 @@
 
 Each record is one JSON object per line. Train records: `{"kind": "train", "step", "loss",
 "lr", "lr_factor", "tokens", "grad_norm", "skipped", "tokens_per_s", "mfu", "step_time",
-"mean_depth"}` with tokens_per_s = B·S / step_time and mfu = training FLOPs per token ·
-tokens_per_s / (W · the device's matmul peak); eval records: `{"kind": "eval", "step", "tokens",
+"mean_depth"}` with tokens_per_s = B·S / step_time and mfu = training FLOPs per token of the
+step's drawn depths · tokens_per_s / (W · peak). The peak is the device's nominal bf16 figure
+where known, else its matmul peak measured after the first step (when a compiler's workers have
+settled), best of three windows, and raised to any rate a step reached: MFU stays ≤ 100%. Eval
+records: `{"kind": "eval", "step", "tokens",
 "val_loss": {T: loss}, "val_bpb": {T: bpb}, "state_norm", "residual", "spectral_radius", ...}`
 with depth keys as strings ("4", or "model" for a fixed-depth model). `step` counts optimizer
 steps done.
@@ -24,7 +27,7 @@ from tqdm import tqdm
 
 from parcae.errors import DataError
 from parcae.eval.loss import EvalResult
-from parcae.perf import matmul_peak_flops
+from parcae.perf import peak_flops
 from parcae.train.config import TrainConfig
 from parcae.train.distributed import DistInfo
 from parcae.train.model import TrainModel
@@ -151,7 +154,7 @@ def _flatten(record: dict[str, Any], prefix: str):
 
 @functools.cache
 def _peak_flops(dtype: torch.dtype, device: str) -> float:
-    return matmul_peak_flops(dtype, device)
+    return peak_flops(dtype, device)
 
 
 def depth_key(result: EvalResult) -> str:
@@ -195,8 +198,8 @@ class Metrics:
         self.show = info.is_main and config.progress
         self._logger: MetricsLogger | None = None
         self._bar: tqdm | None = None
-        # training FLOPs per token, and the matmul peak FLOP/s of all processes together
-        self._flops_per_token, self._peak = 0.0, math.inf
+        # the training precision and device, and the peak FLOP/s of all processes together
+        self._dtype, self._device, self._peak = torch.float32, "cpu", math.inf
 
     def say(self, message: str) -> None:
         """Progress news (the run's banner, evaluations): shown with `progress`."""
@@ -213,8 +216,7 @@ class Metrics:
         """Start reporting a run of `total_steps` at `step`, dropping the records written after
         `step` (by a run that died after its last checkpoint, or before its first)."""
         config, out_dir = self.config, Path(self.config.out_dir)
-        self._flops_per_token = model.flops_per_token
-        self._peak = _peak_flops(model.dtype, str(model.device)) * self.info.world_size
+        self._dtype, self._device = model.dtype, str(model.device)
         if self.info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             config.save(out_dir / "config.yaml")
@@ -239,13 +241,20 @@ class Metrics:
         )
 
     def log_step(
-        self, step: int, seconds: float, *, force: bool, mean_depth: float | None, **values: float
+        self,
+        step: int,
+        seconds: float,
+        *,
+        force: bool,
+        flops_per_token: float,
+        mean_depth: float | None,
+        **values: float,
     ) -> None:
-        """The train record of `step` (done in `seconds`) from `values` (loss, lr, lr_factor,
-        tokens, grad_norm, skipped), every `log_every` steps or when `force`d; the bar moves
-        on every step."""
+        """The train record of `step` (done in `seconds`, `flops_per_token` at its drawn
+        depths) from `values` (loss, lr, lr_factor, tokens, grad_norm, skipped), every
+        `log_every` steps or when `force`d; the bar moves on every step."""
         tokens_per_s = self.config.batch_size * self.config.seq_len / seconds
-        mfu = self._flops_per_token * tokens_per_s / self._peak
+        mfu = flops_per_token * tokens_per_s / self._step_peak(flops_per_token * tokens_per_s)
         if self._logger is not None and (step % self.config.log_every == 0 or force):
             record = {
                 "kind": "train",
@@ -265,6 +274,13 @@ class Metrics:
             mfu=f"{mfu:.1%}",
             refresh=False,
         )
+
+    def _step_peak(self, rate: float) -> float:
+        """The peak FLOP/s a step at `rate` FLOP/s is measured against (module docstring)."""
+        if math.isinf(self._peak):
+            self._peak = _peak_flops(self._dtype, self._device) * self.info.world_size
+        self._peak = max(self._peak, rate)
+        return self._peak
 
     def log_eval(
         self, step: int, tokens: int, results: list[EvalResult], diagnostics: dict[str, float]

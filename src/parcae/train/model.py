@@ -18,9 +18,9 @@ from torch import nn
 
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import ConfigError
-from parcae.model import create_model, preset_config
+from parcae.model import DepthPlan, create_model, preset_config
 from parcae.model.config import TransformerConfig
-from parcae.model.flops import training_flops_per_token
+from parcae.model.flops import plan_depth, training_flops_per_token
 from parcae.perf import bf16_is_fast
 from parcae.train import distributed as dist
 from parcae.train.config import TrainConfig
@@ -82,8 +82,8 @@ def _compile_blocks(model: nn.Module, device: torch.device) -> None:
 class TrainModel:
     """`model`: the module itself (sharded in place under FSDP; hooks and exports use it);
     `runner`: what a training step calls (`model`, or its DDP wrapper); `dtype`: the training
-    precision; `params`: distinct parameters; `flops_per_token`: training FLOPs per token
-    (ARCHITECTURE §6.1).
+    precision; `params`: distinct parameters; `flops_per_token`: training FLOPs per token at the
+    sampler's expected depths (ARCHITECTURE §6.1), for `seq_len`-token rows.
 
     Config keys: model, model_overrides, seed, seq_len, precision, compile,
     activation_checkpointing, parallel.
@@ -96,6 +96,7 @@ class TrainModel:
     dtype: torch.dtype
     params: int
     flops_per_token: float
+    seq_len: int
 
     @classmethod
     def build(
@@ -120,12 +121,20 @@ class TrainModel:
             dtype=torch.bfloat16 if bf16 else torch.float32,
             params=params,
             flops_per_token=training_flops_per_token(model_config, config.seq_len),
+            seq_len=config.seq_len,
         )
 
     @property
     def looped(self) -> bool:
         """Whether the model loops (samples depth plans, has loop diagnostics)."""
         return self.config.is_looped
+
+    def step_flops_per_token(self, plan: DepthPlan | None) -> float:
+        """Training FLOPs per token of a step that ran `plan` (its drawn depths, not their
+        expectation: a shallow draw is a cheap step); `flops_per_token` without a plan."""
+        if plan is None:
+            return self.flops_per_token
+        return training_flops_per_token(self.config, self.seq_len, plan_depth(plan))
 
     def autocast(self) -> torch.autocast:
         """The autocast context of a forward pass: bf16 when training in bf16, else off."""
