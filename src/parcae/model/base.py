@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parcae.errors import ConfigError, ParcaeError, PromptError
@@ -28,6 +27,7 @@ from parcae.model.config import TransformerConfig
 from parcae.model.init import init_matrix_, scaled_zero_std
 from parcae.model.layers import Block, RMSNorm, rotary_tables
 from parcae.model.loop import ExitRule, LoopProbe, LoopStats
+from parcae.model.loss import cross_entropy
 from parcae.model.recurrence import DepthPlan
 from parcae.model.serialization import save_pretrained
 
@@ -329,7 +329,7 @@ class LanguageModel(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+            loss = cross_entropy(logits.flatten(0, 1), labels.flatten())
         return logits, loss
 
     def num_params(self, include_embeddings: bool = True) -> int:
