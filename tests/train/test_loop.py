@@ -185,12 +185,18 @@ def test_bf16_autocast_trains_close_to_fp32(data_dir, full_run, tmp_path):
 @pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_blocks_give_the_same_losses(data_dir, full_run, tmp_path):
     _, reference = full_run
-    # two steps: the first loss precedes any update, the second follows one identical step
-    train(tiny_config(data_dir, tmp_path, compile=True, max_steps=2, final_eval_batches=1))
+    # two steps: the first loss precedes any update, the second follows one identical step;
+    # then the sample decodes over a KV cache, through the blocks' eager path
+    result = train(
+        tiny_config(
+            data_dir, tmp_path, compile=True, max_steps=2, final_eval_batches=1, sample_tokens=4
+        )
+    )
     compiled, expected = _losses(tmp_path), _losses(reference)
     assert compiled.keys() == {1, 2}
     for step in compiled:
         assert compiled[step] == pytest.approx(expected[step], abs=1e-5)
+    assert result.sample is not None and len(result.sample) > len("ROMEO:")
 
 
 def test_compile_without_a_cpp_compiler_is_refused_clearly(data_dir, tmp_path, monkeypatch):

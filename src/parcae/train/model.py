@@ -8,6 +8,7 @@ processes (`parcae.train.distributed.wrap_model`: DDP or FSDP2). Its state dict 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -62,9 +63,16 @@ def _checkpoint_blocks(model: nn.Module) -> None:
     apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, Block))
 
 
+# graphs of one compiled block: with or without a value embedding, with or without gradient
+# (the loop's truncated steps), one row or several (dynamo specialises a size of 1), and slack
+COMPILED_BLOCK_VARIANTS = 16
+
+
 def _compile_blocks(model: nn.Module, device: torch.device) -> None:
-    """torch.compile each transformer block, with dynamic shapes: the loop runs a block on a
-    varying number of rows (those still iterating), which would recompile a static graph."""
+    """torch.compile each transformer block's dense forward (training and evaluation) with
+    dynamic shapes: the loop runs a block on a varying number of rows (those still
+    iterating), which would recompile a static graph. A block reading a KV cache (sampling)
+    stays eager: its attention site is Python state a graph would break on."""
     from parcae.model.layers import Block
 
     if device.type == "cpu" and cpp_compiler() is None:
@@ -73,9 +81,19 @@ def _compile_blocks(model: nn.Module, device: torch.device) -> None:
             "inductor backend (g++ or clang++, or $CXX); install one or set "
             "compile=false"
         )
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, COMPILED_BLOCK_VARIANTS)
     for module in model.modules():
         if isinstance(module, Block):
-            module.compile(dynamic=True)
+            compiled = torch.compile(module.forward, dynamic=True)
+            module.forward = functools.partial(_dense_compiled, compiled, module.forward)
+
+
+def _dense_compiled(compiled, eager, x, rope, value_embed, site=None):
+    """`Block.forward` through `compiled` without an attention site, else through `eager`."""
+    if site is None:
+        return compiled(x, rope, value_embed)
+    return eager(x, rope, value_embed, site)
 
 
 @dataclass
