@@ -23,7 +23,12 @@ HARNESS_DIR = FIXTURES / "harness"  # lm-eval task YAMLs and their jsonl (tests/
 # so that a missing fixture or package cannot pass CI silently. A web browser counts as a
 # machine-level tool like a compiler: the chat page's test (tests/serve/test_page.py) needs
 # Debian's chromium and chromium-driver, which `.ci/run` installs where it can.
-HARDWARE_SKIPS = ("needs a GPU", "needs a C++ compiler", "needs a Chromium browser")
+HARDWARE_SKIPS = (
+    "needs a GPU",
+    "needs a C++ compiler",
+    "needs a Chromium browser",
+    "needs glibc",
+)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@ in bf16, else measured in-process), and whether bfloat16 is worth using on a dev
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import platform
 import time
 from pathlib import Path
 
@@ -100,3 +102,23 @@ def peak_flops(dtype: torch.dtype, device: str | torch.device, trials: int = 3) 
     if nominal is not None:
         return nominal
     return max(matmul_peak_flops(dtype, device, seconds=0.25) for _ in range(trials))
+
+
+# glibc mallopt parameters (malloc.h) and the largest trim threshold an int holds
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+NEVER_TRIM = 2**31 - 1
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: large blocks come from the heap rather
+    than mmap (M_MMAP_MAX = 0), and the heap is not trimmed back to the OS (M_TRIM_THRESHOLD
+    2 GiB). A CPU training step frees and allocates the same large activations every step;
+    memory returned to the OS comes back as fresh pages, each faulted in on first touch (a
+    9 MB elementwise product took 3.2 ms instead of 0.6). Measured on parcae-tiny fp32 steps:
+    ~8% faster. The process then holds its peak memory until it exits. Returns whether it
+    applied (Linux with glibc only; elsewhere nothing changes)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM) == 1

@@ -27,6 +27,7 @@ from parcae.data.tokenizer import FILE_NAME as TOKENIZER_FILE
 from parcae.device import resolve_device
 from parcae.errors import TrainingError
 from parcae.eval.loss import EvalResult
+from parcae.perf import keep_freed_memory
 from parcae.train import distributed as dist
 from parcae.train.checkpoint import Checkpointer
 from parcae.train.config import TrainConfig
@@ -77,6 +78,8 @@ def train(config: TrainConfig, after_backward: AfterBackward | None = None) -> T
     (a fault-injection hook for tests: it may edit gradients or kill the process).
     """
     device = resolve_device(config.device, "training config 'device'")
+    if device.type == "cpu":
+        keep_freed_memory()  # activations are reallocated every step: no page faults
     info = dist.setup(device.type)
     try:
         return _train(config, device, info, after_backward)
