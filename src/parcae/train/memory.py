@@ -8,23 +8,25 @@ tokens therefore saves (measured, benchmarks/train_memory.py, docs/PERFORMANCE.m
     A(k) = A_0 + k · N · a_step                         bytes, whatever μ_rec = n + k
     a_step ≈ L_core · a_block + 4 d                      (the injection saves the fp32 state)
 
-A_0: embeddings, prelude, coda, head and the loss's log-probabilities (N · V_pad · 4 bytes).
+A_0: embeddings, prelude, coda, head and the float32 logits the loss keeps (N · V_pad · 4
+bytes; `parcae.model.loss`).
 a_block, per token and block: about 80 d bytes (20 d floats) in fp32 and 56 d bytes under bf16
 autocast, where the residual stream, the norms and the rotary products stay fp32 (d = d_model,
 ffn = 4d; flash attention: no S² term). Checkpointing each `Block` keeps only its fp32 input:
 a_step ≈ (L_core + 1) · 4 d bytes. parcae-140m (d = 768, L_core = 2): a_step = 89 KB plain,
 9.2 KB checkpointed (bf16 autocast), 1.36 and 0.14 GiB per gradient step at N = 8 · 2048.
 
-A step's peak comes at the start of backward, when the loss's gradients exist beside every
-saved activation and the float32 logits the caller still holds (`parcae.train.step` keeps the
-output through backward), or later, once the parameter gradients outweigh the loss's tensors.
-Both stay below
+A step's peak comes at the start of backward, when the gradient of the logits exists beside
+every saved activation (the logits among them: the loss keeps them, and the caller's output
+is the same tensor), or later, once the parameter gradients outweigh the loss's tensors. Both
+stay below
 
-    peak ≤ P + G + O + A(k) + 3 · N · V_pad · 4         (logits, d log-probs, d logits)
+    peak ≤ P + G + O + A(k) + N · V_pad · 4              (d logits)
 
 with P, G the float32 parameters and gradients and O the optimizer state (`state_bytes`). G
 is not yet allocated at the start of backward of a step's first micro-batch; at parcae-tiny
-4 × 256 the measured peak of a forward and backward is A(k) + 3 · N · V_pad · 4 to 0.1 MiB.
+4 × 256 the measured peak of a forward and backward is A(k) + N · V_pad · 4 + 3.7 MiB (the
+gradients flowing back through the coda).
 """
 
 from __future__ import annotations
@@ -181,10 +183,9 @@ def state_bytes(model: nn.Module, optimizer: str = "muon") -> StateBytes:
 
 
 def loss_transient_bytes(tokens: int, padded_vocab_size: int) -> int:
-    """What the loss adds at the start of backward beyond the saved log-probabilities: the
-    float32 logits held by the caller, and the gradients of the log-probabilities and of the
-    logits, each (N, V_pad) float32."""
-    return 3 * tokens * padded_vocab_size * FLOAT32_BYTES
+    """What the loss adds at the start of backward beyond the saved activations (which hold
+    its float32 logits): the gradient of the logits, (N, V_pad) float32."""
+    return tokens * padded_vocab_size * FLOAT32_BYTES
 
 
 @dataclass
