@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, by a part of
 # the device name; the first match wins, so the PCIe H100 comes before the SXM one.
+PEAK_CACHE_FILE = "peak_flops.json"  # in $PARCAE_CACHE: the best peak each device has shown
 NOMINAL_BF16_PEAKS = (
     ("H100 PCIe", 756e12),
     ("H100", 989e12),
@@ -94,14 +97,62 @@ def nominal_peak_flops(dtype: torch.dtype, device: str | torch.device) -> float 
 
 
 def peak_flops(dtype: torch.dtype, device: str | torch.device, trials: int = 3) -> float:
-    """The matmul peak MFU is measured against: the nominal figure where one is known, else the
-    best of `trials` measurements of `matmul_peak_flops` (each the fastest matmul of its window),
-    so that a window shared with other work (a compiler's worker processes starting up) does not
-    lower it."""
+    """The peak MFU is measured against: the nominal figure where one is known, else the best
+    matmul rate this machine has shown, in this call (the fastest of `trials` windows of
+    `matmul_peak_flops`) or any earlier one (`$PARCAE_CACHE/peak_flops.json`, by device,
+    thread count, dtype and torch version). A host's speed drifts by ±30% over seconds, so
+    one window can read low and make MFU read high; the best of every run converges on the
+    device's real peak."""
     nominal = nominal_peak_flops(dtype, device)
     if nominal is not None:
         return nominal
-    return max(matmul_peak_flops(dtype, device, seconds=0.25) for _ in range(trials))
+    measured = max(matmul_peak_flops(dtype, device, seconds=0.25) for _ in range(trials))
+    return _best_seen(_peak_key(dtype, torch.device(device)), measured)
+
+
+def _peak_key(dtype: torch.dtype, device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{_cpu_model()}, {torch.get_num_threads()} threads"
+    return (
+        f"{name} | {device.type} | {str(dtype).removeprefix('torch.')} | torch {torch.__version__}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _best_seen(key: str, measured: float) -> float:
+    """max(measured, the figure stored under `key`), stored back; a cache that cannot be read
+    or written leaves the measurement as it is."""
+    from parcae.data.recipes import cache_root
+
+    path = cache_root() / PEAK_CACHE_FILE
+    try:
+        seen = json.loads(path.read_text())
+        seen = seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        seen = {}
+    stored = seen.get(key)
+    best = max(measured, stored) if isinstance(stored, (int, float)) else measured
+    if best != stored:
+        seen[key] = best
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(seen, indent=1, sort_keys=True))
+            os.replace(temporary, path)
+        except OSError:
+            pass
+    return best
 
 
 # glibc mallopt parameters (malloc.h) and the largest trim threshold an int holds

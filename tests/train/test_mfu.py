@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -38,10 +39,24 @@ def test_no_gradient_steps_cost_one_forward_step_each():
     assert extra == pytest.approx(2 * step)  # a mean of 2 no-gradient steps per row
 
 
-def test_the_peak_is_the_best_of_its_trials(monkeypatch):
-    windows = iter([3e9, 9e9, 5e9])
+def test_the_peak_is_the_best_of_its_trials_and_of_earlier_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("PARCAE_CACHE", str(tmp_path))
+    windows = iter([3e9, 9e9, 5e9, 2e9, 4e9, 1e9, 20e9, 1e9, 1e9])
     monkeypatch.setattr(perf, "matmul_peak_flops", lambda *args, **kwargs: next(windows))
     assert perf.peak_flops(torch.float32, "cpu", trials=3) == 9e9
+    assert perf.peak_flops(torch.float32, "cpu", trials=3) == 9e9  # a slow run: 4e9 at best
+    assert perf.peak_flops(torch.float32, "cpu", trials=3) == 20e9
+    stored = json.loads((tmp_path / perf.PEAK_CACHE_FILE).read_text())
+    assert list(stored.values()) == [20e9]
+    assert f"{torch.get_num_threads()} threads | cpu | float32" in next(iter(stored))
+
+
+def test_an_unreadable_peak_cache_is_replaced(monkeypatch, tmp_path):
+    monkeypatch.setenv("PARCAE_CACHE", str(tmp_path))
+    (tmp_path / perf.PEAK_CACHE_FILE).write_text("{not json")
+    monkeypatch.setattr(perf, "matmul_peak_flops", lambda *args, **kwargs: 7e9)
+    assert perf.peak_flops(torch.float32, "cpu") == 7e9
+    assert list(json.loads((tmp_path / perf.PEAK_CACHE_FILE).read_text()).values()) == [7e9]
 
 
 @pytest.mark.parametrize(
