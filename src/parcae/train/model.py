@@ -64,8 +64,9 @@ def _checkpoint_blocks(model: nn.Module) -> None:
 
 
 # graphs of one compiled block: with or without a value embedding, with or without gradient
-# (the loop's truncated steps), one row or several (dynamo specialises a size of 1), and slack
-COMPILED_BLOCK_VARIANTS = 16
+# (the loop's truncated steps), one row or several (dynamo specialises a size of 1), fp32 or
+# bf16 autocast (benchmarks/train_speed.py trains both in one process), and slack
+COMPILED_BLOCK_VARIANTS = 32
 
 
 def _compile_blocks(model: nn.Module, device: torch.device) -> None:
