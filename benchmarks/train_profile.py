@@ -19,6 +19,7 @@ from common import add_training_options, apply_threads
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from parcae.device import resolve_device
+from parcae.perf import keep_freed_memory
 from parcae.train import distributed as dist
 from parcae.train.config import load_config
 from parcae.train.data import TrainData
@@ -40,6 +41,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="parcae-profile-") as out_dir:
         config = load_config(None, [*args.overrides, "progress=false", f"out_dir={out_dir}"])
         device = resolve_device(config.device)
+        if device.type == "cpu":
+            keep_freed_memory()  # as `parcae train` does
         info = dist.setup(device.type)
         data = TrainData.build(config, info, progress=False)
         model = TrainModel.build(config, data.tokenizer.vocab_size, device, info)
