@@ -134,7 +134,7 @@ def print_tiny(tiny: dict) -> None:
     above = [r[f"{p}peak"] - r[f"{p}saved"] for r in tiny["rows"] for p in ("", "checkpointed_")]
     print(
         f"  peak - saved: {min(above) / MIB:.2f} to {max(above) / MIB:.2f} MiB in every row; "
-        f"the estimate's loss term 3 N V_pad fp32 = {tiny['loss_transient'] / MIB:.2f} MiB"
+        f"the estimate's loss term N V_pad fp32 (the logits' gradient) = {tiny['loss_transient'] / MIB:.2f} MiB"
     )
 
 
@@ -150,7 +150,7 @@ def print_estimate(result: dict) -> None:
         "gradients": "gradients (fp32)",
         "optimizer": f"optimizer state ({result['optimizer']})",
         "activations": "activations saved for backward",
-        "loss": "logits + loss gradients (3 N V_pad fp32)",
+        "loss": "gradient of the logits (N V_pad fp32)",
         "total": "total (upper bound of the peak)",
     }
     print(f"  {'':42s}  {'plain':>8s}  {'checkpointed':>12s}")
