@@ -152,14 +152,14 @@ def bench_edge(args: argparse.Namespace) -> None:
     import inspect
 
     from parcae.model.flops import forward_flops_per_token
-    from parcae.perf import matmul_peak_flops
+    from parcae.perf import peak_flops
 
     steps, prompt_len, new = args.num_steps or 8, args.prompt_tokens, args.new_tokens
     torch.manual_seed(0)
     model = create_model("parcae-tiny", **EDGE).eval()
     config = model.config
     flops = forward_flops_per_token(config, prompt_len + new // 2, steps)
-    peak = matmul_peak_flops(torch.float32)
+    peak = peak_flops(torch.float32, "cpu")
     bound = peak / flops
     print(
         f"\nedge decode: width {config.d_model}, {config.n_prelude}/{config.n_core}/"

@@ -1,5 +1,6 @@
-"""Model throughput: forward and forward+backward tokens/s, and MFU against the matmul peak
-measured in the same process, in float32 and bfloat16 autocast.
+"""Model throughput: forward and forward+backward tokens/s, and MFU against the device's peak
+(`parcae.perf.peak_flops`: the best the machine has shown, or a GPU's data sheet), in float32
+and bfloat16 autocast.
 
     python benchmarks/throughput.py [--presets parcae-tiny parcae-140m] [--seq-len 256]
 """
@@ -14,7 +15,7 @@ import torch
 
 import parcae
 from parcae.model.flops import forward_flops_per_token, training_flops_per_token
-from parcae.perf import bf16_is_fast, matmul_peak_flops, synchronize
+from parcae.perf import bf16_is_fast, peak_flops, synchronize
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    peaks = {name: matmul_peak_flops(DTYPES[name], device) for name in ("fp32", "bf16")}
+    peaks = {name: peak_flops(DTYPES[name], device) for name in ("fp32", "bf16")}
     print(
         f"device {device}, {torch.get_num_threads()} threads; matmul peak: "
         + ", ".join(f"{name} {flops / 1e9:.0f} GFLOP/s" for name, flops in peaks.items())

@@ -134,7 +134,8 @@ def print_tiny(tiny: dict) -> None:
     above = [r[f"{p}peak"] - r[f"{p}saved"] for r in tiny["rows"] for p in ("", "checkpointed_")]
     print(
         f"  peak - saved: {min(above) / MIB:.2f} to {max(above) / MIB:.2f} MiB in every row; "
-        f"the estimate's loss term N V_pad fp32 (the logits' gradient) = {tiny['loss_transient'] / MIB:.2f} MiB"
+        "the estimate's loss term N V_pad fp32 (the logits' gradient) = "
+        f"{tiny['loss_transient'] / MIB:.2f} MiB"
     )
 
 
