@@ -36,7 +36,7 @@ from parcae.train.memory import (
     measure_step,
     truncated_plan,
 )
-from parcae.train.model import _checkpoint_blocks
+from parcae.train.model import checkpoint_blocks
 
 MIB, GIB = 2**20, 2**30
 TINY = "parcae-tiny"
@@ -58,7 +58,7 @@ def measure_tiny(batch: int, seq: int, rows: list[tuple[int, int]]) -> dict:
         torch.manual_seed(0)
         models[checkpointed] = create_model(config, "cpu").train()
         if checkpointed:
-            _checkpoint_blocks(models[checkpointed])
+            checkpoint_blocks(models[checkpointed])
     generator = torch.Generator().manual_seed(0)
     inputs, targets = torch.randint(0, config.vocab_size, (2, batch, seq), generator=generator)
     results = []

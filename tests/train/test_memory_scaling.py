@@ -16,7 +16,7 @@ from parcae.train.memory import (
     state_bytes,
     truncated_plan,
 )
-from parcae.train.model import _checkpoint_blocks
+from parcae.train.model import checkpoint_blocks
 from parcae.train.optimizer import build_optimizer
 
 TINY = dict(
@@ -36,7 +36,7 @@ def _model(checkpointed: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model(preset_config("parcae-tiny", **TINY), "cpu").train()
     if checkpointed:
-        _checkpoint_blocks(model)
+        checkpoint_blocks(model)
     return model
 
 

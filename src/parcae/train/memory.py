@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from parcae.model import MODEL_CLASSES, DepthPlan
 from parcae.model.config import TransformerConfig
-from parcae.train.model import _checkpoint_blocks
+from parcae.train.model import checkpoint_blocks
 from parcae.train.optimizer import group_parameters
 
 FLOAT32_BYTES = 4
@@ -230,7 +230,7 @@ def estimate_training_memory(
     `checkpointing`), the rest is computed from the shapes (module docstring)."""
     model = fake_model(config)
     if checkpointing:
-        _checkpoint_blocks(model)
+        checkpoint_blocks(model)
     tokens = torch.zeros(batch_size, seq_len, dtype=torch.long)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         activations = saved_activation_bytes(model, tokens, tokens, depth_plan)

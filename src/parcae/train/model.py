@@ -52,7 +52,7 @@ def cpp_compiler() -> str | None:
     return None
 
 
-def _checkpoint_blocks(model: nn.Module) -> None:
+def checkpoint_blocks(model: nn.Module) -> None:
     """Recompute each transformer block's activations in backward instead of storing them."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         apply_activation_checkpointing,
@@ -127,7 +127,7 @@ class TrainModel:
         model = create_model(model_config, device)
         params = model.num_params()  # before sharding
         if config.activation_checkpointing:
-            _checkpoint_blocks(model)
+            checkpoint_blocks(model)
         if config.compile:
             _compile_blocks(model, device)
         runner = dist.wrap_model(model, info, device, config.parallel)
