@@ -3,13 +3,13 @@
 Each record is one JSON object per line. Train records: `{"kind": "train", "step", "loss",
 "lr", "lr_factor", "tokens", "grad_norm", "skipped", "tokens_per_s", "mfu", "step_time",
 "mean_depth"}` with tokens_per_s = B·S / step_time and mfu = training FLOPs per token of the
-step's drawn depths · tokens_per_s / (W · peak). The peak is the device's nominal bf16 figure
-where known, else its matmul peak measured after the first step (when a compiler's workers have
-settled), best of three windows, and raised to any rate a step reached: MFU stays ≤ 100%. Eval
-records: `{"kind": "eval", "step", "tokens",
-"val_loss": {T: loss}, "val_bpb": {T: bpb}, "state_norm", "residual", "spectral_radius", ...}`
-with depth keys as strings ("4", or "model" for a fixed-depth model). `step` counts optimizer
-steps done.
+step's drawn depths · tokens_per_s / (W · peak). The peak (`parcae.perf.peak_flops`) is the
+device's data-sheet bf16 figure where known, else the best matmul rate the machine has shown,
+measured after the first step (when a compiler's workers have settled) and in earlier runs;
+it is raised to any rate a step reached, so MFU stays ≤ 100%. Eval records: `{"kind": "eval",
+"step", "tokens", "val_loss": {T: loss}, "val_bpb": {T: bpb}, "state_norm", "residual",
+"spectral_radius", ...}` with depth keys as strings ("4", or "model" for a fixed-depth model).
+`step` counts optimizer steps done.
 """
 
 from __future__ import annotations
