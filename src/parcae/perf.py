@@ -1,5 +1,6 @@
-"""Hardware figures: the matmul peak that MFU is relative to (a data-sheet figure for known GPUs
-in bf16, else measured in-process), and whether bfloat16 is worth using on a device."""
+"""Hardware figures and settings: the matmul peak that MFU is relative to (a data-sheet figure
+for known GPUs in bf16, else the best this machine has shown), whether bfloat16 is worth using
+on a device, and keeping freed memory for reuse on a CPU."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import torch
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
+PEAK_CACHE_FILE = "peak_flops.json"  # in $PARCAE_CACHE: the best peak each device has shown
+
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, by a part of
 # the device name; the first match wins, so the PCIe H100 comes before the SXM one.
-PEAK_CACHE_FILE = "peak_flops.json"  # in $PARCAE_CACHE: the best peak each device has shown
 NOMINAL_BF16_PEAKS = (
     ("H100 PCIe", 756e12),
     ("H100", 989e12),
