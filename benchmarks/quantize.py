@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from decode import EDGE  # benchmarks/decode.py: issue 14's edge configuration
 
 import parcae
 from parcae.eval.run import EvalRequest, run_eval
@@ -55,15 +56,7 @@ def source_model(args: argparse.Namespace, directory: Path) -> Path:
     if args.model:
         return resolve_model_dir(args.model)
     torch.manual_seed(0)
-    model = parcae.create_model(
-        "parcae-tiny",
-        d_model=256,
-        ffn_dim=1024,
-        n_heads=4,
-        vocab_size=8192,
-        context_length=512,
-        mean_recurrence=8,
-    )
+    model = parcae.create_model("parcae-tiny", **dict(EDGE, context_length=512, mean_recurrence=8))
     path = directory / "fp32"
     model.save_pretrained(path)
     return path

@@ -29,6 +29,14 @@ COMMAND_MODULES = (
 )
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """`--model` as every command that loads a trained model takes it (resolved by
+    `parcae.infer.loading`)."""
+    parser.add_argument(
+        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
+    )
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr (exit 2), not the usage text;
     subcommand parsers inherit the class."""

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from parcae.cli import add_model_argument
 from parcae.errors import DataError
 from parcae.outputs import check_not_file
 from parcae.scaling.commands import register_fit_law
@@ -20,9 +21,7 @@ def register(subparsers) -> None:
         description="Evaluate a model on validation bpb and ICL tasks (DCLM CORE bundle, "
         "BIG-bench) at chosen loop depths; print a table and write a results JSON.",
     )
-    evaluate.add_argument(
-        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
-    )
+    add_model_argument(evaluate)
     evaluate.add_argument(
         "--tasks",
         default="bpb,bigbench",

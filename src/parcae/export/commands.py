@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from parcae.cli import add_model_argument
+
 
 def register(subparsers) -> None:
     """Add `parcae export` and its formats to the top-level parser."""
@@ -14,9 +16,7 @@ def register(subparsers) -> None:
         help="one ONNX graph (prefill and decoding, KV cache as inputs and outputs, the loop "
         "unrolled at --num-steps), for parcae generate --backend onnxruntime",
     )
-    onnx.add_argument(
-        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
-    )
+    add_model_argument(onnx)
     onnx.add_argument(
         "--num-steps",
         type=int,

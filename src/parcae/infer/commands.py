@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from parcae.cli import add_model_argument
 from parcae.errors import PromptError
 
 if TYPE_CHECKING:
@@ -64,9 +65,7 @@ def register(subparsers) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "--num-steps",
         type=int,

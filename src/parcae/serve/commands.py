@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 
+from parcae.cli import add_model_argument
 from parcae.errors import ConfigError, PromptError
 
 
@@ -14,9 +15,7 @@ def register(subparsers) -> None:
         "serve",
         help="an OpenAI-compatible HTTP server with continuous batching, and a chat page at /",
     )
-    serve.add_argument(
-        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
-    )
+    add_model_argument(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     serve.add_argument(
