@@ -3,7 +3,8 @@
 `parse_completion(body, server)` and `parse_chat(body, server)` turn a decoded JSON body into a
 `Parsed` request (a `GenerationRequest` and the serving options around it), or raise `APIError`:
 
-- 400 `invalid_json`: a body that is not JSON, or not a JSON object;
+- 400 `invalid_json`: a body that is not JSON, not a JSON object, nested too deeply for the
+  parser, or holding a lone surrogate (`"\ud800"`);
 - 400 `missing_required_parameter`: `prompt` / `messages` missing (or null);
 - 422 `invalid_type`: a field of the wrong JSON type (`temperature: "hot"`);
 - 400 `invalid_value`: a value out of range: `max_tokens` <= 0, `temperature` neither 0
@@ -98,6 +99,15 @@ def decode_json(raw: bytes):
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise APIError(400, f"the body is not valid JSON: {error}", None, "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the body is nested too deeply", None, "invalid_json") from None
+    try:  # JSON escapes can spell lone surrogates ("\ud800"), which no tokenizer encodes
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        message = f"the body holds text that is not valid Unicode ({error.reason})"
+        raise APIError(400, message, None, "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the body is nested too deeply", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(
             400, f"the body must be a JSON object, got {_json_type(body)}", None, "invalid_json"
