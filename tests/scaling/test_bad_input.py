@@ -11,6 +11,9 @@ import yaml
 from tests.bad_input import refuse
 
 HEADER = "flops_budget,mean_recurrence,seed,tokens,val_loss,status\n"
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)  # 9**9 strings from about 400 bytes
 
 
 @pytest.mark.parametrize(
@@ -31,6 +34,8 @@ HEADER = "flops_budget,mean_recurrence,seed,tokens,val_loss,status\n"
         (["--flops", "1e15", "lr=inf"], "'lr'"),
         (["--flops", "1e15", "max_steps=10"], "the plan sets the training budget"),
         (["--flops", "1e15", "nonsense"], "key=value"),
+        (["--flops", "1e27"], "beyond the loop limit of 1024"),
+        (["--flops", "1e300"], "beyond the loop limit of 1024"),
     ],
 )
 def test_plan_refuses(capsys, extra, expected):
@@ -44,12 +49,14 @@ def test_plan_refuses(capsys, extra, expected):
         ("{not json", "not valid JSON"),
         ("{}", "not a `parcae fit isoflop` fit.json"),
         ("[1]", "not a `parcae fit isoflop` fit.json"),
+        ("[" * 100_000, "not valid JSON (nested too deeply)"),
+        ("\udcff", "not valid JSON"),
     ],
 )
 def test_plan_refuses_a_bad_fit_file(tmp_path, capsys, content, expected):
     fit = tmp_path / "fit.json"
     if content is not None:
-        fit.write_text(content)
+        fit.write_bytes(content.encode("utf-8", "surrogateescape"))
     argv = ["plan", "--flops", "1e15", "--fit", str(fit)]
     assert expected in refuse(argv, capsys, protect=[fit])
 
@@ -73,12 +80,14 @@ def test_plan_refuses_a_config_path_it_cannot_write(tmp_path, capsys, target):
         (HEADER + "1e15,2,0,lots,3.1,done\n", ":2: tokens is not a finite number"),
         (HEADER + "-1e15,2,0,1e6,3.1,done\n", ":2: flops_budget must be positive"),
         (HEADER + "1e15,0,0,1e6,3.1,done\n", ":2: mean_recurrence must be positive"),
+        ("\xff\xfe" + HEADER, "not a UTF-8 CSV table"),
+        (HEADER + "1e15,2,0,1e6,inf,done\n", ":2: val_loss is not a finite number"),
     ],
 )
 def test_fit_isoflop_refuses_a_bad_table(tmp_path, capsys, rows, expected):
     table = tmp_path / "results.csv"
     if rows is not None:
-        table.write_text(rows)
+        table.write_bytes(rows.encode("latin-1") if rows.startswith("\xff") else rows.encode())
     assert expected in refuse(["fit", "isoflop", str(table)], capsys, protect=[tmp_path])
 
 
@@ -108,12 +117,21 @@ def _sweep(tmp_path: Path, data_dir: Path, **changes) -> Path:
         (dict(grid=dict(flops_budget=[4e8])), "the grid needs 'mean_recurrence'"),
         (dict(grid=dict(flops_budget=[], mean_recurrence=[1])), "must be a non-empty list"),
         (dict(grid=dict(flops_budget=[-4e8], mean_recurrence=[1])), "not a positive number"),
-        (dict(grid=dict(flops_budget=["inf"], mean_recurrence=[1])), "not a positive number"),
-        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[0])), "must be an integer >= 1"),
-        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[1.5])), "must be an integer >= 1"),
+        (dict(grid=dict(flops_budget=["inf"], mean_recurrence=[1])), "not a number in (0, "),
+        (dict(grid=dict(flops_budget=[True], mean_recurrence=[1])), "flops_budget True"),
+        (dict(grid=dict(flops_budget=[1e30], mean_recurrence=[1])), "not a number in (0, 1e+24]"),
+        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[0])), "must be an integer in [1, "),
+        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[1.5])), "must be an integer in"),
+        (dict(grid=dict(flops_budget=[4e8], mean_recurrence=[147_896])), "in [1, 1024]"),
         (
             dict(grid=dict(flops_budget=[4e8], mean_recurrence=[1], seed=[-1])),
-            "must be an integer >= 0",
+            "must be an integer in [0, ",
+        ),
+        (
+            dict(
+                grid=dict(flops_budget=[4e8 + i for i in range(1000)], mean_recurrence=[1] * 1000)
+            ),
+            "1000000 points, over the limit of 10000",
         ),
         (dict(overrides=[1]), "'overrides' must be a mapping"),
         (dict(overrides=dict(lrr=0.1)), "did you mean lr"),
@@ -130,12 +148,20 @@ def test_sweep_refuses_a_bad_sweep_file(data_dir, tmp_path, capsys, changes, exp
 
 @pytest.mark.parametrize(
     "text, expected",
-    [(None, "no sweep file"), ("grid: [1", "not valid YAML"), ("- 1\n", "mapping")],
+    [
+        (None, "no sweep file"),
+        ("grid: [1", "not valid YAML"),
+        ("- 1\n", "mapping"),
+        (ALIAS_BOMB, "aliases (*name) are not allowed"),
+        ("grid: " + "[" * 100_000, "not valid YAML"),
+        (b"\xff\xfe\x00grid", "not valid YAML"),
+    ],
+    ids=["missing", "bad YAML", "a list", "alias bomb", "deep", "binary"],
 )
 def test_sweep_refuses_a_missing_or_malformed_file(tmp_path, capsys, text, expected):
     path = tmp_path / "sweep.yaml"
     if text is not None:
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert expected in refuse(["sweep", str(path)], capsys, protect=[tmp_path])
 
 

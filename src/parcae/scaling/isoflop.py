@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parcae.errors import DataError
+from parcae.errors import ConfigError, DataError
+from parcae.outputs import write_json_atomic
+from parcae.values import parse_json
 
 PAPER_ALPHA = 0.40  # μ_rec* ∝ C^0.40
 PAPER_BETA = 0.78  # D* ∝ C^0.78
@@ -38,6 +39,9 @@ MIN_BUDGETS = 3
 MIN_DEPTHS = 3
 COLUMNS = ("flops_budget", "mean_recurrence", "seed", "tokens", "val_loss", "status")
 NUMERIC_COLUMNS = ("flops_budget", "mean_recurrence", "tokens", "val_loss")
+
+
+MAX_BOOTSTRAP = 100_000  # resamples of `parcae fit isoflop --bootstrap` (README, Guarantees)
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,14 @@ def read_results(path: str | Path) -> list[Point]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such results file")
-    with path.open(newline="") as handle:
+    try:
+        return _read_points(path)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a UTF-8 CSV table ({error})") from None
+
+
+def _read_points(path: Path) -> list[Point]:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
@@ -264,6 +275,8 @@ def _power_law(flops: np.ndarray, optima: np.ndarray) -> tuple[float, float]:
 def fit_isoflop(points: list[Point], bootstrap: int = 1000, seed: int = 0) -> IsoflopFit:
     """Per-budget optima, the power laws μ* = a·C^α and D* = b·C^β, and bootstrap 95% CIs of α
     and β over `bootstrap` resamples (seeded by `seed`; 0 resamples: no intervals)."""
+    if not isinstance(bootstrap, int) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be in [0, {MAX_BOOTSTRAP}], got {bootstrap}")
     groups = _group(points)
     _check_enough(groups)
     budgets = tuple(_budget_optimum(c, group) for c, group in groups.items())
@@ -425,9 +438,9 @@ def load_fit(path: str | Path) -> IsoflopFit:
     if not path.is_file():
         raise DataError(f"{path}: no such fit file")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+        data = parse_json(path.read_bytes())
+    except ValueError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict) or data.get("law") != "isoflop":
         raise DataError(f"{path}: not a `parcae fit isoflop` fit.json")
     try:
@@ -441,12 +454,16 @@ def run_fit_isoflop(args: argparse.Namespace) -> int:
     path = Path(args.results)
     points = read_results(path)
     fit = fit_isoflop(points, bootstrap=args.bootstrap, seed=args.seed)
+    if not all(
+        math.isfinite(v) for v in (fit.alpha, fit.beta, fit.mu_prefactor, fit.tokens_prefactor)
+    ):
+        raise DataError(f"{path}: the points give no finite power law (a degenerate fit)")
     print(format_fit(fit))
     out_dir = Path(args.out) if args.out else path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     for plot in plot_isoflop(fit, points, out_dir):
         print(f"plot: {plot}")
     target = out_dir / "fit.json"
-    target.write_text(json.dumps(fit.to_dict(), indent=2) + "\n")
+    write_json_atomic(target, fit.to_dict(), indent=2)
     print(f"fit: {target}")
     return 0

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from parcae.errors import ConfigError
+from parcae.model.config import MAX_NUM_STEPS
 from parcae.outputs import output_file
 from parcae.scaling.isoflop import PAPER_ALPHA, PAPER_BETA, IsoflopFit, load_fit
 from parcae.scaling.sweep import default_backprop_depth
@@ -129,6 +130,11 @@ def plan_training(
         source = (
             f"paper exponents α={PAPER_ALPHA}, β={PAPER_BETA} anchored at {base.model}: "
             f"μ_rec={mu0} optimal at C0={flops0:.3g} with D0=20·N={tokens0:.3g}"
+        )
+    if not mu_exact <= MAX_NUM_STEPS:  # also NaN
+        raise ConfigError(
+            f"--flops {flops:.3g} asks for a mean recurrence of {mu_exact:.4g}, beyond the loop "
+            f"limit of {MAX_NUM_STEPS} steps; plan a smaller budget"
         )
     mean_recurrence = max(1, round(mu_exact))
     backprop = default_backprop_depth(mean_recurrence)
