@@ -57,6 +57,7 @@ OPTION_CASES = {
     "temperature nan": (["--prompt", "To be", "--temperature", "nan"], "--temperature"),
     "temperature inf": (["--prompt", "To be", "--temperature", "inf"], "--temperature"),
     "temperature tiny": (["--prompt", "To be", "--temperature", "1e-39"], "--temperature"),
+    "prompt not UTF-8": (["--prompt", "To be \udcff"], "not valid UTF-8"),
     "temperature subnormal": (["--prompt", "To be", "--temperature", "5e-324"], "--temperature"),
     "top-k zero": (["--prompt", "To be", "--top-k", "0"], "--top-k"),
     "top-k negative": (["--prompt", "To be", "--top-k", "-3"], "--top-k"),

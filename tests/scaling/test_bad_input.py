@@ -3,11 +3,13 @@ line on stderr, no traceback, and its inputs untouched (`tests/bad_input.py`).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from parcae.cli import main
 from tests.bad_input import refuse
 
 HEADER = "flops_budget,mean_recurrence,seed,tokens,val_loss,status\n"
@@ -58,6 +60,41 @@ def test_plan_refuses_a_bad_fit_file(tmp_path, capsys, content, expected):
     if content is not None:
         fit.write_bytes(content.encode("utf-8", "surrogateescape"))
     argv = ["plan", "--flops", "1e15", "--fit", str(fit)]
+    assert expected in refuse(argv, capsys, protect=[fit])
+
+
+def _fit_json(**changes) -> str:
+    """A fit.json as `parcae fit isoflop` writes it, with `changes` (dotted keys) applied."""
+    from parcae.scaling.isoflop import BudgetOptimum, IsoflopFit
+
+    budget = BudgetOptimum(1e15, 4.0, 1e6, 3.0, (1, 0, 3), (1, 0, 3), (1, 8), (1e5, 1e7), 3, False)
+    data = IsoflopFit((budget,), 0.4, 4e-6, None, 0.8, 1e-6, None, 3, 0, 0).to_dict()
+    for key, value in changes.items():
+        node, *path = key.split(".")
+        target = data if not path else data[node]
+        target[path[-1] if path else node] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        (dict(), None),
+        ({"mu_rec.exponent": float("inf")}, "the power laws are not finite"),
+        ({"tokens.prefactor": float("nan")}, "the power laws are not finite"),
+        ({"budgets": []}, "no budgets"),
+        ({"bootstrap.resamples": -5}, "a negative count"),
+        ({"points": "many"}, "not an isoflop fit"),
+    ],
+    ids=["valid", "infinite exponent", "NaN prefactor", "no budgets", "negative resamples", "text"],
+)
+def test_plan_checks_every_field_of_a_fit_file(tmp_path, capsys, changes, expected):
+    fit = tmp_path / "fit.json"
+    fit.write_text(_fit_json(**changes))
+    argv = ["plan", "--flops", "1e15", "--fit", str(fit)]
+    if expected is None:  # the unchanged file plans
+        assert main(argv) == 0
+        return
     assert expected in refuse(argv, capsys, protect=[fit])
 
 

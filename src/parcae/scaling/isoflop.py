@@ -142,7 +142,7 @@ class IsoflopFit:
         """From `to_dict()` output (a fit.json); DataError when it is not one."""
         try:
             mu, tokens = data["mu_rec"], data["tokens"]
-            return cls(
+            fit = cls(
                 budgets=tuple(BudgetOptimum.from_dict(b) for b in data["budgets"]),
                 alpha=float(mu["exponent"]),
                 mu_prefactor=float(mu["prefactor"]),
@@ -156,6 +156,17 @@ class IsoflopFit:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"not an isoflop fit ({type(error).__name__}: {error})") from None
+        return fit.check()
+
+    def check(self) -> IsoflopFit:
+        """DataError unless the fit has budgets, finite laws and counts >= 0 (a degenerate
+        table gives NaN; a hand-edited fit.json anything)."""
+        laws = (self.alpha, self.beta, self.mu_prefactor, self.tokens_prefactor)
+        if not all(math.isfinite(value) for value in laws):
+            raise DataError("the power laws are not finite (a degenerate fit)")
+        if not self.budgets or min(self.points, self.bootstrap, self.bootstrap_used) < 0:
+            raise DataError("not an isoflop fit (no budgets, or a negative count)")
+        return self
 
 
 def read_results(path: str | Path) -> list[Point]:
@@ -454,10 +465,10 @@ def run_fit_isoflop(args: argparse.Namespace) -> int:
     path = Path(args.results)
     points = read_results(path)
     fit = fit_isoflop(points, bootstrap=args.bootstrap, seed=args.seed)
-    if not all(
-        math.isfinite(v) for v in (fit.alpha, fit.beta, fit.mu_prefactor, fit.tokens_prefactor)
-    ):
-        raise DataError(f"{path}: the points give no finite power law (a degenerate fit)")
+    try:
+        fit.check()
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
     print(format_fit(fit))
     out_dir = Path(args.out) if args.out else path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
