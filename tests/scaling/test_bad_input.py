@@ -98,6 +98,12 @@ def test_plan_checks_every_field_of_a_fit_file(tmp_path, capsys, changes, expect
     assert expected in refuse(argv, capsys, protect=[fit])
 
 
+def test_an_output_path_the_system_refuses_is_one_line(capsys):
+    """/proc takes no new files: the write fails, in one line (any command, from the CLI)."""
+    line = refuse(["plan", "--flops", "1e15", "--write-config", "/proc/parcae-plan.yaml"], capsys)
+    assert "/proc/parcae-plan.yaml" in line
+
+
 @pytest.mark.parametrize("target", ["a_dir", "a_file/run.yaml"])
 def test_plan_refuses_a_config_path_it_cannot_write(tmp_path, capsys, target):
     (tmp_path / "a_dir").mkdir()
@@ -153,7 +159,7 @@ def _sweep(tmp_path: Path, data_dir: Path, **changes) -> Path:
         (dict(grid=dict(mean_recurrence=[1])), "the grid needs 'flops_budget'"),
         (dict(grid=dict(flops_budget=[4e8])), "the grid needs 'mean_recurrence'"),
         (dict(grid=dict(flops_budget=[], mean_recurrence=[1])), "must be a non-empty list"),
-        (dict(grid=dict(flops_budget=[-4e8], mean_recurrence=[1])), "not a positive number"),
+        (dict(grid=dict(flops_budget=[-4e8], mean_recurrence=[1])), "not a number in (0, "),
         (dict(grid=dict(flops_budget=["inf"], mean_recurrence=[1])), "not a number in (0, "),
         (dict(grid=dict(flops_budget=[True], mean_recurrence=[1])), "flops_budget True"),
         (dict(grid=dict(flops_budget=[1e30], mean_recurrence=[1])), "not a number in (0, 1e+24]"),

@@ -34,7 +34,7 @@ import yaml
 
 from parcae.errors import ConfigError
 from parcae.model.config import MAX_NUM_STEPS
-from parcae.outputs import output_file
+from parcae.outputs import output_file, write_text_atomic
 from parcae.scaling.isoflop import PAPER_ALPHA, PAPER_BETA, IsoflopFit, load_fit
 from parcae.scaling.sweep import default_backprop_depth
 from parcae.train.config import BUDGET_KEYS, TrainConfig, apply_override, parse_override
@@ -200,7 +200,7 @@ def format_plan(plan: Plan) -> str:
 def write_config(plan: Plan, path: str | Path) -> Path:
     """Write the plan's training config as YAML (for `parcae train PATH`)."""
     path = output_file(path, "--write-config")
-    path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(plan.config, sort_keys=False))
     return path
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from parcae.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from parcae.errors import ConfigError
+from parcae.outputs import write_text_atomic
 from parcae.values import is_finite_number, read_yaml
 
 OPTIMIZERS = ("muon", "adamw")
@@ -231,7 +232,7 @@ class TrainConfig:
             raise ConfigError(f"invalid training config: {error}") from None
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
