@@ -240,3 +240,32 @@ def test_a_request_past_the_time_limit_is_a_504(serve_model_dir):
         release.set()
         model.forward = forward
         running.stop()
+
+
+def test_tokenising_a_prompt_never_stalls_other_clients(guarded):
+    """Tokenising runs in a worker thread: while one prompt's encoding is held, /health
+    answers (before, the event loop itself ran the encoding and every client waited)."""
+    tokenizer = guarded.state.tokenizer
+    encode, started, release = tokenizer.encode, threading.Event(), threading.Event()
+
+    def held(text):
+        started.set()
+        release.wait(30)
+        return encode(text)
+
+    tokenizer.encode = held
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.post,
+                f"{guarded.url}/v1/completions",
+                json={"prompt": "To be " * 1000, "max_tokens": 1},
+                timeout=60,
+            )
+            assert started.wait(30)
+            assert httpx.get(f"{guarded.url}/health", timeout=10).status_code == 200
+            release.set()
+            assert pending.result().status_code == 400  # longer than the context
+    finally:
+        release.set()
+        del tokenizer.encode
