@@ -114,9 +114,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     are removed first."""
     path = Path(path)
     _remove_stale_temporaries(path)
-    fd, temporary = tempfile.mkstemp(
-        prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent
-    )
+    try:
+        fd, temporary = tempfile.mkstemp(
+            prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
+    except OSError as error:  # named by the file the caller asked for, not the temporary
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
