@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except ParcaeError as error:
         print(f"parcae: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a path the system refuses (/proc, a full disk): one line too
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"parcae: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("parcae: interrupted", file=sys.stderr)
         return 130

@@ -8,12 +8,13 @@ import ctypes
 import functools
 import json
 import math
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+
+from parcae.outputs import write_text_atomic
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -149,9 +150,7 @@ def _best_seen(key: str, measured: float) -> float:
         seen[key] = best
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(seen, indent=1, sort_keys=True))
-            os.replace(temporary, path)
+            write_text_atomic(path, json.dumps(seen, indent=1, sort_keys=True))
         except OSError:
             pass
     return best

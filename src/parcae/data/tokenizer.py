@@ -22,6 +22,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from parcae.errors import ConfigError, DataError
+from parcae.outputs import write_text_atomic
 
 # GPT-4 (cl100k) pre-split: contractions, words with one leading non-letter, up to 3 digits,
 # punctuation runs, newlines, whitespace.
@@ -121,10 +122,7 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         file = directory / FILE_NAME
-        tmp = file.with_name(file.name + ".tmp")
-        self.backend.save(str(tmp))
-        os.replace(tmp, file)
-        return file
+        return write_text_atomic(file, self.backend.to_str())
 
     @property
     def vocab_size(self) -> int:

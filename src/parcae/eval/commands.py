@@ -4,13 +4,13 @@ results file)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from parcae.cli import add_model_argument
 from parcae.errors import DataError
-from parcae.outputs import check_not_file
+from parcae.outputs import check_not_file, write_json_atomic
 from parcae.scaling.commands import register_fit_law
+from parcae.values import parse_json
 
 
 def register(subparsers) -> None:
@@ -130,14 +130,14 @@ def run_fit_depth(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise DataError(f"{path}: no such results file")
     try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+        results = parse_json(path.read_bytes())
+    except ValueError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(results, dict) or "depths" not in results:
         raise DataError(f"{path}: not a `parcae eval` results file")
     out_dir = check_not_file(args.out or path.parent, "--out")
     fits = _fit_and_report(results, out_dir, path.stem)
     target = out_dir / f"{path.stem}-fit.json"
-    target.write_text(json.dumps(fits, indent=2) + "\n")
+    write_json_atomic(target, fits, indent=2)
     print(f"fit: {target}")
     return 0

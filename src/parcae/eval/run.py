@@ -16,8 +16,6 @@ Depth keys are strings; a fixed-depth model has the one key "fixed".
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from parcae.eval.loss import default_depths, evaluate
 from parcae.eval.selection import resolve_tasks
 from parcae.eval.tasks import load_task
 from parcae.infer.loading import load_for_inference, resolve_model_dir
-from parcae.outputs import output_file
+from parcae.outputs import output_file, write_json_atomic
 
 FIXED = "fixed"
 
@@ -100,9 +98,7 @@ def run_seq_len(model_path: str) -> int | None:
 def write_results(path: Path, results: dict) -> None:
     """Write the results JSON atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(staging, path)
+    write_json_atomic(path, results, indent=2)
 
 
 def default_out(model_path: str) -> Path:
@@ -125,6 +121,11 @@ def run_eval(request: EvalRequest) -> dict:
         raise ConfigError(f"--batch-size must be >= 1, got {request.batch_size}")
     if request.max_per_task is not None and request.max_per_task < 1:
         raise ConfigError(f"--max-per-task must be >= 1, got {request.max_per_task}")
+    if request.seq_len is not None and not 1 <= request.seq_len <= config.context_length:
+        raise ConfigError(
+            f"--seq-len must be in [1, {config.context_length}] (the model's context), "
+            f"got {request.seq_len}"
+        )
     depths = check_depths(model, request.depths or default_depths(model))
     tasks = [load_task(spec, request.max_per_task) for spec in selection.tasks]
     data_dir = validation_dir(request.model, request.data) if selection.bpb else None

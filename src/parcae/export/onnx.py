@@ -39,6 +39,7 @@ onnxscript) gives the same graph, logits within 1e-6 of each other, but takes ~1
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from torch import Tensor, nn
 from parcae.errors import ConfigError, MissingDependencyError
 from parcae.model.base import LanguageModel, check_num_steps
 from parcae.model.cache import CacheSharing
+from parcae.outputs import write_atomic
 
 OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
@@ -228,8 +230,8 @@ def export_onnx(
     model = model.float().cpu().eval()
     step = ExportStep(model, num_steps).eval()
     prompt = [i % config.vocab_size for i in range(1, 4)]
-    temporary = out.with_name(f".{out.name}.tmp")
-    try:
+    with tempfile.TemporaryDirectory() as private:  # the exporter's file, in a 0700 directory
+        temporary = Path(private) / out.name
         _export(step, example_inputs(config, num_steps, prompt), temporary, exporter)
         proto = onnx.load(str(temporary))
         metadata = {
@@ -245,10 +247,7 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key, entry.value = f"parcae.{key}", value
         proto.producer_name = "parcae"
-        onnx.save(proto, str(temporary))
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_atomic(out, lambda handle: handle.write(proto.SerializeToString()))
     return out
 
 

@@ -65,6 +65,13 @@ class OnnxGenerator:
                 f"{path} was exported at loop depth T={exported_steps}, not {num_steps}: "
                 f"export it again with --num-steps {num_steps}"
             )
+        for key in ("vocab_size", "context_length"):  # ids beyond the graph's would crash it
+            exported = metadata.get(f"parcae.{key}")
+            if exported is not None and exported != str(getattr(config, key)):
+                raise CheckpointError(
+                    f"{path} was exported with {key} {exported}, but the model's config has "
+                    f"{getattr(config, key)}: export it again from this model"
+                )
         if config.is_looped and num_steps < 1:
             raise CheckpointError(f"{path} was exported from a model without a loop (a GPT)")
         self.num_steps = num_steps if config.is_looped else 0

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from parcae.hf.configuration import ParcaeHFConfig
 from parcae.model import KVCache, create_model, from_pretrained
 from parcae.model.layers import rotary_tables
 from parcae.model.serialization import read_config
+from parcae.outputs import staged_directory
 
 INITIAL_CACHE_COLUMNS = 256  # the cache grows by doubling beyond this
 
@@ -200,23 +199,12 @@ def convert_official(
     wrapper, fast = _checked_conversion(source, out, tokenizer)
     parent = out.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]
-    staging = None
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.converting-"))
-        with _no_progress_bars():  # on stderr, where an error must be the only line
+        with staged_directory(out) as staging, _no_progress_bars():  # stderr: errors only
             wrapper.save_pretrained(str(staging))
             if fast is not None:
                 fast.save_pretrained(str(staging))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private
-        if out.is_dir():
-            out.rmdir()  # empty, checked above
-        os.replace(staging, out)
     except BaseException as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         for directory in created:  # innermost first
             try:
                 directory.rmdir()

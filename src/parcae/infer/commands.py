@@ -116,7 +116,7 @@ def _check_options(args: argparse.Namespace) -> torch.device:
     """Refuse, naming the flag, every generation option that is invalid whatever the model;
     returns the device. Runs before the model is loaded and before anything is printed."""
     from parcae.device import resolve_device
-    from parcae.infer.engine import MAX_SEED
+    from parcae.infer.engine import MAX_SEED, check_temperature
     from parcae.model.base import check_num_steps
     from parcae.model.cache import CacheSharing
 
@@ -124,10 +124,7 @@ def _check_options(args: argparse.Namespace) -> torch.device:
     check_num_steps(args.num_steps, "--num-steps", PromptError)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise PromptError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if not 0 <= args.temperature < math.inf:
-        raise PromptError(
-            f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}"
-        )
+    check_temperature(args.temperature, "--temperature")
     if args.top_k is not None and args.top_k < 1:
         raise PromptError(f"--top-k must be a positive integer, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:

@@ -2,7 +2,9 @@
 (adaptive test-time depth).
 
 Sampling: `sample_next` draws from softmax(logits / temperature), restricted to the top_k tokens
-and the top_p nucleus (temperature 0 is greedy).
+and the top_p nucleus (temperature 0 is greedy). A temperature is 0 or at least
+`MIN_TEMPERATURE` (`check_temperature`): below it float32 logits / temperature overflow to inf
+(1 / 1e-39 is inf in float32) and the softmax gives NaN.
 
 Exit rules: the model's forward runs the loop (`parcae.model.loop.run_loop`); at inference it
 is given an exit rule, asked after every loop step. A token whose score falls below `eps` stops:
@@ -25,6 +27,7 @@ from torch import Tensor
 
 from parcae.errors import PromptError
 from parcae.model.loop import ExitRule, Readout, relative_update
+from parcae.values import is_finite_number
 
 EXIT_CRITERIA = ("residual", "kl")
 
@@ -86,7 +89,8 @@ def sample_next(
     softmax(logits / temperature) restricted to the top_k tokens and the top_p nucleus."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # max 0: no inf
     if top_k is not None and top_k < logits.shape[-1]:
         threshold = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
@@ -106,12 +110,26 @@ def check_sampling(
 ) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise PromptError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if not 0 <= temperature < math.inf:
-        raise PromptError(f"temperature must be a finite number >= 0, got {temperature}")
+    check_temperature(temperature)
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise PromptError(f"top_k must be a positive integer, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise PromptError(f"top_p must be in (0, 1], got {top_p}")
+
+
+MIN_TEMPERATURE = 1e-6
+
+
+def check_temperature(temperature: float, name: str = "temperature") -> None:
+    """A temperature is 0 (greedy) or a finite number >= MIN_TEMPERATURE (module docstring);
+    PromptError naming `name` otherwise."""
+    if not is_finite_number(temperature) or not (
+        temperature == 0 or temperature >= MIN_TEMPERATURE
+    ):
+        raise PromptError(
+            f"{name} must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, "
+            f"got {temperature!r}"
+        )
 
 
 MAX_SEED = 2**64 - 1

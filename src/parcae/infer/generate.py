@@ -60,6 +60,10 @@ def encode_text_prompt(text: str, tokenizer, add_bos: bool, source: str) -> list
         raise PromptError(
             f"{source} has no tokenizer.json, so text prompts cannot be encoded: pass --prompt-ids"
         )
+    try:  # a command line that is not UTF-8 reaches Python as lone surrogates
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PromptError("the prompt is not valid UTF-8 text") from None
     ids = tokenizer.encode(text)
     return [tokenizer.bos_id, *ids] if add_bos else ids
 

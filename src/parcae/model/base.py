@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from parcae.errors import ConfigError, ParcaeError, PromptError
 from parcae.model.cache import CacheSharing, KVCache
-from parcae.model.config import TransformerConfig
+from parcae.model.config import MAX_NUM_STEPS, TransformerConfig
 from parcae.model.init import init_matrix_, scaled_zero_std
 from parcae.model.layers import Block, RMSNorm, rotary_tables
 from parcae.model.loop import ExitRule, LoopProbe, LoopStats
@@ -33,7 +33,6 @@ from parcae.model.serialization import save_pretrained
 
 # The deepest loop a forward runs: far beyond any trained depth (μ_rec is 4 to 8), and a bound
 # on the work and the cache (one slot per layer and step) that a mistyped depth can ask for.
-MAX_NUM_STEPS = 1024
 
 
 def check_num_steps(

@@ -17,6 +17,7 @@ import yaml
 from parcae.errors import ConfigError
 from parcae.model.config import TransformerConfig
 from parcae.model.flops import expected_depth, forward_flops_per_token, training_flops_per_token
+from parcae.values import read_yaml
 
 
 @dataclass
@@ -53,7 +54,7 @@ def model_config(spec: str, overrides: list[str]) -> TransformerConfig:
         if not sep or not key:
             raise ConfigError(f"expected key=value, got {text!r}")
         try:
-            fields[key] = yaml.safe_load(value)
+            fields[key] = read_yaml(value)
         except yaml.YAMLError as error:
             problem = getattr(error, "problem", None) or type(error).__name__
             raise ConfigError(f"{text!r}: the value is not a YAML scalar ({problem})") from None

@@ -36,6 +36,40 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Upper bounds of the size fields, checked before anything is allocated (README, Guarantees).
+MAX_NUM_STEPS = 1024  # loop depth: mean_recurrence, mean_backprop_depth, num_steps
+UPPER_BOUNDS = {
+    "vocab_size": 1 << 21,
+    "padded_vocab_size": 1 << 21,
+    "padding_multiple": 1 << 16,
+    "context_length": 1 << 20,
+    "d_model": 1 << 16,
+    "ffn_dim": 1 << 18,
+    "n_heads": 1 << 10,
+    "n_kv_heads": 1 << 10,
+    "n_layers": 1 << 10,
+    "n_prelude": 1 << 10,
+    "n_core": 1 << 10,
+    "n_coda": 1 << 10,
+    "mean_recurrence": MAX_NUM_STEPS,
+    "mean_backprop_depth": MAX_NUM_STEPS,
+    "curriculum_steps": 1 << 40,
+}
+
+
+def _require_count(config: Any, name: str, low: int, optional: bool = False) -> None:
+    """config.name is an integer in [low, UPPER_BOUNDS[name]] (or None when `optional`)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    high = UPPER_BOUNDS[name]
+    _require(
+        _is_int(value) and low <= value <= high,
+        name,
+        f"must be an integer in [{low}, {high}], got {value!r}",
+    )
+
+
 def _require_bools(config: Any, names: tuple[str, ...]) -> None:
     for name in names:
         value = getattr(config, name)
@@ -85,19 +119,7 @@ class TransformerConfig:
             "ffn_dim",
             "n_heads",
         ):
-            value = getattr(self, name)
-            _require(
-                _is_int(value) and value > 0,
-                name,
-                f"must be a positive integer, got {value!r}",
-            )
-        for name in ("padded_vocab_size", "n_kv_heads"):
-            value = getattr(self, name)
-            _require(
-                value is None or _is_int(value),
-                name,
-                f"must be a positive integer or null, got {value!r}",
-            )
+            _require_count(self, name, 1)
         for name in ("rope_theta", "norm_eps"):
             value = getattr(self, name)
             _require(is_number(value), name, f"must be a number, got {value!r}")
@@ -107,6 +129,8 @@ class TransformerConfig:
             f"must be a number or null, got {self.logit_softcap!r}",
         )
         _require_bools(self, ("qk_norm", "value_embeddings", "tie_embeddings", "init_orthogonal"))
+        _require_count(self, "padded_vocab_size", 1, optional=True)
+        _require_count(self, "n_kv_heads", 1, optional=True)
         if self.padded_vocab_size is None:
             multiple = self.padding_multiple
             self.padded_vocab_size = multiple * math.ceil(self.vocab_size / multiple)
@@ -196,7 +220,7 @@ class TransformerConfig:
         """Build from `to_dict()` output (the `architecture` key selects the class)."""
         data = dict(data)
         architecture = data.pop("architecture", cls.architecture)
-        config_class = CONFIG_CLASSES.get(architecture)
+        config_class = CONFIG_CLASSES.get(architecture) if isinstance(architecture, str) else None
         if config_class is None:
             raise ConfigError(
                 f"invalid config field 'architecture': {architecture!r} is not one "
@@ -226,11 +250,7 @@ class GPTConfig(TransformerConfig):
 
     def __post_init__(self) -> None:
         self._validate_transformer()
-        _require(
-            _is_int(self.n_layers) and self.n_layers > 0,
-            "n_layers",
-            f"must be a positive integer, got {self.n_layers!r}",
-        )
+        _require_count(self, "n_layers", 1)
 
     @property
     def prelude_layers(self) -> range:
@@ -273,23 +293,10 @@ class ParcaeConfig(TransformerConfig):
     def __post_init__(self) -> None:
         self._validate_transformer()
         for name in ("n_prelude", "n_core", "n_coda", "curriculum_steps"):
-            value = getattr(self, name)
-            _require(
-                _is_int(value) and value >= 0,
-                name,
-                f"must be a non-negative integer, got {value!r}",
-            )
+            _require_count(self, name, 0)
         _require(self.n_core > 0, "n_core", "the recurrent block needs at least one layer")
-        _require(
-            _is_int(self.mean_recurrence) and self.mean_recurrence > 0,
-            "mean_recurrence",
-            f"must be a positive integer, got {self.mean_recurrence!r}",
-        )
-        _require(
-            _is_int(self.mean_backprop_depth) and self.mean_backprop_depth > 0,
-            "mean_backprop_depth",
-            f"must be a positive integer, got {self.mean_backprop_depth!r}",
-        )
+        _require_count(self, "mean_recurrence", 1)
+        _require_count(self, "mean_backprop_depth", 1)
         _require_bools(self, ("prelude_norm", "lockstep_no_grad", "lockstep_grad"))
         _require(
             _is_int(self.state_init_seed),

@@ -21,17 +21,17 @@ import dataclasses
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from parcae.errors import CheckpointError, ParcaeError
 from parcae.model.config import CONFIG_CLASSES, ParcaeConfig, TransformerConfig
+from parcae.outputs import staged_directory, write_atomic, write_text_atomic
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -46,7 +46,7 @@ def read_config(path: Path) -> TransformerConfig:
         raise CheckpointError(f"{path}: no config.json (not a model directory)")
     try:
         data = json.loads(config_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{config_file}: unreadable config ({error})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_file}: expected a JSON object")
@@ -54,8 +54,10 @@ def read_config(path: Path) -> TransformerConfig:
         if "architecture" in data:
             data.pop("parcae_format_version", None)
             data.pop("quantization", None)  # read by read_quantization
-            if "model_type" in data:  # written by transformers: our fields plus its own
+            if "transformers_version" in data:  # written by transformers: ours plus its own
                 data = _parcae_fields(data)
+            elif data.pop("model_type", "parcae") != "parcae":
+                raise CheckpointError(f"{config_file}: model_type must be 'parcae'")
             return TransformerConfig.from_dict(data)
         return ParcaeConfig.from_official(data)
     except ParcaeError as error:
@@ -169,10 +171,15 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write `config.json` and `model.safetensors` into `path`, atomically per file (a model
-    quantized by `parcae.quant` is written in its format)."""
+    """Write `config.json` and `model.safetensors` into `path` (a model quantized by
+    `parcae.quant` is written in its format). A new `path` appears whole or not at all (written
+    in a staging directory, then renamed); into an existing directory, each file is replaced
+    atomically."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        with staged_directory(path) as staging:
+            save_pretrained(model, staging)
+        return
     config = {
         **model.config.to_dict(),
         "model_type": "parcae",
@@ -186,21 +193,5 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
         state = {k: value.detach().cpu().contiguous() for k, value in model.state_dict().items()}
         if model.config.tie_embeddings:
             state.pop("lm_head.weight")
-    _atomic_write(path / "model.safetensors", lambda tmp: save_file(state, tmp))
-    _atomic_write(
-        path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n")
-    )
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over `target`."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path / "model.safetensors", lambda handle: handle.write(save(state)))
+    write_text_atomic(path / "config.json", json.dumps(config, indent=2) + "\n")

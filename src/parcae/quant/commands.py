@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from parcae.errors import ConfigError
@@ -35,7 +34,7 @@ def register(subparsers) -> None:
 def run_quantize(args: argparse.Namespace) -> int:
     from parcae.infer.loading import find_tokenizer, resolve_model_dir
     from parcae.model.serialization import read_config, read_quantization
-    from parcae.outputs import check_not_file, output_directory
+    from parcae.outputs import check_not_file, output_directory, staged_directory
     from parcae.quant.schemes import check_scheme, import_torchao, quantize_model
 
     quantization = check_scheme(args.scheme, args.group_size)
@@ -58,17 +57,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     model = from_pretrained(model_dir)
     check_group_size(model, quantization.group_size)
     quantize_model(model, quantization)
-    created = not out.exists()
-    output_directory(out)
-    try:
-        model.save_pretrained(out)
+    output_directory(out.parent, "the directory of the output")
+    with staged_directory(out) as staging:  # out appears whole (weights, config, tokenizer)
+        model.save_pretrained(staging)
         tokenizer = find_tokenizer(model_dir)
         if tokenizer is not None:
-            tokenizer.save(out)
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+            tokenizer.save(staging)
     before = _size(model_dir / "model.safetensors")
     after = _size(out / "model.safetensors")
     ratio = f" ({after / before:.2f}x)" if before else ""

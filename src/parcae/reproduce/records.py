@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from parcae.outputs import json_safe, write_text_atomic
 from parcae.train.metrics import read_metrics
 
 SPIKE_WINDOW = 20
@@ -114,17 +114,4 @@ def read_table(path: Path) -> dict[str, dict[str, Any]]:
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace the table at `path` with `rows` (written aside, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(json.dumps(_clean(row)) + "\n" for row in rows))
-    os.replace(temporary, path)
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN or infinity: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+    write_text_atomic(path, "".join(json.dumps(json_safe(row)) + "\n" for row in rows))

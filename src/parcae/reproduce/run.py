@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from parcae.errors import ConfigError, DataError, TrainingError
+from parcae.outputs import write_json_atomic
 from parcae.reproduce import studies
 from parcae.reproduce.records import REFERENCE, read_table, run_record, unigram_loss, write_table
 from parcae.reproduce.studies import RunSpec
@@ -94,7 +95,6 @@ def train_run(spec: RunSpec, workspace: Workspace) -> dict[str, Any]:
 
 def write_reference(spec: RunSpec, workspace: Workspace) -> None:
     """RESULTS/reference.json: the unigram loss of the runs' training split (once)."""
-    import json
 
     from parcae.train.data import resolve_data_dir
 
@@ -103,7 +103,7 @@ def write_reference(spec: RunSpec, workspace: Workspace) -> None:
         return
     data_dir = resolve_data_dir(run_config(spec, workspace), prepare=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"unigram_loss": unigram_loss(data_dir)}, indent=1) + "\n")
+    write_json_atomic(path, {"unigram_loss": unigram_loss(data_dir)})
 
 
 def run_specs(study: str, specs: list[RunSpec], workspace: Workspace) -> dict[str, dict]:
@@ -244,7 +244,7 @@ def evaluate_into(workspace: Workspace, model: Path, name: str, tasks: str, dept
     )
     results = run_eval(request)
     results["wall_seconds"] = round(time.perf_counter() - started, 3)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(out, results)
     workspace.say(f"S3: {name}: {tasks} at T={list(depths)} in {results['wall_seconds']:.0f} s")
 
 

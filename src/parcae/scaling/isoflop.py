@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from parcae.errors import DataError
+from parcae.errors import ConfigError, DataError
+from parcae.outputs import write_json_atomic
+from parcae.values import parse_json
 
 PAPER_ALPHA = 0.40  # μ_rec* ∝ C^0.40
 PAPER_BETA = 0.78  # D* ∝ C^0.78
@@ -38,6 +39,9 @@ MIN_BUDGETS = 3
 MIN_DEPTHS = 3
 COLUMNS = ("flops_budget", "mean_recurrence", "seed", "tokens", "val_loss", "status")
 NUMERIC_COLUMNS = ("flops_budget", "mean_recurrence", "tokens", "val_loss")
+
+
+MAX_BOOTSTRAP = 100_000  # resamples of `parcae fit isoflop --bootstrap` (README, Guarantees)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class IsoflopFit:
         """From `to_dict()` output (a fit.json); DataError when it is not one."""
         try:
             mu, tokens = data["mu_rec"], data["tokens"]
-            return cls(
+            fit = cls(
                 budgets=tuple(BudgetOptimum.from_dict(b) for b in data["budgets"]),
                 alpha=float(mu["exponent"]),
                 mu_prefactor=float(mu["prefactor"]),
@@ -152,6 +156,17 @@ class IsoflopFit:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"not an isoflop fit ({type(error).__name__}: {error})") from None
+        return fit.check()
+
+    def check(self) -> IsoflopFit:
+        """DataError unless the fit has budgets, finite laws and counts >= 0 (a degenerate
+        table gives NaN; a hand-edited fit.json anything)."""
+        laws = (self.alpha, self.beta, self.mu_prefactor, self.tokens_prefactor)
+        if not all(math.isfinite(value) for value in laws):
+            raise DataError("the power laws are not finite (a degenerate fit)")
+        if not self.budgets or min(self.points, self.bootstrap, self.bootstrap_used) < 0:
+            raise DataError("not an isoflop fit (no budgets, or a negative count)")
+        return self
 
 
 def read_results(path: str | Path) -> list[Point]:
@@ -161,7 +176,14 @@ def read_results(path: str | Path) -> list[Point]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such results file")
-    with path.open(newline="") as handle:
+    try:
+        return _read_points(path)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a UTF-8 CSV table ({error})") from None
+
+
+def _read_points(path: Path) -> list[Point]:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
@@ -264,6 +286,8 @@ def _power_law(flops: np.ndarray, optima: np.ndarray) -> tuple[float, float]:
 def fit_isoflop(points: list[Point], bootstrap: int = 1000, seed: int = 0) -> IsoflopFit:
     """Per-budget optima, the power laws μ* = a·C^α and D* = b·C^β, and bootstrap 95% CIs of α
     and β over `bootstrap` resamples (seeded by `seed`; 0 resamples: no intervals)."""
+    if not isinstance(bootstrap, int) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be in [0, {MAX_BOOTSTRAP}], got {bootstrap}")
     groups = _group(points)
     _check_enough(groups)
     budgets = tuple(_budget_optimum(c, group) for c, group in groups.items())
@@ -425,9 +449,9 @@ def load_fit(path: str | Path) -> IsoflopFit:
     if not path.is_file():
         raise DataError(f"{path}: no such fit file")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg})") from None
+        data = parse_json(path.read_bytes())
+    except ValueError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict) or data.get("law") != "isoflop":
         raise DataError(f"{path}: not a `parcae fit isoflop` fit.json")
     try:
@@ -441,12 +465,16 @@ def run_fit_isoflop(args: argparse.Namespace) -> int:
     path = Path(args.results)
     points = read_results(path)
     fit = fit_isoflop(points, bootstrap=args.bootstrap, seed=args.seed)
+    try:
+        fit.check()
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
     print(format_fit(fit))
     out_dir = Path(args.out) if args.out else path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     for plot in plot_isoflop(fit, points, out_dir):
         print(f"plot: {plot}")
     target = out_dir / "fit.json"
-    target.write_text(json.dumps(fit.to_dict(), indent=2) + "\n")
+    write_json_atomic(target, fit.to_dict(), indent=2)
     print(f"fit: {target}")
     return 0

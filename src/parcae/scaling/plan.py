@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from parcae.errors import ConfigError
-from parcae.outputs import output_file
+from parcae.model.config import MAX_NUM_STEPS
+from parcae.outputs import output_file, write_text_atomic
 from parcae.scaling.isoflop import PAPER_ALPHA, PAPER_BETA, IsoflopFit, load_fit
 from parcae.scaling.sweep import default_backprop_depth
 from parcae.train.config import BUDGET_KEYS, TrainConfig, apply_override, parse_override
@@ -130,6 +131,11 @@ def plan_training(
             f"paper exponents α={PAPER_ALPHA}, β={PAPER_BETA} anchored at {base.model}: "
             f"μ_rec={mu0} optimal at C0={flops0:.3g} with D0=20·N={tokens0:.3g}"
         )
+    if not mu_exact <= MAX_NUM_STEPS:  # also NaN
+        raise ConfigError(
+            f"--flops {flops:.3g} asks for a mean recurrence of {mu_exact:.4g}, beyond the loop "
+            f"limit of {MAX_NUM_STEPS} steps; plan a smaller budget"
+        )
     mean_recurrence = max(1, round(mu_exact))
     backprop = default_backprop_depth(mean_recurrence)
     model_overrides = {
@@ -194,7 +200,7 @@ def format_plan(plan: Plan) -> str:
 def write_config(plan: Plan, path: str | Path) -> Path:
     """Write the plan's training config as YAML (for `parcae train PATH`)."""
     path = output_file(path, "--write-config")
-    path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(plan.config, sort_keys=False))
     return path
 
 

@@ -32,9 +32,9 @@ then deepest μ first (the costliest first, so that a pool ends evenly).
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import math
-import os
 import resource
 import shutil
 import time
@@ -46,6 +46,8 @@ from typing import Any
 import yaml
 
 from parcae.errors import ConfigError
+from parcae.model.config import MAX_NUM_STEPS
+from parcae.outputs import write_text_atomic
 from parcae.train.config import TrainConfig, load_config, merge_overrides, read_yaml
 
 COLUMNS = (
@@ -68,6 +70,12 @@ COLUMNS = (
 SWEEP_KEYS = ("base", "overrides", "grid", "out_dir")
 GRID_KEYS = ("flops_budget", "mean_recurrence", "seed", "mean_backprop_depth")
 RESULTS = "results.csv"
+
+
+# Bounds of a sweep file, checked before anything is planned or written (README, Guarantees)
+MAX_GRID_POINTS = 10_000
+MAX_SWEEP_FLOPS = 1e24  # a sweep trains every point here; larger budgets are for `plan`
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"no sweep file at {path}")
     try:
-        data = read_yaml(path.read_text()) or {}
+        data = read_yaml(path.read_bytes()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -192,6 +200,11 @@ def _read_grid(path: Path, grid: Any) -> dict[str, list]:
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid '{key}' must be a non-empty list, got {values!r}")
         result[key] = [_grid_value(path, key, value) for value in values]
+    size = math.prod(len(values) for values in result.values())
+    if size > MAX_GRID_POINTS:
+        raise ConfigError(
+            f"{path}: the grid has {size} points, over the limit of {MAX_GRID_POINTS}"
+        )
     return result
 
 
@@ -199,15 +212,19 @@ def _grid_value(path: Path, key: str, value: Any) -> float | int:
     """A budget as a positive float (YAML reads `1e13` as a string), others as integers."""
     if key == "flops_budget":
         try:
-            number = float(value)
+            number = math.nan if isinstance(value, bool) else float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if not number > 0 or math.isinf(number):
-            raise ConfigError(f"{path}: grid flops_budget {value!r} is not a positive number")
+        if not 0 < number <= MAX_SWEEP_FLOPS:
+            raise ConfigError(
+                f"{path}: grid flops_budget {value!r} is not a number in (0, {MAX_SWEEP_FLOPS:g}]"
+            )
         return number
-    smallest = 0 if key == "seed" else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
-        raise ConfigError(f"{path}: grid {key} {value!r} must be an integer >= {smallest}")
+    smallest, largest = (0, MAX_SEED) if key == "seed" else (1, MAX_NUM_STEPS)
+    if not isinstance(value, int) or isinstance(value, bool) or not smallest <= value <= largest:
+        raise ConfigError(
+            f"{path}: grid {key} {value!r} must be an integer in [{smallest}, {largest}]"
+        )
     return value
 
 
@@ -299,12 +316,11 @@ def read_results(path: Path) -> dict[tuple, dict[str, str]]:
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     """Replace the table at `path` with `rows` (written aside, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".csv.tmp")
-    with temporary.open("w", newline="") as file:
-        writer = csv.DictWriter(file, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def append_result(path: Path, row: dict[str, Any]) -> None:

@@ -14,8 +14,12 @@ Endpoints:
   mean loop steps per token, HTTP responses by status);
 - `GET /`: the chat page (`static/`).
 
-A client that disconnects (mid-stream or while waiting for a whole completion) cancels its
-request, which frees its row at the engine's next step. Every error is OpenAI's JSON error
+A client that disconnects (mid-body, mid-stream or while waiting for a whole completion)
+cancels its request, which frees its row at the engine's next step; it is logged in one line
+and counted as `disconnects` (status 499), never as an error. Request bodies are parsed and
+tokenised in a worker thread, so a long prompt never stalls the event loop. The limits on
+clients (read timeout, connection cap, request time limit, API key, CORS) are
+`parcae.serve.guard`'s. Every error is OpenAI's JSON error
 body: `APIError`s, Starlette's HTTP errors (404 unknown path, 405) and validation errors keep
 their status; anything unexpected is a 500 with a generic message (the exception is logged,
 never sent).
@@ -38,14 +42,18 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from parcae.errors import PromptError
 from parcae.serve.batcher import ContinuousBatcher, FinishEvent, QueueFull, TokenEvent
 from parcae.serve.chat_template import ChatTemplate
 from parcae.serve.detokenize import TextAssembler
+from parcae.serve.guard import RequireApiKey, ServerLimits
+from parcae.serve.metrics import CountResponses, metrics_text
 from parcae.serve.protocol import (
     MAX_BODY_BYTES,
     APIError,
@@ -60,6 +68,7 @@ from parcae.serve.protocol import (
 logger = logging.getLogger("parcae.serve")
 STATIC_DIR = Path(str(resources.files("parcae.serve") / "static"))
 DRAIN_FACTOR = 8  # a body over the limit is read (and dropped) up to this many limits
+DISCONNECTED = APIError(499, "the client disconnected", None, "client_disconnected")
 
 
 @dataclass
@@ -75,6 +84,7 @@ class ServingState:
     num_steps: int | None = None
     adaptive_eps: float | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    limits: ServerLimits = field(default_factory=ServerLimits)
     created: int = field(default_factory=lambda: int(time.time()))
     responses: dict[int, int] = field(default_factory=dict)  # HTTP status -> count
 
@@ -145,12 +155,15 @@ async def read_body(request: Request, limit: int) -> dict:
         if int(declared) > limit:
             raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        elif size > DRAIN_FACTOR * limit:
-            break  # stop reading: the connection is closed after the answer
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > DRAIN_FACTOR * limit:
+                break  # stop reading: the connection is closed after the answer
+    except ClientDisconnect:
+        raise DISCONNECTED from None
     if size > limit:
         raise too_large
     return decode_json(b"".join(chunks))
@@ -176,6 +189,7 @@ class Generation:
         self.steps: list[int] = []
         self.finish: FinishEvent | None = None
         self.finish_reason: str | None = None
+        self.timed_out = False
         try:
             self.handle = state.batcher.submit(parsed.request)
         except QueueFull as error:
@@ -185,12 +199,21 @@ class Generation:
             ) from None
         except PromptError as error:
             raise from_prompt_error(error) from None
+        self.deadline = time.monotonic() + state.limits.request_timeout
 
     async def deltas(self):
-        """The text as it becomes final (strings), until the request ends."""
+        """The text as it becomes final (strings), until the request ends or its time limit
+        passes (then `timed_out`: the engine may be busy, so the wait itself is bounded)."""
         try:
             async with aclosing(self.handle.events_async()) as events:
-                async for event in events:
+                while True:
+                    try:
+                        left = self.deadline - time.monotonic()
+                        event = await asyncio.wait_for(anext(events), left)
+                    except asyncio.TimeoutError:
+                        self.timed_out = True
+                        self.state.limits.counters["request_timeouts"] += 1
+                        return
                     if isinstance(event, TokenEvent):
                         self.steps.append(event.loop_steps)
                         text = self.assembler.feed(event.token_id)
@@ -226,6 +249,11 @@ class Generation:
 
     def failure(self) -> APIError:
         """The error of a request that ended neither by stop nor by length."""
+        if self.timed_out:
+            limit = self.state.limits.request_timeout
+            return APIError(
+                504, f"the request ran past the time limit of {limit:g} s", None, "timeout"
+            )
         if self.finish is not None and self.finish.finish_reason == "cancelled":
             return APIError(503, "the server is shutting down; the request was cancelled")
         return APIError(500, "the engine failed while generating; see the server's log")
@@ -286,7 +314,7 @@ async def _complete(generation: Generation, request: Request) -> dict:
             await collector
     if not collector.done() or collector.cancelled() or generation.finish_reason is None:
         if watcher.done() and not watcher.cancelled():
-            raise APIError(499, "the client disconnected")
+            raise DISCONNECTED
         raise generation.failure()
     text = generation.assembler.text
     if generation.chat:
@@ -300,105 +328,6 @@ async def _complete(generation: Generation, request: Request) -> dict:
     response = generation.envelope(choice, chunk=False)
     response["usage"] = generation.usage()
     return response
-
-
-def metrics_text(state: ServingState) -> str:
-    """The Prometheus text exposition of the engine's counters and gauges."""
-    stats = state.batcher.stats()
-    metrics = [
-        ("requests_total", "counter", "Generation requests accepted", stats["requests_total"]),
-        (
-            "requests_rejected_total",
-            "counter",
-            "Generation requests refused because the queue was full (429)",
-            stats["requests_rejected_total"],
-        ),
-        (
-            "requests_finished_total",
-            "counter",
-            "Generation requests ended (any reason)",
-            stats["requests_finished_total"],
-        ),
-        (
-            "requests_cancelled_total",
-            "counter",
-            "Generation requests cancelled (client disconnects, stop sequences)",
-            stats["requests_cancelled_total"],
-        ),
-        ("prompt_tokens_total", "counter", "Prompt tokens prefilled", stats["prompt_tokens_total"]),
-        (
-            "tokens_generated_total",
-            "counter",
-            "Tokens generated",
-            stats["tokens_generated_total"],
-        ),
-        ("decode_steps_total", "counter", "Batched decode steps", stats["decode_steps_total"]),
-        (
-            "tokens_per_second",
-            "gauge",
-            "Tokens generated per second over the last 10 seconds",
-            stats["tokens_per_second"],
-        ),
-        ("queue_depth", "gauge", "Requests waiting for a batch row", stats["queue_depth"]),
-        (
-            "active_batch_size",
-            "gauge",
-            "Requests decoding in the batch now",
-            stats["active_batch_size"],
-        ),
-        ("max_batch_size", "gauge", "Rows of the batch", stats["max_batch"]),
-        ("max_queue_size", "gauge", "Waiting requests allowed", stats["max_queue"]),
-        (
-            "mean_loop_steps_per_token",
-            "gauge",
-            "Mean loop steps per generated token (0 for a GPT)",
-            stats["mean_loop_steps_per_token"],
-        ),
-    ]
-    lines = []
-    for name, kind, help_text, value in metrics:
-        lines += [
-            f"# HELP parcae_{name} {help_text}.",
-            f"# TYPE parcae_{name} {kind}",
-            f"parcae_{name} {float(value):.6g}"
-            if kind == "gauge"
-            else f"parcae_{name} {int(value)}",
-        ]
-    lines += [
-        "# HELP parcae_http_responses_total HTTP responses by status code.",
-        "# TYPE parcae_http_responses_total counter",
-    ]
-    for status, count in sorted(state.responses.items()):
-        lines.append(f'parcae_http_responses_total{{status="{status}"}} {count}')
-    return "\n".join(lines) + "\n"
-
-
-class CountResponses:
-    """ASGI middleware counting HTTP responses by status (an exception counts as a 500)."""
-
-    def __init__(self, app, counts: dict[int, int]) -> None:
-        self.app, self.counts = app, counts
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def counting_send(message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                status = message["status"]
-                self.counts[status] = self.counts.get(status, 0) + 1
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        except Exception:
-            if not started:
-                self.counts[500] = self.counts.get(500, 0) + 1
-            raise
 
 
 def create_app(state: ServingState) -> FastAPI:
@@ -415,10 +344,23 @@ def create_app(state: ServingState) -> FastAPI:
     app = FastAPI(title="parcae", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.serving = state
 
+    limits = state.limits  # middleware, innermost first: key, CORS (preflights need no key), count
+    if limits.api_key is not None:
+        app.add_middleware(RequireApiKey, api_key=limits.api_key)
+    if limits.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(CountResponses, counts=state.responses)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
+        if error is DISCONNECTED:
+            limits.counters["disconnects"] += 1
+            logger.info("client disconnected: %s %s", request.method, request.url.path)
         return _error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
@@ -474,10 +416,10 @@ def create_app(state: ServingState) -> FastAPI:
 
     async def generate(request: Request, chat: bool):
         body = await read_body(request, state.max_body_bytes)
-        if chat:
-            parsed = parse_chat(body, state, state.template)
+        if chat:  # a worker thread: tokenising a long prompt must not stall the event loop
+            parsed = await anyio.to_thread.run_sync(parse_chat, body, state, state.template)
         else:
-            parsed = parse_completion(body, state)
+            parsed = await anyio.to_thread.run_sync(parse_completion, body, state)
         generation = Generation(state, parsed, chat)
         if parsed.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -443,7 +443,7 @@ class ContinuousBatcher:
         out = self.model(ids, cache=cache, last_only=True, exit_rule=exit_rule(eps))
         steps = [int(out.loop.steps[0, -1])] if out.loop is not None else [0]
         tokens = self._sample([sequence], out.logits[:, -1])
-        if self._record(sequence, tokens[0], steps[0]):
+        if tokens[0] is None or self._record(sequence, tokens[0], steps[0]):
             return
         sequence.row = self._free.pop(0)
         self.cache.admit(sequence.row, cache)
@@ -481,20 +481,28 @@ class ContinuousBatcher:
         index = index.to(self.device)
         sampled = self._sample(sequences, out.logits[index, -1])
         for sequence, token in zip(sequences, sampled):
-            self._record(sequence, token, steps[sequence.row])
+            if token is not None:
+                self._record(sequence, token, steps[sequence.row])
 
-    def _sample(self, sequences: list[_Sequence], logits: Tensor) -> list[int]:
-        """Each row's next token from logits (R, V_pad), with its own settings."""
+    def _sample(self, sequences: list[_Sequence], logits: Tensor) -> list[int | None]:
+        """Each row's next token from logits (R, V_pad), with its own settings. A row whose
+        draw fails (NaN or inf logits make torch.multinomial raise) ends alone with `error`
+        and gets None; the other rows keep their tokens."""
         logits = logits[:, : self.config.vocab_size]
         if all(s.request.temperature == 0 for s in sequences):
             return logits.argmax(dim=-1).tolist()
-        tokens = [
-            sample_next(
-                logits[i : i + 1], s.request.temperature, None, s.request.top_p, s.generator
-            )
-            for i, s in enumerate(sequences)
-        ]
-        return torch.cat(tokens).tolist()
+        tokens: list[int | None] = []
+        for i, sequence in enumerate(sequences):
+            request = sequence.request
+            try:
+                token = sample_next(
+                    logits[i : i + 1], request.temperature, None, request.top_p, sequence.generator
+                )
+                tokens.append(int(token))
+            except RuntimeError as error:
+                self._finish(sequence, "error", error=f"sampling failed: {error}")
+                tokens.append(None)
+        return tokens
 
     def _record(self, sequence: _Sequence, token: int, steps: int) -> bool:
         """Count and send `token`; finish the request if it is done (True)."""

@@ -8,6 +8,13 @@ import sys
 
 from parcae.cli import add_model_argument
 from parcae.errors import ConfigError, PromptError
+from parcae.serve.guard import (
+    API_KEY_ENV,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_TIMEOUT_S,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ServerLimits,
+)
 
 
 def register(subparsers) -> None:
@@ -48,6 +55,35 @@ def register(subparsers) -> None:
         help="default per-token early exit threshold (body field adaptive_eps)",
     )
     serve.add_argument("--name", default=None, help="model id to serve (default: the path's name)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on /v1 and /metrics (default: ${API_KEY_ENV})",
+    )
+    serve.add_argument(
+        "--allowed-origins",
+        default=None,
+        metavar="ORIGINS",
+        help="comma-separated origins allowed cross-origin requests (default: none, CORS off)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a connection has to send a whole request, headers and body",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open connections beyond which new ones are refused (503, or closed)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="seconds a generation may run before it ends with 504",
+    )
     serve.add_argument("--device", default="cpu")
     serve.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
@@ -71,6 +107,7 @@ def run_serve(args: argparse.Namespace) -> int:
     check_num_steps(args.max_num_steps, "--max-num-steps", PromptError)
     if args.adaptive is not None and not 0 <= args.adaptive < math.inf:
         raise PromptError(f"--adaptive must be a finite number >= 0, got {args.adaptive}")
+    limits = ServerLimits.from_args(args)
     sock = bind(args.host, args.port)
     try:
         state = load_state(
@@ -82,6 +119,7 @@ def run_serve(args: argparse.Namespace) -> int:
             adaptive_eps=args.adaptive,
             max_num_steps=args.max_num_steps,
             name=args.name,
+            limits=limits,
         )
         host, port = sock.getsockname()[:2]
         print(

@@ -3,10 +3,12 @@
 `parse_completion(body, server)` and `parse_chat(body, server)` turn a decoded JSON body into a
 `Parsed` request (a `GenerationRequest` and the serving options around it), or raise `APIError`:
 
-- 400 `invalid_json`: a body that is not JSON, or not a JSON object;
+- 400 `invalid_json`: a body that is not JSON, not a JSON object, nested too deeply for the
+  parser, or holding a lone surrogate (`"\ud800"`);
 - 400 `missing_required_parameter`: `prompt` / `messages` missing (or null);
 - 422 `invalid_type`: a field of the wrong JSON type (`temperature: "hot"`);
-- 400 `invalid_value`: a value out of range: `max_tokens` <= 0, `temperature` < 0, `top_p`
+- 400 `invalid_value`: a value out of range: `max_tokens` <= 0, `temperature` neither 0
+  nor in [MIN_TEMPERATURE = 1e-6, inf), `top_p`
   outside (0, 1], `seed` outside [0, 2**64), `num_steps` outside [1, the server's maximum]
   (at most 1024), `adaptive_eps` < 0, `n` != 1, more than 4 `stop` sequences, an empty prompt,
   a token id outside the vocabulary;
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from parcae.errors import PromptError
-from parcae.infer.engine import MAX_SEED
+from parcae.infer.engine import MAX_SEED, check_temperature
 from parcae.model.base import MAX_NUM_STEPS
 from parcae.serve.requests import GenerationRequest
 from parcae.values import is_number
@@ -97,6 +99,15 @@ def decode_json(raw: bytes):
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise APIError(400, f"the body is not valid JSON: {error}", None, "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the body is nested too deeply", None, "invalid_json") from None
+    try:  # JSON escapes can spell lone surrogates ("\ud800"), which no tokenizer encodes
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        message = f"the body holds text that is not valid Unicode ({error.reason})"
+        raise APIError(400, message, None, "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the body is nested too deeply", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(
             400, f"the body must be a JSON object, got {_json_type(body)}", None, "invalid_json"
@@ -210,10 +221,11 @@ def _options(body: dict, server: Limits, prompt_ids: list[int], default_tokens: 
         )
     if temperature is None:
         temperature = 1.0
-    elif not 0 <= temperature < math.inf:
-        raise _invalid(
-            "temperature", f"must be a finite number >= 0 (0 is greedy), got {temperature}"
-        )
+    else:
+        try:
+            check_temperature(temperature)
+        except PromptError as error:
+            raise APIError(400, str(error), "temperature", "invalid_value") from None
     if top_p is not None and not 0 < top_p <= 1:
         raise _invalid("top_p", f"must be in (0, 1], got {top_p}")
     if seed is not None and not 0 <= seed <= MAX_SEED:

@@ -4,7 +4,8 @@
 (`tokenizer_config.json` beside the model or in its run directory) and builds the engine.
 `bind(host, port)` opens the listening socket first, so that a port in use is one line
 (`ParcaeError`) and port 0 picks a free port. `serve(state, sock)` blocks (the CLI);
-`ServerThread` runs the same server in a background thread (tests, scripts) and stops it.
+`ServerThread` runs the same server in a background thread (tests, scripts) and stops it. Both
+run uvicorn with the guard of `state.limits` (`parcae.serve.guard`).
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ def load_state(
     adaptive_eps: float | None = None,
     max_num_steps: int | None = None,
     name: str | None = None,
+    limits=None,
 ):
-    """A `ServingState` for the model at `path` (a model or run directory)."""
+    """A `ServingState` for the model at `path` (a model or run directory); `limits`: a
+    `ServerLimits` (default: the defaults)."""
     from parcae.infer.loading import load_for_inference, resolve_model_dir
     from parcae.serve.app import ServingState
     from parcae.serve.batcher import ContinuousBatcher
     from parcae.serve.chat_template import ChatTemplate
+    from parcae.serve.guard import ServerLimits
 
     model, tokenizer = load_for_inference(path, device)
     config = model.config
@@ -67,6 +71,7 @@ def load_state(
         aliases=tuple(a for a in (given, given.rstrip("/")) if a != name),
         num_steps=num_steps,
         adaptive_eps=adaptive_eps,
+        limits=limits or ServerLimits(),
     )
 
 
@@ -95,12 +100,15 @@ def _uvicorn_server(state, log_level: str):
     import uvicorn
 
     from parcae.serve.app import create_app
+    from parcae.serve.guard import deadline_protocol
 
     config = uvicorn.Config(
         create_app(state),
         log_level=log_level,
         access_log=log_level in ("debug", "info"),
         timeout_graceful_shutdown=2,
+        http=deadline_protocol(state.limits),
+        limit_concurrency=state.limits.max_connections,
     )
     return uvicorn.Server(config)
 

@@ -34,12 +34,13 @@ import random
 import re
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from parcae.errors import CheckpointError
+from parcae.outputs import write_atomic
 from parcae.train.config import BUDGET_KEYS, TrainConfig
 from parcae.train.distributed import DistInfo
 
@@ -132,22 +133,6 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through a temporary file beside it (fsync, rename); the temporary file is
-    removed when anything fails."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
     """Write `state` as the checkpoint of `step`, then its `.sha256` (the commit point). On a
     failure (an OSError: disk full, no permission) nothing is left of this save and the other
@@ -157,10 +142,10 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any]
     path = directory / f"step_{step:07d}.pt"
     replaced = False
     try:
-        _write_atomic(path, lambda handle: torch.save(state, handle))
+        write_atomic(path, lambda handle: torch.save(state, handle))
         replaced = True
         line = f"{file_sha256(path)}  {path.name}\n".encode()
-        _write_atomic(hash_path(path), lambda handle: handle.write(line))
+        write_atomic(hash_path(path), lambda handle: handle.write(line))
     except BaseException:
         if replaced:  # the .pt without its hash: an unfinished save of this step
             for leftover in (hash_path(path), path):

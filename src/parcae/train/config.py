@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import yaml
 
 from parcae.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from parcae.errors import ConfigError
-from parcae.values import is_finite_number
+from parcae.outputs import write_text_atomic
+from parcae.values import is_finite_number, read_yaml
 
 OPTIMIZERS = ("muon", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -31,24 +31,6 @@ DEFAULT_MAX_STEPS = 270
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
 TEXTS = ("model", "data", "out_dir", "device", "wandb_project", "sample_prompt")
 SWITCHES = ("compile", "activation_checkpointing", "resume", "progress", "tensorboard", "wandb")
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with the booleans of YAML 1.2: `true`/`false` (any case), nothing else."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def read_yaml(text: str) -> Any:
-    """`text` parsed as YAML with YAML 1.2 booleans (see `_Loader`)."""
-    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass
@@ -250,7 +232,7 @@ class TrainConfig:
             raise ConfigError(f"invalid training config: {error}") from None
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -273,11 +255,25 @@ def _check(condition: bool, name: str, reason: str) -> None:
         raise ConfigError(f"invalid training config '{name}': {reason}", name, reason)
 
 
+# Upper bounds of the counts a user types (README, Guarantees); the model's sizes are bounded
+# by `parcae.model.config.UPPER_BOUNDS`, flops by the step count they imply.
+MAX_BATCH = 1 << 16  # batch_size, micro_batch_size, eval_batch_size (sequences)
+MAX_STEPS = 1 << 40  # max_steps, max_tokens, eval/checkpoint/log periods, eval batches
+MAX_NS_STEPS = 100  # Newton-Schulz iterations of Muon
+UPPER_BOUNDS = {
+    "batch_size": MAX_BATCH,
+    "micro_batch_size": MAX_BATCH,
+    "eval_batch_size": MAX_BATCH,
+    "ns_steps": MAX_NS_STEPS,
+}
+
+
 def _positive_int(value: Any, name: str) -> None:
+    high = UPPER_BOUNDS.get(name, MAX_STEPS)
     _check(
-        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value <= high,
         name,
-        f"must be a positive integer, got {value!r}",
+        f"must be a positive integer (at most {high:,}), got {value!r}",
     )
 
 
@@ -350,7 +346,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"no config file at {path}")
         try:
-            loaded = read_yaml(path.read_text())
+            loaded = read_yaml(path.read_bytes())
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
         if loaded is not None and not isinstance(loaded, dict):

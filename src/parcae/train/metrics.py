@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from parcae.errors import DataError
 from parcae.eval.loss import EvalResult
+from parcae.outputs import write_text_atomic
 from parcae.perf import peak_flops
 from parcae.train.config import TrainConfig
 from parcae.train.distributed import DistInfo
 from parcae.train.model import TrainModel
+from parcae.values import parse_json
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -50,8 +52,8 @@ def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     records = []
     for index, (number, line) in enumerate(lines):
         try:
-            records.append((line, json.loads(line)))
-        except json.JSONDecodeError:
+            records.append((line, parse_json(line)))
+        except ValueError:
             if index == len(lines) - 1:
                 print(f"parcae: {path}:{number}: dropped a torn last line", file=sys.stderr)
                 break
@@ -69,9 +71,7 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line, record in _records(path) if record.get("step", 0) <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _clean(value: Any) -> Any:

@@ -1,6 +1,7 @@
 // The chat page of `parcae serve`: streams replies from /v1/chat/completions (fetch and a
 // ReadableStream read as Server-Sent Events), shows tokens/s and loop steps per token, and sends
-// the depth (num_steps) and temperature chosen above. No build step, no dependencies.
+// the depth (num_steps) and temperature chosen above, and the API key if one is typed (as
+// `Authorization: Bearer KEY`; kept in this tab's sessionStorage). No build step, no dependencies.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,9 +9,18 @@ const conversation = [];
 let modelId = null;
 let busy = false;
 
+function headers(extra) {
+  const key = $("api-key").value.trim();
+  return key ? { ...extra, Authorization: "Bearer " + key } : extra;
+}
+
 async function loadModel() {
   try {
-    const response = await fetch("/v1/models");
+    const response = await fetch("/v1/models", { headers: headers({}) });
+    if (response.status === 401) {
+      setStatus("this server needs an API key: type it above");
+      return;
+    }
     const card = (await response.json()).data[0];
     modelId = card.id;
     $("model-name").textContent = card.id;
@@ -95,7 +105,7 @@ async function send(text) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: headers({ "Content-Type": "application/json" }),
       body: JSON.stringify(body),
     });
     if (!response.ok) {
@@ -155,4 +165,10 @@ $("reset").addEventListener("click", () => {
   setStatus("ready");
 });
 
+const keyInput = $("api-key");
+keyInput.value = sessionStorage.getItem("parcae-api-key") || "";
+keyInput.addEventListener("change", () => {
+  sessionStorage.setItem("parcae-api-key", keyInput.value.trim());
+  if (!modelId) loadModel();
+});
 loadModel();
