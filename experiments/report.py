@@ -18,7 +18,6 @@ compare the PNGs' pixels (matplotlib's rendering differs between versions and ma
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments import analysis, figures, run_records, tables
+from parcae.cli import OneLineParser
 from parcae.errors import DataError, ParcaeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def write(document: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m experiments.report",
         description="Rewrite the marked blocks (tables, figures) of the reproduction report "
         "from the stored result records.",

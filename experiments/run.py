@@ -307,10 +307,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module docstring); bad input is one line on stderr, exit 2."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(
+    from parcae.cli import OneLineParser
+
+    parser = OneLineParser(
         prog="python -m experiments.run",
         description="Run S1 (stability), S2 (quality), S3 (test-time law) and S4 (isoFLOP), or "
         "the ones named; S2 and S3 need S1's results. Each run's record goes to "
