@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.analysis import DepthStudy, Isoflop, Quality, Stability, Stat
-from experiments.run_records import depth_order, s2b_points, s2b_quality, s5_groups
+from experiments.analysis import DepthStudy, Isoflop, Quality, Stability
 
 COLORS = {"parcae": "tab:blue", "rdm": "tab:red", "gpt": "tab:green"}
 
@@ -226,49 +225,3 @@ def s4_isoflop(data: Isoflop, directory: Path) -> list[Path]:
             shutil.move(str(plot), target)
             paths.append(target)
     return paths
-
-
-def s5_figure(records: list[dict], path: Path) -> Path:
-    """Accuracy against difficulty, one panel per task, a line per (model, μ_rec, T)."""
-    plt = _pyplot()
-    groups = s5_groups(records)
-    tasks = sorted({k[0] for k in groups})
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
-        for key in sorted((k for k in groups if k[0] == task), key=str):
-            cells = groups[key]
-            difficulties = sorted(cells, key=depth_order)
-            stats = [Stat.of(cells[d]) for d in difficulties]
-            label = f"{key[1]}" + (f" μ_rec={key[2]} T={key[3]}" if key[2] else "")
-            axis.errorbar(
-                difficulties, [s.mean for s in stats], yerr=[s.std for s in stats], fmt="o-",
-                capsize=3, ms=3, label=label,
-            )  # fmt: skip
-        axis.set_title(f"S5: {task}")
-        axis.set_xlabel("difficulty")
-        axis.set_ylabel("accuracy")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=6)
-    return _save(figure, path)
-
-
-def s2b_figure(records: list[dict], path: Path) -> Path:
-    """Parcae − GPT validation loss against tokens per parameter, at equal tokens (± s.e.) and
-    at equal FLOPs; 0 is where the curves cross."""
-    plt = _pyplot()
-    points = s2b_points(s2b_quality(records))
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    x = [p["per_param"] for p in points]
-    axis.errorbar(
-        x, [p["delta"] for p in points], yerr=[2 * p["error"] for p in points], fmt="o-",
-        capsize=3, label="equal tokens (± 2 s.e.)",
-    )  # fmt: skip
-    axis.plot(x, [p["equal_flops"] for p in points], "s--", label="equal training FLOPs")
-    axis.axhline(0.0, color="gray", lw=0.8)
-    axis.set_xscale("log")
-    axis.set_xlabel("training tokens per parameter")
-    axis.set_ylabel("val loss Parcae − GPT (nats)")
-    axis.set_title("S2b: the gap against tokens per parameter (below 0: Parcae ahead)")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend()
-    return _save(figure, path)

@@ -10,8 +10,9 @@ A block is
     ...generated Markdown...
     <!-- END table:s2 -->
 
-and its body is what `blocks()` gives for that name: a table from `tables` / `run_records`, or
-the image links of a figure (drawn by `figures`). A study without records has an empty block.
+and its body is what `blocks()` gives for that name: a table from `tables` (S1..S4) or
+`summaries` (S5, S2b), or the image links of a figure (S1..S4 drawn by `figures`; S5's and S2b's
+by their own scripts, beside their records). A study without records has empty blocks.
 `--check` compares the text of every block, and that each linked figure file exists; it does not
 compare the PNGs' pixels (matplotlib's rendering differs between versions and machines).
 """
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import analysis, figures, run_records, tables
+from experiments import analysis, figures, summaries, tables
 from parcae.cli import OneLineParser
 from parcae.errors import DataError, ParcaeError
 
@@ -43,23 +44,24 @@ FIGURE_FILES = {
     "figure:s2": ["S2-quality.png"],
     "figure:s3": ["S3-depth-law.png"],
     "figure:s4": ["S4-isoflop-curves.png", "S4-isoflop-laws.png"],
-    "figure:s5": ["S5-accuracy.png"],
-    "figure:s2b": ["S2b-gap.png"],
 }
+STUDY_FIGURES = {"figure:s5": "s5", "figure:s2b": "s2b"}  # RESULTS/<study>/<study>.png
 
 
 class Results:
-    """Every study's numbers, read from `results` (the S1..S4 tables, s5/ and s2b/ records)."""
+    """Every study's numbers, read from `results` (the S1..S4 tables, the s5/ and s2b/
+    summaries)."""
 
     def __init__(self, results: Path) -> None:
+        self.results = results
         self.s1 = analysis.stability(results)
         self.unigram = analysis.reference_unigram_loss(results)
         self.s2 = analysis.quality(results)
         self.s3 = analysis.depth_studies(results)
         self.s4 = analysis.isoflop(results)
         self.walls = analysis.wall_seconds(results)
-        self.s5 = run_records.read_records(results / "s5", run_records.S5_KEYS)
-        self.s2b = run_records.read_records(results / "s2b", run_records.S2B_KEYS)
+        self.s5 = summaries.read_summary(results / "s5")
+        self.s2b = summaries.read_summary(results / "s2b")
 
     def tables(self) -> dict[str, str]:
         """Block name -> its Markdown ("" for a study without records)."""
@@ -75,8 +77,8 @@ class Results:
             "table:s3-tasks": tables.s3_tasks(s3) if s3 else "",
             "table:s4": tables.s4_points(s4) if s4 else "",
             "table:s4-fit": tables.s4_fit(s4) if s4 else "",
-            "table:s5": run_records.s5_table(self.s5),
-            "table:s2b": run_records.s2b_table(self.s2b),
+            "table:s5": summaries.s5_table(self.s5),
+            "table:s2b": summaries.s2b_table(self.s2b),
         }
 
     def drawers(self) -> dict[str, Callable[[Path], list[Path]]]:
@@ -96,26 +98,43 @@ class Results:
             drawers["figure:s3"] = lambda d: [figures.s3_depth(self.s3, d / "S3-depth-law.png")]
         if self.s4 is not None:
             drawers["figure:s4"] = lambda d: figures.s4_isoflop(self.s4, d)
-        if self.s5:
-            drawers["figure:s5"] = lambda d: [figures.s5_figure(self.s5, d / "S5-accuracy.png")]
-        if self.s2b:
-            drawers["figure:s2b"] = lambda d: [figures.s2b_figure(self.s2b, d / "S2b-gap.png")]
         return drawers
 
+    def study_figures(self) -> dict[str, Path]:
+        """Figure block name -> the figure a study script drew beside its records (studies
+        with a summary only)."""
+        present = {"figure:s5": self.s5, "figure:s2b": self.s2b}
+        return {
+            name: self.results / study / f"{study}.png"
+            for name, study in STUDY_FIGURES.items()
+            if present[name]
+        }
 
-def figure_links(names: list[str], figure_dir: Path, document: Path) -> str:
-    """Markdown image links to `figure_dir`/name, relative to the document's folder."""
-    relative = Path(os.path.relpath(figure_dir, document.parent)).as_posix()
-    return "\n\n".join(f"![{Path(name).stem}]({relative}/{name})" for name in names)
+
+def figure_links(paths: list[Path], document: Path) -> str:
+    """Markdown image links to `paths`, relative to the document's folder."""
+    return "\n\n".join(
+        f"![{path.stem}]({Path(os.path.relpath(path, document.parent)).as_posix()})"
+        for path in paths
+    )
 
 
 def blocks(results: Results, figure_dir: Path, document: Path) -> dict[str, str]:
     """Every block's expected body, tables and figure links."""
     expected = results.tables()
-    drawn = results.drawers()
-    for name, files in FIGURE_FILES.items():
-        expected[name] = figure_links(files, figure_dir, document) if name in drawn else ""
+    for name, paths in figure_paths(results, figure_dir).items():
+        expected[name] = figure_links(paths, document) if paths else ""
     return expected
+
+
+def figure_paths(results: Results, figure_dir: Path) -> dict[str, list[Path]]:
+    """Figure block name -> the files it links (none for a study without records)."""
+    drawn, scripted = results.drawers(), results.study_figures()
+    paths = {
+        n: [figure_dir / f for f in files] if n in drawn else []
+        for n, files in FIGURE_FILES.items()
+    }
+    return paths | {n: [scripted[n]] if n in scripted else [] for n in STUDY_FIGURES}
 
 
 def _body(content: str) -> str:
@@ -150,16 +169,14 @@ def fill(text: str, expected: dict[str, str]) -> str:
     )
 
 
-def differences(text: str, expected: dict[str, str], figure_dir: Path) -> list[str]:
-    """The blocks whose body differs from the records, and the linked figures that are missing."""
+def differences(text: str, expected: dict[str, str], figures: dict[str, list[Path]]) -> list[str]:
+    """The blocks whose body differs from the records, and the linked figures (`figure_paths`)
+    that are missing."""
     _check_names(text, expected)
     current = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
     problems = [f"block {n} differs" for n in expected if current[n] != _body(expected[n])]
-    for name, files in FIGURE_FILES.items():
-        if expected.get(name):
-            problems += [
-                f"{name}: no {figure_dir / f}" for f in files if not (figure_dir / f).is_file()
-            ]
+    for name, paths in figures.items():
+        problems += [f"{name}: no {path}" for path in paths if not path.is_file()]
     return problems
 
 
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         results = Results(args.results)
         expected = blocks(results, args.figures, args.document)
         if args.check:
-            problems = differences(text, expected, args.figures)
+            problems = differences(text, expected, figure_paths(results, args.figures))
             for problem in problems:
                 print(problem, file=sys.stderr)
             print(f"{args.document}: {'stale' if problems else 'matches the records'}")

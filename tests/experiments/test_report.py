@@ -10,28 +10,45 @@ from pathlib import Path
 import pytest
 
 from experiments import report
-from experiments.report import BLOCK, DOCUMENT, FIGURES, RESULTS, Results, blocks, differences
+from experiments.report import (
+    BLOCK,
+    DOCUMENT,
+    FIGURES,
+    RESULTS,
+    Results,
+    blocks,
+    differences,
+    figure_paths,
+)
 from tests.bad_input import refuse
 
 
 @pytest.fixture(scope="module")
-def stored() -> dict[str, str]:
+def results() -> Results:
+    return Results(RESULTS)
+
+
+@pytest.fixture(scope="module")
+def stored(results) -> dict[str, str]:
     """The blocks the stored records give."""
-    return blocks(Results(RESULTS), FIGURES, DOCUMENT)
+    return blocks(results, FIGURES, DOCUMENT)
 
 
-def test_the_committed_report_matches_the_stored_records(stored):
-    assert differences(DOCUMENT.read_text(), stored, FIGURES) == []
+def test_the_committed_report_matches_the_stored_records(results, stored):
+    assert differences(DOCUMENT.read_text(), stored, figure_paths(results, FIGURES)) == []
     assert stored["table:s2"] and stored["figure:s4"]  # the studies that ran fill their blocks
     assert stored["table:s5"] == stored["table:s2b"] == ""  # and the pending ones stay empty
 
 
-def test_check_names_a_block_that_differs_and_a_missing_figure(stored, tmp_path):
+def test_check_names_a_block_that_differs_and_a_missing_figure(results, stored, tmp_path):
     text = DOCUMENT.read_text()
     changed = text.replace("| 600 | 1.84M | gpt |", "| 600 | 1.84M | gpt (edited) |", 1)
     assert changed != text
-    assert differences(changed, stored, FIGURES) == ["block table:s2 differs"]
-    problems = differences(text, stored, tmp_path)  # a figure folder without the figures
+    assert differences(changed, stored, figure_paths(results, FIGURES)) == [
+        "block table:s2 differs"
+    ]
+    # a figure folder without the figures
+    problems = differences(text, stored, figure_paths(results, tmp_path))
     assert "figure:s2: no " + str(tmp_path / "S2-quality.png") in problems
 
 
@@ -73,44 +90,94 @@ def test_blocks_are_filled_from_quick_results_and_the_figures_drawn(quick, tmp_p
     assert report.main([*argv, "--figures", str(figures), "--check"]) == 0
 
 
-def _write(directory: Path, name: str, record: dict) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.json").write_text(json.dumps(record))
+S5_SUMMARY = {
+    "parcae-mu2": {
+        "seeds": [0, 1],
+        "params": 1000,
+        "mean_recurrence": 2,
+        "accuracy": {
+            "2": {"1": [0.5, 0.1], "2": [0.9, 0.05], "3": [0.95, 0.01], "4": [0.9, 0.02]},
+            "8": {"1": [0.1, 0.1], "2": [0.3, 0.05], "3": [0.4, 0.01], "4": [0.45, 0.02]},
+        },
+        "mean_accuracy": {
+            "1": [0.3, 0.1],
+            "2": [0.6, 0.05],
+            "3": [0.675, 0.01],
+            "4": [0.675, 0.02],
+        },
+        "depth_law": {"l_inf": 0.7, "Z": 1.2, "z": 1.1, "r2": 0.99, "t95": 3.1, "saturated": False},
+    },
+    "gpt-same-layers": {
+        "seeds": [0, 1],
+        "params": 1000,
+        "mean_recurrence": None,
+        "accuracy": {"2": {"fixed": [0.6, 0.0]}, "8": {"fixed": [0.2, 0.1]}},
+        "mean_accuracy": {"fixed": [0.4, 0.05]},
+    },
+}
+S2B_SUMMARY = {
+    "seeds": [0, 1, 2],
+    "params": 150000,
+    "points": [
+        {
+            "tokens": 1.5e6,
+            "tokens_per_param": 10.0,
+            "equal_tokens": [0.05, 0.01],
+            "equal_flops": [0.2, 0.02],
+        },
+        {
+            "tokens": 3e6,
+            "tokens_per_param": 20.0,
+            "equal_tokens": [-0.01, 0.01],
+            "equal_flops": [0.1, 0.02],
+        },
+    ],
+    "crossing": {"equal_tokens": 20.0, "equal_flops": None},
+}
 
 
-def test_s5_and_s2b_records_fill_their_blocks(tmp_path):
-    for seed, accuracy in ((0, 0.9), (1, 0.7)):
-        _write(
-            tmp_path / "s5",
-            f"parcae-{seed}",
-            dict(model="parcae", mean_recurrence=4, seed=seed, task="chain", params=1000,
-                 accuracy={"4": {"2": accuracy, "8": 0.25}, "8": {"2": 1.0, "8": 0.5}}),
-        )  # fmt: skip
-    for model, losses in (("parcae", (3.0, 3.2)), ("gpt", (3.5, 3.5))):
-        for seed, loss in enumerate(losses):
-            _write(
-                tmp_path / "s2b",
-                f"{model}-{seed}",
-                dict(model=model, seed=seed, params=1000, tokens=20000, train_flops=1e12,
-                     val_loss=loss, val_bpb=loss / 2),
-            )  # fmt: skip
-    results = Results(tmp_path)
-    expected = blocks(results, tmp_path / "figures", tmp_path / "doc.md")
+def _study(directory: Path, summary: dict | None) -> None:
+    """A study's folder as its script leaves it: a run record, the summary, the figure."""
+    directory.mkdir(parents=True)
+    (directory / "run-s0.json").write_text(json.dumps({"seed": 0}))
+    if summary is not None:
+        (directory / "_summary.json").write_text(json.dumps(summary))
+    (directory / f"{directory.name}.png").write_bytes(b"\x89PNG")
+
+
+def test_s5_and_s2b_summaries_fill_their_blocks(tmp_path):
+    _study(tmp_path / "results" / "s5", S5_SUMMARY)
+    _study(tmp_path / "results" / "s2b", S2B_SUMMARY)
+    results = Results(tmp_path / "results")
+    document = tmp_path / "docs" / "doc.md"
+    expected = blocks(results, tmp_path / "figures", document)
     s5 = expected["table:s5"]
-    assert "| chain | parcae | 4 | 4 | 0.800 ± 0.141 | 0.250 ± 0.000 |" in s5  # mean ± std
-    assert "| chain | parcae | 4 | 8 | 1.000 ± 0.000 | 0.500 ± 0.000 |" in s5
-    # Δ = 3.1 − 3.5; s.e. = sqrt(0.1414² / 2 + 0 / 2) = 0.1; 20 tokens per parameter
-    assert "| 0.02M | 20.0 | -0.4000 ± 0.1000 | – |" in expected["table:s2b"]
-    for name, draw in results.drawers().items():
-        assert [p.name for p in draw(tmp_path / "figures")] == report.FIGURE_FILES[name]
+    # T = 1, μ_rec and 2·μ_rec for Parcae (3 is neither), its own depth for the GPT
+    assert "| parcae-mu2 | 2 | 1 | 0, 1 | 0.500 ± 0.100 | 0.100 ± 0.100 | 0.300 ± 0.100 |" in s5
+    assert "| parcae-mu2 | 2 | 4 | 0, 1 | 0.900 ± 0.020 | 0.450 ± 0.020 | 0.675 ± 0.020 |" in s5
+    assert "| 3 | 0, 1 |" not in s5
+    assert "| gpt-same-layers | – | fixed | 0, 1 | 0.600 ± 0.000 | 0.200 ± 0.100 |" in s5
+    assert "| parcae-mu2 | 0.700 | 1.200 | 1.100 | 0.990 | 3.100 | fitted |" in s5
+    s2b = expected["table:s2b"]
+    assert "| 3.00M | 20.0 | -0.010 ± 0.010 | 0.100 ± 0.020 |" in s2b
+    assert "equal_tokens at 20.0 tokens / param; equal_flops none in the range measured" in s2b
+    assert expected["figure:s5"] == "![s5](../results/s5/s5.png)"
+    paths = figure_paths(results, tmp_path / "figures")
+    assert paths["figure:s2b"] == [tmp_path / "results" / "s2b" / "s2b.png"]
+    text = "".join(f"<!-- BEGIN {n} -->\n<!-- END {n} -->\n" for n in expected)
+    filled = report.fill(text, expected)
+    assert differences(filled, expected, paths) == []
+    (tmp_path / "results" / "s5" / "s5.png").unlink()
+    assert differences(filled, expected, paths) == [
+        f"figure:s5: no {tmp_path / 'results' / 's5' / 's5.png'}"
+    ]
 
 
-def test_a_record_without_its_fields_is_refused_in_one_line(tmp_path, capsys):
-    _write(tmp_path / "s5", "broken", dict(model="parcae", seed=0))
-    protect = [tmp_path / "s5", DOCUMENT]
+def test_records_without_a_summary_are_refused_in_one_line(tmp_path, capsys):
+    _study(tmp_path / "s5", None)
     argv = ["--check", "--results", str(tmp_path)]
-    line = refuse(argv, capsys, protect=protect, main=report.main)
-    assert "broken.json" in line and "accuracy" in line
+    line = refuse(argv, capsys, protect=[tmp_path / "s5", DOCUMENT], main=report.main)
+    assert "no _summary.json" in line and "s5_reasoning.py" in line
 
 
 def test_a_document_without_the_blocks_is_refused_in_one_line(tmp_path, capsys):
