@@ -13,7 +13,8 @@ Writes `frontier.json` and `frontier.md` into `--out-dir` and the plot to `--fig
     python benchmarks/frontier.py --parcae runs/.../parcae_... --gpt runs/.../gpt_... \\
         --data ~/.cache/parcae/prepared/shakespeare-v4096
 
-The two models come from training runs, e.g. the S2 reproduction (`parcae reproduce S2`), or:
+The two models come from training runs, e.g. the S2 reproduction
+(`python -m experiments.run --study S2`), or:
 
     parcae train --model parcae-tiny --data shakespeare --vocab-size 4096 --max-steps 600 \\
         --out-dir runs/frontier/parcae  (and the same with --model gpt-tiny)
@@ -41,8 +42,8 @@ OFFSET = {"fp32": (5, 4), "int8": (5, 4), "int4": (5, -11)}
 HOW_TO = """\
 frontier.py needs two trained models of about equal size: --parcae PATH (a looped Parcae) and
 --gpt PATH (a fixed-depth GPT), run or model directories, and --data DIR (their prepared data).
-Make them with the S2 reproduction (parcae reproduce S2, runs/reproduce/S2/{parcae,gpt}_...),
-or train them directly, e.g.:
+Make them with the S2 reproduction (python -m experiments.run --study S2, then
+runs/reproduce/S2/{parcae,gpt}_...), or train them directly, e.g.:
     parcae train --model parcae-tiny --data shakespeare --vocab-size 4096 --max-steps 600 ...
     parcae train --model gpt-tiny    --data shakespeare --vocab-size 4096 --max-steps 600 ...
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from parcae.cli import main
@@ -31,8 +31,14 @@ def checksum(path: str | os.PathLike) -> str | None:
     return digest.hexdigest()
 
 
-def refuse(argv: list[str], capsys, protect: Iterable[str | os.PathLike] = ()) -> str:
-    """Run `parcae ARGV` in this process and assert the bad-input contract; returns the line."""
+def refuse(
+    argv: list[str],
+    capsys,
+    protect: Iterable[str | os.PathLike] = (),
+    main: Callable[[list[str]], int] = main,
+) -> str:
+    """Run `parcae ARGV` (or another command line's `main`, e.g. an experiments script's) in this
+    process and assert the bad-input contract; returns the line."""
     protect = list(protect)
     before = [checksum(path) for path in protect]
     try:

@@ -22,7 +22,6 @@ COMMAND_MODULES = (
     "parcae.eval.commands",
     "parcae.scaling.commands",
     "parcae.scaling.sweep_commands",
-    "parcae.reproduce.commands",
     "parcae.serve.commands",
     "parcae.export.commands",
     "parcae.quant.commands",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from parcae import create_model
 from parcae.eval.loss import default_depths, evaluate
+from tests.train.conftest import data_dir  # noqa: F401 (a fixture)
 
 TINY = dict(vocab_size=64, d_model=64, ffn_dim=128, n_heads=2, context_length=32)
 SPECIAL = 0  # token id with 0 bytes, like BOS
@@ -137,3 +138,18 @@ def test_bf16_autocast_evaluation_is_close_to_fp32(parcae_model):
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
     (bf16,) = evaluate(parcae_model, batches, token_bytes, [2], autocast=autocast)
     assert bf16.loss == pytest.approx(fp32.loss, rel=2e-2)
+
+
+def test_unigram_loss_is_the_entropy_of_the_training_split(data_dir):  # noqa: F811
+    from collections import Counter
+
+    from parcae.data.shards import load_manifest, open_split
+    from parcae.eval.loss import unigram_loss
+
+    counts = Counter()
+    for shard in open_split(data_dir, "train", load_manifest(data_dir)):
+        counts.update(shard.tolist())
+    total = sum(counts.values())
+    entropy = -sum(c / total * math.log(c / total) for c in counts.values())
+    assert unigram_loss(data_dir) == pytest.approx(entropy, rel=1e-9)
+    assert 0 < entropy < math.log(len(counts))  # Shakespeare's tokens are far from uniform

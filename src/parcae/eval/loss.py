@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -153,3 +154,19 @@ def _result(model: nn.Module, depth: int | None, total: dict[str, float]) -> Eva
         state_norm=total["norm"] / batches if looped else None,
         residual=total["residual"] / batches if looped else None,
     )
+
+
+def unigram_loss(data_dir: Path) -> float:
+    """The entropy −Σ p(v) ln p(v) (nats) of the token frequencies p of `data_dir`'s training
+    split: the loss of a model that predicts every token from its frequency alone."""
+    import numpy as np
+
+    from parcae.data.shards import load_manifest, open_split
+
+    manifest = load_manifest(data_dir)
+    counts = sum(
+        np.bincount(s, minlength=manifest["vocab_size"])
+        for s in open_split(data_dir, "train", manifest)
+    )
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

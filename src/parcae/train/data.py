@@ -58,6 +58,12 @@ def resolve_data_dir(config: TrainConfig, prepare: bool, progress: bool = True) 
     return directory
 
 
+def data_vocab_size(config: TrainConfig, prepare: bool = True) -> int:
+    """The number of tokens of `config`'s data tokenizer (the model's vocabulary before
+    padding), preparing the data first when `prepare` and it is missing."""
+    return Tokenizer.load(resolve_data_dir(config, prepare=prepare, progress=False)).vocab_size
+
+
 def batch_split(config: TrainConfig, world_size: int) -> tuple[int, int]:
     """(rows per process per step B/W, rows per micro-batch)."""
     if config.batch_size % world_size:

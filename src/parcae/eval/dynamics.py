@@ -1,8 +1,9 @@
 """The loop as a dynamical system, read off a trained model: the state's norm through depth.
 
 For a stable loop ‖h_t‖ settles (the linear part contracts by ρ(Ā) < 1 each step); for an
-unstable one it grows by about ρ(Ā) per step. S1 traces every trained looped model to twice its
-mean recurrence on the first validation rows.
+unstable one it grows by about ρ(Ā) per step. `loop_trace` reads it for a saved model on the
+first rows of its run's validation split (experiments/ traces every looped model of its S1
+study to twice its mean recurrence).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""`parcae reproduce run`: train (and evaluate) every run of a study, resumably.
+"""Train (and evaluate) every run of a study of docs/REPRODUCTION.md, resumably:
 
-Runs live in `RUNS/<study>/<name>` (models, not committed); each finished run appends its record
-to `RESULTS/<study>.jsonl` (`records.run_record` plus the run's labels, status and wall time),
-rewritten atomically after every run. Re-running skips runs whose record is `done` or
-`diverged`, resumes a run whose directory holds a checkpoint and retries `failed` ones. S3's
-evaluations write `RESULTS/S3/<name>.json` (the `parcae eval` results) and S4 is the isoFLOP
-sweep, its table in `RESULTS/S4/results.csv`.
+    python -m experiments.run [--study S1|S2|S3|S4 ...] [--quick] [--runs DIR] [--results DIR]
+
+from the repository's root. Runs live in `RUNS/<study>/<name>` (models, not committed); each
+finished run appends its record to `RESULTS/<study>.jsonl` (`records.run_record` plus the run's
+labels, status and wall time), rewritten atomically after every run. Re-running skips runs
+whose record is `done` or `diverged`, resumes a run whose directory holds a checkpoint and
+retries `failed` ones. S3's evaluations write `RESULTS/S3/<name>.json` (the `parcae eval`
+results) and S4 is the isoFLOP sweep, its table in `RESULTS/S4/results.csv`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parcae.errors import ConfigError, DataError, TrainingError
+from experiments import studies
+from experiments.records import REFERENCE, read_table, run_record, write_table
+from experiments.studies import RunSpec
+from parcae.errors import ConfigError, DataError, ParcaeError, TrainingError
 from parcae.outputs import write_json_atomic
-from parcae.reproduce import studies
-from parcae.reproduce.records import REFERENCE, read_table, run_record, unigram_loss, write_table
-from parcae.reproduce.studies import RunSpec
 from parcae.train.config import TrainConfig, merge_overrides
 
 Say = Callable[[str], None]
@@ -75,11 +77,9 @@ def train_run(spec: RunSpec, workspace: Workspace) -> dict[str, Any]:
             if "loss is" not in str(error):
                 raise
             nonfinite_at = -1  # the step is filled in from the metrics below
-        from parcae.data.tokenizer import Tokenizer
-        from parcae.train.data import resolve_data_dir
+        from parcae.train.data import data_vocab_size
 
-        vocab_size = Tokenizer.load(resolve_data_dir(config, prepare=False)).vocab_size
-        plan = plan_point(config, vocab_size)
+        plan = plan_point(config, data_vocab_size(config, prepare=False))
         record = run_record(run_dir, nonfinite_at)
         if nonfinite_at is not None:
             record["nonfinite_at"] = record["steps_done"] + 1
@@ -96,6 +96,7 @@ def train_run(spec: RunSpec, workspace: Workspace) -> dict[str, Any]:
 def write_reference(spec: RunSpec, workspace: Workspace) -> None:
     """RESULTS/reference.json: the unigram loss of the runs' training split (once)."""
 
+    from parcae.eval.loss import unigram_loss
     from parcae.train.data import resolve_data_dir
 
     path = workspace.results / REFERENCE
@@ -140,7 +141,7 @@ def _outcome(row: dict[str, Any]) -> str:
 def trace_loops(study: str, workspace: Workspace) -> None:
     """Add `loop_trace` (‖h_t‖ for t = 0..2·μ_rec, `diagnostics.loop_trace`) to each finished
     looped run of `study` that has a saved model and no trace yet."""
-    from parcae.reproduce.diagnostics import loop_trace
+    from parcae.eval.dynamics import loop_trace
 
     path = workspace.table(study)
     rows = read_table(path)
@@ -155,14 +156,9 @@ def trace_loops(study: str, workspace: Workspace) -> None:
 def depth_evals(study: str, workspace: Workspace) -> None:
     """Add `depth_eval` to each finished looped run of `study` that has a saved model and none:
     {"val_loss", "val_bpb"} at T = 1, 2 and μ_rec, in fp32, on the batches of the run's final
-    evaluation (which measured T = μ_rec only), so that looping's gain is read within a run."""
-    import torch
-
-    from parcae.data.loader import iter_eval_batches
-    from parcae.data.tokenizer import Tokenizer
-    from parcae.eval.loss import evaluate
-    from parcae.eval.run import validation_dir
-    from parcae.infer.loading import load_for_inference
+    evaluation (which measured T = μ_rec only), so that looping's gain is read within a run.
+    `parcae eval` measures them (its results file is RUNS/<study>/<name>/depth-eval.json)."""
+    from parcae.eval.run import EvalRequest, run_eval
     from parcae.train.config import load_config
 
     path = workspace.table(study)
@@ -173,24 +169,25 @@ def depth_evals(study: str, workspace: Workspace) -> None:
         if mu is None or "depth_eval" in row or not (run_dir / "model").is_dir():
             continue
         config = load_config(run_dir / "config.yaml")
-        model, _ = load_for_inference(str(run_dir / "model"), device="cpu")
-        data_dir = validation_dir(str(run_dir / "model"), None)
-        batches = iter_eval_batches(
-            data_dir, "val", config.eval_batch_size, config.seq_len, config.final_eval_batches
+        request = EvalRequest(
+            model=str(run_dir / "model"),
+            tasks="bpb",
+            depths=sorted({1, 2, mu}),
+            out=str(run_dir / "depth-eval.json"),
+            batch_size=config.eval_batch_size,
+            bpb_batches=config.final_eval_batches,
+            seq_len=config.seq_len,
+            progress=False,
         )
-        token_bytes = torch.from_numpy(Tokenizer.load(data_dir).token_byte_lengths())
-        results = evaluate(model, batches, token_bytes, sorted({1, 2, mu}))
-        row["depth_eval"] = {
-            "val_loss": {str(r.depth): r.loss for r in results},
-            "val_bpb": {str(r.depth): r.bpb for r in results},
-        }
+        results = run_eval(request)
+        row["depth_eval"] = {"val_loss": results["loss"], "val_bpb": results["bpb"]}
         write_table(path, list(rows.values()))
 
 
 def best_learning_rates(workspace: Workspace) -> dict[str, float]:
     """Each model's S1 learning rate with the lowest seed-0 validation loss (`Stability.best_lr`,
     among runs that did not diverge); refuses when S1 has no such run for parcae or gpt."""
-    from parcae.reproduce.analysis import stability
+    from experiments.analysis import stability
 
     sweep = stability(workspace.results)
     best = {model: sweep.best_lr(model) for model in sweep.models()}
@@ -198,7 +195,7 @@ def best_learning_rates(workspace: Workspace) -> dict[str, float]:
     if missing:
         raise DataError(
             f"S2 and S3 train at S1's best learning rates, and S1 has none for "
-            f"{', '.join(missing)} in {workspace.table('S1')}: run `parcae reproduce run "
+            f"{', '.join(missing)} in {workspace.table('S1')}: run `python -m experiments.run "
             "--study S1` first"
         )
     return best
@@ -256,7 +253,7 @@ def run_s4(workspace: Workspace) -> None:
     if not Path(studies.ISOFLOP_SWEEP).is_file():
         raise ConfigError(
             f"S4 runs the sweep {studies.ISOFLOP_SWEEP}, a path in the parcae repository: "
-            "run `parcae reproduce run` from the repository's root"
+            "run `python -m experiments.run` from the repository's root"
         )
     sweep = load_sweep(studies.ISOFLOP_SWEEP)
     sweep.out_dir = workspace.runs / "S4"
@@ -277,16 +274,12 @@ def run_s4(workspace: Workspace) -> None:
 
 def quick_budgets(config: TrainConfig) -> list[float]:
     """Budgets of about 3, 6 and 12 steps at μ_rec = 1 (a smoke test of the sweep)."""
-    from parcae.data.tokenizer import Tokenizer
-    from parcae.model.flops import training_flops_per_token
-    from parcae.train.data import resolve_data_dir
-    from parcae.train.model import build_model_config
+    from parcae.scaling.sweep import plan_point
+    from parcae.train.data import data_vocab_size
 
-    vocab_size = Tokenizer.load(resolve_data_dir(config, prepare=True)).vocab_size
     shallow = merge_overrides(config.to_dict(), {"model_overrides": {"mean_recurrence": 1}})
-    model_config = build_model_config(TrainConfig.from_dict(shallow), vocab_size)
-    step = training_flops_per_token(model_config, config.seq_len) * config.batch_size
-    step *= config.seq_len
+    plan = plan_point(TrainConfig.from_dict(shallow), data_vocab_size(config))
+    step = plan["flops_per_token"] * config.batch_size * config.seq_len
     return [3 * step, 6 * step, 12 * step]
 
 
@@ -307,3 +300,62 @@ def run_study(study: str, workspace: Workspace) -> float:
     else:
         run_s4(workspace)
     return time.perf_counter() - started
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docstring); bad input is one line on stderr, exit 2."""
+    import sys
+
+    from parcae.cli import OneLineParser
+
+    parser = OneLineParser(
+        prog="python -m experiments.run",
+        description="Run S1 (stability), S2 (quality), S3 (test-time law) and S4 (isoFLOP), or "
+        "the ones named; S2 and S3 need S1's results. Each run's record goes to "
+        "RESULTS/<study>.jsonl as soon as it finishes; finished runs are skipped.",
+    )
+    parser.add_argument(
+        "--study",
+        choices=studies.STUDIES,
+        action="append",
+        help="a study to run (repeatable; default: all four in order)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test of the plumbing: a few steps, fewer runs"
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="where the runs (models, checkpoints) go (default runs/reproduce, with --quick "
+        "runs/reproduce-quick)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"the results tables (default {RESULTS}; with --quick RUNS/results, so that a smoke "
+        "test never mixes with the stored results)",
+    )
+    args = parser.parse_args(argv)
+    runs = args.runs or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
+    results = args.results or (runs / "results" if args.quick else RESULTS)
+    try:
+        from parcae.outputs import check_not_file
+
+        runs, results = check_not_file(runs, "--runs"), check_not_file(results, "--results")
+        workspace = Workspace(runs, results, quick=args.quick)
+        for study in args.study or list(studies.STUDIES):
+            seconds = run_study(study, workspace)
+            print(f"{study}: finished in {seconds / 60:.1f} min")
+    except ParcaeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.records import REFERENCE, count_spikes, read_table, status
 from parcae.errors import DataError
 from parcae.eval.law import DepthLaw, fit_depth_law
-from parcae.reproduce.records import REFERENCE, count_spikes, read_table, status
 
 
 @dataclass(frozen=True)

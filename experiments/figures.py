@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parcae.reproduce.analysis import DepthStudy, Isoflop, Quality, Stability
+from experiments.analysis import DepthStudy, Isoflop, Quality, Stability
 
 COLORS = {"parcae": "tab:blue", "rdm": "tab:red", "gpt": "tab:green"}
 

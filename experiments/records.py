@@ -42,22 +42,6 @@ def final_train_loss(losses: list[float]) -> float:
     return sum(tail) / len(tail) if tail else math.nan
 
 
-def unigram_loss(data_dir: Path) -> float:
-    """The entropy (nats) of the training split's token frequencies: the loss of a model that
-    predicts every token from its frequency alone."""
-    import numpy as np
-
-    from parcae.data.shards import load_manifest, open_split
-
-    manifest = load_manifest(data_dir)
-    counts = sum(
-        np.bincount(s, minlength=manifest["vocab_size"])
-        for s in open_split(data_dir, "train", manifest)
-    )
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
 def status(record: dict[str, Any], unigram: float | None) -> str:
     """done, stalled or diverged (see the module docstring)."""
     if record["diverged"]:
