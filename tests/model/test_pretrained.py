@@ -98,7 +98,7 @@ def test_unreadable_config_and_corrupt_weights(tmp_path):
 
 
 def test_missing_directory_and_missing_config(tmp_path):
-    with pytest.raises(CheckpointError, match="no such model directory"):
+    with pytest.raises(CheckpointError, match="no such model or run directory"):
         parcae.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="no config.json"):
         parcae.from_pretrained(tmp_path)

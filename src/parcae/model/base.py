@@ -157,11 +157,19 @@ class LanguageModel(nn.Module):
         if not config.tie_embeddings:
             init_matrix_(self.lm_head.weight, std, config.init_orthogonal)
         self.transformer.ln_f.weight.fill_(1.0)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Recompute the derived, unsaved buffers (the rotary tables) on the token table's
+        device: after `reset_parameters`, or after weights were assigned to a `meta` model."""
+        config = self.config
         cos, sin = rotary_tables(
-            config.head_dim, config.context_length, config.rope_theta, device=self.rope_cos.device
+            config.head_dim,
+            config.context_length,
+            config.rope_theta,
+            device=self.transformer.wte.weight.device,
         )
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        self.rope_cos, self.rope_sin = cos, sin
 
     # ---------------------------------------------------------------- layout
 

@@ -96,7 +96,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if weights_file.suffix == ".safetensors":
             state = load_file(weights_file)
         else:
-            state = torch.load(weights_file, map_location="cpu", weights_only=True)
+            state = _load_pickled(weights_file)
     except (
         OSError,
         RuntimeError,
@@ -114,6 +114,18 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return normalise_keys(state)
 
 
+def _load_pickled(weights_file: Path) -> Any:
+    """A `torch.save` file read with `weights_only=True`, its tensors memory-mapped (read from
+    disk when touched, never copied whole into memory); the legacy non-zip format, which cannot
+    be mapped, is read whole."""
+    try:
+        return torch.load(weights_file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(weights_file, map_location="cpu", weights_only=True)
+
+
 def normalise_keys(state: dict[str, Any]) -> dict[str, Any]:
     """Strip wrapper prefixes and drop buffers that are derived from the config."""
     normalised = {}
@@ -129,12 +141,25 @@ def normalise_keys(state: dict[str, Any]) -> dict[str, Any]:
     return normalised
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Copy `state` into `model`, naming every missing, unexpected or mis-shaped key."""
+def load_state_dict_strict(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    source: str,
+    assign_to: tuple[torch.device, torch.dtype] | None = None,
+) -> None:
+    """Copy `state` into `model`, naming every missing, unexpected or mis-shaped key.
+
+    assign_to: (device, dtype) to make `state`'s tensors the model's own parameters instead of
+    copying them (a model built on `meta`): each floating-point tensor is moved or cast there
+    one at a time (no copy when it already is), and a tied head is tied again. `state` is
+    consumed: its entries are replaced, so a cast original is freed as soon as it is cast.
+    """
     expected = model.state_dict()
     tied = getattr(model.config, "tie_embeddings", False)
     if tied and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-        state = {**state, "lm_head.weight": state["transformer.wte.weight"]}
+        if assign_to is None:
+            state = {**state}
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     problems = []
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -165,7 +190,18 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
         )
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    if assign_to is None:
+        model.load_state_dict(state, strict=True)
+        return
+    device, dtype = assign_to
+    for key, value in state.items():  # in place: a cast original is freed at once
+        if not (tied and key == "lm_head.weight"):
+            state[key] = value.to(device, dtype if value.is_floating_point() else None)
+    if tied:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        model.tie_weights()
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
