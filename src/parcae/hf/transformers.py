@@ -36,6 +36,7 @@ except ModuleNotFoundError:
 from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from parcae.hf.configuration import ParcaeHFConfig
 from parcae.model import KVCache, create_model, from_pretrained
+from parcae.model.hub import is_hub_name, resolve_model_dir
 from parcae.model.layers import rotary_tables
 from parcae.model.serialization import read_config
 
@@ -186,8 +187,9 @@ def to_transformers_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 def convert_official(
     source: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None
 ) -> Path:
-    """Convert an official checkpoint directory into one that `parcae.from_pretrained` and
-    `AutoModelForCausalLM.from_pretrained` both load; optionally save a tokenizer with it.
+    """Convert an official checkpoint (a directory, or a Hub repo `org/name[@revision]`) into
+    one that `parcae.from_pretrained` and `AutoModelForCausalLM.from_pretrained` both load;
+    optionally save a tokenizer with it.
 
     Every argument is checked before anything is written: `source` must be an official
     checkpoint (its flat `config.json`, not ours) whose weights load strictly; `out` must not
@@ -197,6 +199,8 @@ def convert_official(
     failure midway leaves no `out` that looks complete.
     """
     source, out = Path(source), Path(out)
+    if not source.exists() and is_hub_name(str(source)):
+        source = resolve_model_dir(source)
     wrapper, fast = _checked_conversion(source, out, tokenizer)
     parent = out.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]

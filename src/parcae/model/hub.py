@@ -134,7 +134,8 @@ def download(
             f"cache; download it where there is network (`hf download {repo}`), copy the "
             f"folder here and pass --model DIR"
         ) from None
-    except OSError as error:  # HTTP errors, connection lost, a size mismatch (cut short)
+    except Exception as error:  # noqa: BLE001 - HTTP errors, connection lost, a size mismatch
+        # (cut short): their types depend on huggingface_hub's HTTP client and version
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{label}: download failed ({first}); nothing partial was kept, try again"
