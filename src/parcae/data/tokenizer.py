@@ -193,6 +193,12 @@ class Tokenizer:
         """Token ids of `text` (no BOS added)."""
         return self.backend.encode(text, add_special_tokens=False).ids
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt: BOS, then `text`'s ids. The one BOS rule of generation
+        (the released models were trained on BOS-separated documents): `parcae generate`,
+        chat, the server and the transformers tokenizer of `parcae.hf` all start with BOS."""
+        return [self.bos_id, *self.encode(text)]
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, encoded in parallel on all CPU cores (no BOS added)."""
         encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)

@@ -60,8 +60,7 @@ def encode_text_prompt(text: str, tokenizer, add_bos: bool, source: str) -> list
         raise PromptError(
             f"{source} has no tokenizer.json, so text prompts cannot be encoded: pass --prompt-ids"
         )
-    ids = tokenizer.encode(text)
-    return [tokenizer.bos_id, *ids] if add_bos else ids
+    return tokenizer.encode_prompt(text) if add_bos else tokenizer.encode(text)
 
 
 def prepare_prompts(
