@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import processors
 from torch import Tensor
 
 from parcae.errors import CheckpointError, DataError, MissingDependencyError, PromptError
@@ -33,7 +35,7 @@ try:
 except ModuleNotFoundError:
     raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 
-from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from parcae.data.tokenizer import Tokenizer
 from parcae.hf.configuration import ParcaeHFConfig
 from parcae.model import KVCache, create_model, from_pretrained
 from parcae.model.hub import is_hub_name, resolve_model_dir
@@ -179,9 +181,24 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> PreTrainedT
 
 
 def to_transformers_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer.backend, bos_token=BOS, eos_token=EOS, pad_token=PAD
+    """Our tokenizer as transformers' fast tokenizer, with the BOS rule of
+    `Tokenizer.encode_prompt`: encoding a text (`add_special_tokens=True`, transformers'
+    default) puts BOS first, so `model.generate(**tok(text))` continues what `parcae generate`
+    continues. The special-token names and chat template are the tokenizer's."""
+    backend = HFTokenizer.from_str(tokenizer.backend.to_str())
+    bos = tokenizer.special_names["bos"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_id)]
     )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=tokenizer.special_names["eos"],
+        pad_token=tokenizer.special_names["pad"],
+    )
+    if tokenizer.chat_template is not None:
+        fast.chat_template = tokenizer.chat_template
+    return fast
 
 
 def convert_official(
