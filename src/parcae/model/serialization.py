@@ -96,7 +96,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if weights_file.suffix == ".safetensors":
             state = load_file(weights_file)
         else:
-            state = _load_pickled(weights_file)
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
     except (
         OSError,
         RuntimeError,
@@ -112,18 +112,6 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{weights_file}: expected a state dict, got {type(state).__name__}")
     return normalise_keys(state)
-
-
-def _load_pickled(weights_file: Path) -> Any:
-    """A `torch.save` file read with `weights_only=True`, its tensors memory-mapped (read from
-    disk when touched, never copied whole into memory); the legacy non-zip format, which cannot
-    be mapped, is read whole."""
-    try:
-        return torch.load(weights_file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
-            raise
-        return torch.load(weights_file, map_location="cpu", weights_only=True)
 
 
 def normalise_keys(state: dict[str, Any]) -> dict[str, Any]:
