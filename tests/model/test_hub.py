@@ -181,3 +181,17 @@ def test_flops_fetches_the_config_only_and_convert_takes_a_name(hub, tmp_path, c
     assert main(["convert", "official", REPO, str(tmp_path / "converted")]) == 0
     converted = parcae.from_pretrained(tmp_path / "converted")
     assert torch.equal(logits(converted), logits(parcae.from_pretrained(OFFICIAL_FIXTURE)))
+
+
+def test_unreachable_hub_without_cache_says_how_to_get_it(hub, monkeypatch):
+    unreachable = "http://127.0.0.1:9"  # the discard port: connection refused
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        unreachable + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(REPO)
+    message = str(error.value)
+    assert "\n" not in message and "cannot be reached" in message and "--model DIR" in message
