@@ -14,6 +14,8 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OFFICIAL_FIXTURE = FIXTURES / "official" / "parcae-a"
+# the released models' tokenizer layout: tokenizer.json + tokenizer_config.json (vocabulary 512)
+OFFICIAL_TOKENIZER = FIXTURES / "official" / "tokenizer"
 SHAKESPEARE_DIR = FIXTURES / "shakespeare"
 BIGBENCH_DIR = FIXTURES / "bigbench"
 HARNESS_DIR = FIXTURES / "harness"  # lm-eval task YAMLs and their jsonl (tests/eval)

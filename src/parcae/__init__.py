@@ -22,6 +22,16 @@ register_with_transformers()  # AutoConfig / AutoModelForCausalLM, once transfor
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`parcae.Tokenizer` (text <-> ids), imported on first use: `tokenizers` is not light."""
+    if name == "Tokenizer":
+        from parcae.data.tokenizer import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(f"module 'parcae' has no attribute {name!r}")
+
+
 __all__ = [
     "GPT",
     "CausalLMOutput",
@@ -34,6 +44,7 @@ __all__ = [
     "ParcaeConfig",
     "ParcaeError",
     "PromptError",
+    "Tokenizer",
     "TransformerConfig",
     "create_model",
     "from_pretrained",

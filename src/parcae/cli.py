@@ -30,9 +30,12 @@ COMMAND_MODULES = (
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """`--model` as every command that loads a trained model takes it (resolved by
-    `parcae.infer.loading`)."""
+    `parcae.model.hub.resolve_model_dir`)."""
     parser.add_argument(
-        "--model", required=True, help="a run directory, a saved model or an official checkpoint"
+        "--model",
+        required=True,
+        help="a run directory, a saved model or an official checkpoint, or a Hugging Face Hub "
+        "repo org/name[@revision] (a local path wins over a Hub name)",
     )
 
 

@@ -12,6 +12,7 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from parcae.errors import ConfigError, DataError
+from tests.conftest import OFFICIAL_TOKENIZER, SHAKESPEARE_DIR
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=200)
 
@@ -119,3 +120,56 @@ def test_train_refuses_empty_input():
 def test_bytes_per_token_is_bytes_over_tokens(tokenizer):
     text = "Fair is foul, and foul is fair"
     assert tokenizer.bytes_per_token([text]) == len(text.encode()) / len(tokenizer.encode(text))
+
+
+def _foreign_backend(specials: list[str]) -> HFTokenizer:
+    vocab = {name: index for index, name in enumerate(specials)}
+    vocab |= {"a": len(vocab), "b": len(vocab) + 1, "ab": len(vocab) + 2}
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=[("a", "b")]))
+    backend.add_special_tokens(specials)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def test_released_layout_reads_specials_and_chat_template_from_its_config():
+    loaded = Tokenizer.load(OFFICIAL_TOKENIZER)
+    assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (0, 1, 2)
+    assert loaded.vocab_size == 512
+    config = json.loads((OFFICIAL_TOKENIZER / "tokenizer_config.json").read_text())
+    assert loaded.chat_template == config["chat_template"]
+
+
+def test_released_layout_counts_every_byte_once_and_specials_as_none():
+    loaded = Tokenizer.load(OFFICIAL_TOKENIZER)
+    lengths = loaded.token_byte_lengths()
+    assert lengths[[0, 1, 2]].tolist() == [0, 0, 0]
+    text = (SHAKESPEARE_DIR / "sonnets_gut.txt").read_text()[:5000] + " naïve — 東京 🙂"
+    ids = loaded.encode(text)
+    assert int(lengths[ids].sum()) == len(text.encode())
+    assert loaded.decode(ids) == text
+
+
+def test_special_token_names_come_from_tokenizer_config(tmp_path):
+    _foreign_backend(["<s>", "</s>"]).save(str(tmp_path / "tokenizer.json"))
+    config = {"bos_token": {"content": "<s>"}, "eos_token": "</s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = Tokenizer.load(tmp_path)
+    assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (0, 1, 1)  # EOS pads
+    assert loaded.chat_template is None
+    assert loaded.token_byte_lengths().tolist() == [0, 0, 1, 1, 2]
+
+
+def test_a_config_naming_an_absent_token_is_refused(tmp_path):
+    _foreign_backend(["<s>", "</s>"]).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<start>"}))
+    with pytest.raises(DataError, match="lacks the special token.*<start>"):
+        Tokenizer.load(tmp_path)
+
+
+def test_save_writes_the_config_a_load_reads_back(tmp_path):
+    loaded = Tokenizer.load(OFFICIAL_TOKENIZER)
+    loaded.save(tmp_path)
+    again = Tokenizer.load(tmp_path)
+    assert again.chat_template == loaded.chat_template and again.hash == loaded.hash
+    assert again.special_names == loaded.special_names

@@ -78,7 +78,7 @@ def test_loss_shifts_labels_like_transformers(official_model):
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
-def test_text_generation_pipeline_with_our_tokenizer(tmp_path, tokenizer):
+def test_text_generation_pipeline_and_parcae_generate_agree(tmp_path, tokenizer, capsys):
     torch.manual_seed(0)
     model = parcae.create_model(
         "parcae-tiny", vocab_size=300, d_model=64, n_heads=2, ffn_dim=128, context_length=64
@@ -91,9 +91,13 @@ def test_text_generation_pipeline_with_our_tokenizer(tmp_path, tokenizer):
     save_tokenizer(tokenizer, tmp_path)
     generator = pipeline("text-generation", model=str(tmp_path), tokenizer=str(tmp_path))
     text = generator("To be", max_new_tokens=5, do_sample=False)[0]["generated_text"]
-    ids = [*tokenizer.encode("To be")]
+    ids = tokenizer.encode_prompt("To be")  # the one BOS rule: BOS first
     expected = generate(model, ids, 5, temperature=0, eos_token_id=tokenizer.eos_id)
-    assert text == tokenizer.decode(expected[0].tolist())
+    assert text == tokenizer.decode(expected[0, 1:].tolist())
+    assert AutoTokenizer.from_pretrained(tmp_path)("To be")["input_ids"] == ids
+    argv = ["generate", "--model", str(tmp_path), "--prompt", "To be", "--temperature", "0"]
+    assert main([*argv, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == text
     assert AutoTokenizer.from_pretrained(tmp_path).eos_token == "<|eos|>"
 
 

@@ -98,7 +98,7 @@ def test_unreadable_config_and_corrupt_weights(tmp_path):
 
 
 def test_missing_directory_and_missing_config(tmp_path):
-    with pytest.raises(CheckpointError, match="no such model directory"):
+    with pytest.raises(CheckpointError, match="no such model or run directory"):
         parcae.from_pretrained(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="no config.json"):
         parcae.from_pretrained(tmp_path)
@@ -112,3 +112,25 @@ def test_official_config_refusal_surfaces_as_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError) as error:
         parcae.from_pretrained(directory)
     _assert_one_line(error, "nonlin_name")
+
+
+def test_run_directory_and_tokenizer_from_the_package(tmp_path):
+    model = parcae.create_model("parcae-tiny", **SMALL).eval()
+    model.save_pretrained(tmp_path / "run" / "model")
+    loaded = parcae.from_pretrained(tmp_path / "run")  # as generate, eval and serve take it
+    ids = torch.randint(0, 128, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    tokenizer = parcae.Tokenizer.train(["to be or not to be"] * 4, vocab_size=270)
+    assert tokenizer.encode_prompt("to be")[0] == tokenizer.bos_id
+
+
+def test_loading_assigns_the_files_tensors_in_the_requested_dtype(tmp_path):
+    model = parcae.create_model("parcae-tiny", **SMALL).eval()
+    model.save_pretrained(tmp_path)
+    loaded = parcae.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert not any(p.is_meta for p in loaded.parameters()) and not loaded.rope_cos.is_meta
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value.to(torch.bfloat16)), key

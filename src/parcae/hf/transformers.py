@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import processors
 from torch import Tensor
 
 from parcae.errors import CheckpointError, DataError, MissingDependencyError, PromptError
@@ -31,9 +33,10 @@ try:
 except ModuleNotFoundError:
     raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 
-from parcae.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from parcae.data.tokenizer import Tokenizer
 from parcae.hf.configuration import ParcaeHFConfig
 from parcae.model import KVCache, create_model, from_pretrained
+from parcae.model.hub import is_hub_name, resolve_model_dir
 from parcae.model.layers import rotary_tables
 from parcae.model.serialization import read_config
 from parcae.outputs import staged_directory
@@ -177,16 +180,32 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | os.PathLike) -> PreTrainedT
 
 
 def to_transformers_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer.backend, bos_token=BOS, eos_token=EOS, pad_token=PAD
+    """Our tokenizer as transformers' fast tokenizer, with the BOS rule of
+    `Tokenizer.encode_prompt`: encoding a text (`add_special_tokens=True`, transformers'
+    default) puts BOS first, so `model.generate(**tok(text))` continues what `parcae generate`
+    continues. The special-token names and chat template are the tokenizer's."""
+    backend = HFTokenizer.from_str(tokenizer.backend.to_str())
+    bos = tokenizer.special_names["bos"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_id)]
     )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=tokenizer.special_names["eos"],
+        pad_token=tokenizer.special_names["pad"],
+    )
+    if tokenizer.chat_template is not None:
+        fast.chat_template = tokenizer.chat_template
+    return fast
 
 
 def convert_official(
     source: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None
 ) -> Path:
-    """Convert an official checkpoint directory into one that `parcae.from_pretrained` and
-    `AutoModelForCausalLM.from_pretrained` both load; optionally save a tokenizer with it.
+    """Convert an official checkpoint (a directory, or a Hub repo `org/name[@revision]`) into
+    one that `parcae.from_pretrained` and `AutoModelForCausalLM.from_pretrained` both load;
+    optionally save a tokenizer with it.
 
     Every argument is checked before anything is written: `source` must be an official
     checkpoint (its flat `config.json`, not ours) whose weights load strictly; `out` must not
@@ -196,6 +215,8 @@ def convert_official(
     failure midway leaves no `out` that looks complete.
     """
     source, out = Path(source), Path(out)
+    if not source.exists() and is_hub_name(str(source)):
+        source = resolve_model_dir(source)
     wrapper, fast = _checked_conversion(source, out, tokenizer)
     parent = out.parent
     created = [p for p in (parent, *parent.parents) if not p.exists()]

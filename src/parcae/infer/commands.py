@@ -51,7 +51,9 @@ def register(subparsers) -> None:
         "official",
         help="an official Parcae checkpoint -> a directory loadable by parcae and by transformers",
     )
-    official.add_argument("src", help="official checkpoint directory")
+    official.add_argument(
+        "src", help="official checkpoint directory, or a Hub repo org/name[@revision]"
+    )
     official.add_argument(
         "out",
         help="output directory: must not exist or be empty (it is written beside, as a "

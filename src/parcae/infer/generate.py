@@ -64,8 +64,7 @@ def encode_text_prompt(text: str, tokenizer, add_bos: bool, source: str) -> list
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise PromptError("the prompt is not valid UTF-8 text") from None
-    ids = tokenizer.encode(text)
-    return [tokenizer.bos_id, *ids] if add_bos else ids
+    return tokenizer.encode_prompt(text) if add_bos else tokenizer.encode(text)
 
 
 def prepare_prompts(

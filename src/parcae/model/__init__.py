@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from parcae.device import resolve_device
-from parcae.errors import CheckpointError, ConfigError
+from parcae.errors import ConfigError
 from parcae.model.base import CausalLMOutput, LanguageModel
 from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import CONFIG_CLASSES, GPTConfig, ParcaeConfig, TransformerConfig
 from parcae.model.gpt import GPT
+from parcae.model.hub import resolve_model_dir
 from parcae.model.loop import LoopStats
 from parcae.model.parcae import Parcae
 from parcae.model.presets import PRESETS
@@ -73,31 +73,45 @@ def create_model(
 
 
 def from_pretrained(
-    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ref: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> LanguageModel:
-    """Load a model directory (ours or official) strictly; returns the model in eval mode.
-    A device this machine lacks is refused (`parcae.device.resolve_device`) before reading."""
+    """Load a model strictly; returns it in eval mode.
+
+    ref: a model directory (ours, transformers' or official), a training run directory, or a
+    Hugging Face Hub repo `org/name[@revision]` (downloaded into the cache, or read from it
+    offline; `parcae.model.hub`). A local path always wins over a Hub name.
+    device, dtype: where and in what floating-point type the weights live (default float32).
+    The model is built on the `meta` device and the weights read from disk are assigned to it,
+    so nothing is initialised at random and no second copy of the weights is made. A device
+    this machine lacks is refused (`parcae.device.resolve_device`) before reading.
+    """
     device = resolve_device(device, "device")
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ConfigError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model directory")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: expected a model directory, got a file")
+    path = resolve_model_dir(ref, revision, cache_dir, token)
     config = read_config(path)
     state = read_state_dict(path)
     quantization = read_quantization(path)
     if quantization is not None and dtype not in (None, torch.float32):
         raise ConfigError(f"{path}: a quantized model runs in float32, not {dtype}")
-    model = create_model(config, device)
-    if quantization is not None:  # written by `parcae quantize`
+    model = create_model(config, "meta")
+    if quantization is not None:  # written by `parcae quantize`: filled in place
         from parcae.quant.schemes import load_quantized
 
+        model.to_empty(device=device)
+        model.tie_weights()
+        for parameter in model.parameters():  # finite placeholders, overwritten by the file
+            parameter.detach().zero_()
         load_quantized(model, quantization, state, str(path), load_state_dict_strict)
     else:
-        load_state_dict_strict(model, state, str(path))
-    model.to(dtype=dtype)
+        load_state_dict_strict(model, state, str(path), assign_to=(device, dtype or torch.float32))
+    model.reset_buffers()
+    model.to(dtype=dtype)  # the rotary tables (the weights already are in dtype)
     return model.eval()
 
 

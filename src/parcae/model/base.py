@@ -108,6 +108,13 @@ class TokenContext:
     cache: KVCache | None
 
 
+def _embedding(rows: int, width: int) -> nn.Embedding:
+    """An embedding table left uninitialised (`reset_parameters` or loaded weights fill it):
+    nn.Embedding's own normal_ init would be wasted work, and on `meta` its first call costs
+    seconds of imports."""
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+
+
 class LanguageModel(nn.Module):
     """Token and value embeddings, rotary tables, final norm and LM head around a block stack."""
 
@@ -119,23 +126,23 @@ class LanguageModel(nn.Module):
         d, vocab = config.d_model, config.padded_vocab_size
         self.transformer = nn.ModuleDict(
             {
-                "wte": nn.Embedding(vocab, d),
+                "wte": _embedding(vocab, d),
                 "ln_f": RMSNorm(d, config.norm_eps),
             }
         )
         kv_width = config.n_kv_heads * config.head_dim
         self.value_embeds = nn.ModuleDict(
             {
-                str(i): nn.Embedding(vocab, kv_width)
+                str(i): _embedding(vocab, kv_width)
                 for i in range(config.total_layers)
                 if config.has_value_embedding(i)
             }
         )
         self.lm_head = nn.Linear(d, vocab, bias=False)
         self.tie_weights()
-        cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
+        self.reset_buffers()
 
     def tie_weights(self) -> None:
         """Share the token table with the head when the config ties them (again after
@@ -156,11 +163,21 @@ class LanguageModel(nn.Module):
         if not config.tie_embeddings:
             init_matrix_(self.lm_head.weight, std, config.init_orthogonal)
         self.transformer.ln_f.weight.fill_(1.0)
-        cos, sin = rotary_tables(
-            config.head_dim, config.context_length, config.rope_theta, device=self.rope_cos.device
-        )
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Recompute the derived, unsaved buffers (the rotary tables) on the token table's
+        device: after `reset_parameters`, or after weights were assigned to a `meta` model."""
+        config, device = self.config, self.transformer.wte.weight.device
+        if device.type == "meta":  # shapes only (computing them on meta costs seconds of imports)
+            shape = (config.context_length, config.head_dim // 2)
+            self.rope_cos, self.rope_sin = (
+                torch.empty(shape, device=device),
+                torch.empty(shape, device=device),
+            )
+            return
+        cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta, device)
+        self.rope_cos, self.rope_sin = cos, sin
 
     # ---------------------------------------------------------------- layout
 

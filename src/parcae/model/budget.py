@@ -46,6 +46,7 @@ def model_config(spec: str, overrides: list[str]) -> TransformerConfig:
     """A preset name or a model directory (with config.json), plus `key=value` field
     overrides (values parsed as YAML scalars)."""
     from parcae.model import list_presets, preset_config
+    from parcae.model.hub import is_hub_name, resolve_model_dir
     from parcae.model.serialization import read_config
 
     fields = {}
@@ -61,6 +62,8 @@ def model_config(spec: str, overrides: list[str]) -> TransformerConfig:
     if spec in list_presets():
         return preset_config(spec, **fields)
     path = Path(spec)
+    if not path.exists() and is_hub_name(spec):
+        path = resolve_model_dir(spec, weights=False)  # the config (and tokenizer) only
     if not path.exists():
         raise ConfigError(
             f"{spec!r} is neither a preset ({', '.join(list_presets())}) nor a model directory"

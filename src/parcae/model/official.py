@@ -50,6 +50,7 @@ RENAMED = {
 
 # official field -> the only value(s) whose math we implement
 FIXED = {
+    "_class_name": ("ParcaeConfig",),  # written by the released models' save_pretrained
     "model_class_name": ("Parcae",),
     "use_abacus": (False,),
     "randomize_positions_from": (None,),

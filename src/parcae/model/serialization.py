@@ -131,12 +131,25 @@ def normalise_keys(state: dict[str, Any]) -> dict[str, Any]:
     return normalised
 
 
-def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Copy `state` into `model`, naming every missing, unexpected or mis-shaped key."""
+def load_state_dict_strict(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    source: str,
+    assign_to: tuple[torch.device, torch.dtype] | None = None,
+) -> None:
+    """Copy `state` into `model`, naming every missing, unexpected or mis-shaped key.
+
+    assign_to: (device, dtype) to make `state`'s tensors the model's own parameters instead of
+    copying them (a model built on `meta`): each floating-point tensor is moved or cast there
+    one at a time (no copy when it already is), and a tied head is tied again. `state` is
+    consumed: its entries are replaced, so a cast original is freed as soon as it is cast.
+    """
     expected = model.state_dict()
     tied = getattr(model.config, "tie_embeddings", False)
     if tied and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-        state = {**state, "lm_head.weight": state["transformer.wte.weight"]}
+        if assign_to is None:
+            state = {**state}
+        state["lm_head.weight"] = state["transformer.wte.weight"]
     problems = []
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -155,7 +168,7 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
             )
         elif expected[key].is_floating_point() and not value.is_floating_point():
             problems.append(f"{key} holds {value.dtype}, not floating-point weights")
-        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        elif value.is_floating_point() and not _all_finite(value):
             problems.append(f"{key} holds NaN or infinite values")
     if (
         tied
@@ -167,7 +180,27 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: s
         )
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    if assign_to is None:
+        model.load_state_dict(state, strict=True)
+        return
+    device, dtype = assign_to
+    for key, value in state.items():  # in place: a cast original is freed at once
+        if not (tied and key == "lm_head.weight"):
+            state[key] = value.to(device, dtype if value.is_floating_point() else None)
+    if tied:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        model.tie_weights()
+
+
+def _all_finite(value: Tensor) -> bool:
+    """No NaN or infinity in `value`: its min and max are finite (NaN propagates through both);
+    one pass, no mask as large as the tensor."""
+    if value.numel() == 0:
+        return True
+    low, high = torch.aminmax(value)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from parcae.cli import add_model_argument
 from parcae.errors import ConfigError
 from parcae.quant.schemes import DEFAULT_GROUP_SIZE, SCHEMES
 
@@ -16,9 +17,7 @@ def register(subparsers) -> None:
         help="weight-only int8 / int4 quantization with group scales (torchao), saved as a "
         "model directory that from_pretrained, generate and eval load",
     )
-    quantize.add_argument(
-        "--model", required=True, help="a run directory or a saved (unquantized) model"
-    )
+    add_model_argument(quantize)  # an unquantized model
     quantize.add_argument("--scheme", required=True, help=f"one of {', '.join(SCHEMES)}")
     quantize.add_argument(
         "--group-size",

@@ -291,7 +291,7 @@ def parse_completion(body: dict, server: Limits) -> Parsed:
             )
         if not prompt:
             raise _invalid("prompt", "is empty: give some text to continue")
-        ids = [server.tokenizer.bos_id, *server.tokenizer.encode(prompt)]
+        ids = server.tokenizer.encode_prompt(prompt)
     elif isinstance(prompt, list) and all(_is_int(token) for token in prompt):
         ids = list(prompt)
     elif isinstance(prompt, list) and all(isinstance(p, (str, list)) for p in prompt):

@@ -20,9 +20,7 @@ def sample_text(
     was_training = model.training
     model.eval()
     try:
-        ids = torch.tensor(
-            [[tokenizer.bos_id, *tokenizer.encode(config.sample_prompt)]], device=device
-        )
+        ids = torch.tensor([tokenizer.encode_prompt(config.sample_prompt)], device=device)
         room = model.config.context_length - ids.shape[1]
         output = generate(
             model,
