@@ -41,6 +41,23 @@ class Repo:
         return None
 
 
+def use_local_hub(endpoint: str, home: Path, monkeypatch) -> None:
+    """Point huggingface_hub at `endpoint`, with an empty cache under `home`, online. It reads
+    these settings once, at import, so its constants are patched as well as the environment."""
+    from huggingface_hub import constants
+
+    for name, value in (("HF_ENDPOINT", endpoint), ("HF_HOME", str(home))):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 def directory_files(directory: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file()}
 

@@ -24,11 +24,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`parcae.Tokenizer` (text <-> ids), imported on first use: `tokenizers` is not light."""
+    """`parcae.Tokenizer` (text <-> ids) and `parcae.load_tokenizer(ref)` (a model's tokenizer),
+    imported on first use: `tokenizers` is not light."""
     if name == "Tokenizer":
         from parcae.data.tokenizer import Tokenizer
 
         return Tokenizer
+    if name == "load_tokenizer":
+        from parcae.infer.loading import load_tokenizer
+
+        return load_tokenizer
     raise AttributeError(f"module 'parcae' has no attribute {name!r}")
 
 
@@ -50,6 +55,7 @@ __all__ = [
     "from_pretrained",
     "generate",
     "list_presets",
+    "load_tokenizer",
     "preset_config",
     "save_pretrained",
 ]

@@ -14,7 +14,7 @@ from parcae.cli import main
 from parcae.errors import CheckpointError
 from parcae.model.hub import resolve_model_dir
 from tests.conftest import OFFICIAL_FIXTURE
-from tests.hub_server import HubServer, Repo, directory_files
+from tests.hub_server import HubServer, Repo, directory_files, use_local_hub
 
 REPO = "SandyResearch/parcae-a"
 SMALL = dict(vocab_size=128, d_model=64, ffn_dim=128, n_heads=2, context_length=32)
@@ -46,18 +46,7 @@ def hub(tmp_path, monkeypatch, ours):
         "org/no-weights": Repo({"main": {"config.json": ours[1]["config.json"]}}),
     }
     with HubServer(repos) as server:
-        cache = tmp_path / "hf" / "hub"
-        for name, value in (("HF_ENDPOINT", server.endpoint), ("HF_HOME", str(tmp_path / "hf"))):
-            monkeypatch.setenv(name, value)
-        # huggingface_hub reads these once, at import
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(
-            constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        use_local_hub(server.endpoint, tmp_path / "hf", monkeypatch)
         yield server
 
 

@@ -15,6 +15,7 @@ import torch
 
 from parcae.data.tokenizer import FILE_NAME, Tokenizer
 from parcae.device import resolve_device
+from parcae.errors import DataError
 from parcae.model import from_pretrained
 from parcae.model.base import LanguageModel
 from parcae.model.hub import resolve_model_dir
@@ -26,6 +27,22 @@ def find_tokenizer(model_dir: Path) -> Tokenizer | None:
         if (directory / FILE_NAME).is_file():
             return Tokenizer.load(directory)
     return None
+
+
+def load_tokenizer(
+    ref: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+) -> Tokenizer:
+    """The tokenizer of the model `ref` names (a model or run directory, or a Hub repo
+    `org/name[@revision]`, resolved as `from_pretrained` resolves it). A model without one is
+    refused in one line (`DataError`)."""
+    model_dir = resolve_model_dir(ref, revision=revision, cache_dir=cache_dir, token=token)
+    tokenizer = find_tokenizer(model_dir)
+    if tokenizer is None:
+        raise DataError(f"{ref} has no {FILE_NAME} (beside the model or in its run directory)")
+    return tokenizer
 
 
 def load_for_inference(
