@@ -42,9 +42,9 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from parcae.data.chat_template import ChatTemplate
 from parcae.errors import PromptError
 from parcae.serve.batcher import ContinuousBatcher, FinishEvent, QueueFull, TokenEvent
-from parcae.serve.chat_template import ChatTemplate
 from parcae.serve.detokenize import TextAssembler
 from parcae.serve.protocol import (
     MAX_BODY_BYTES,

@@ -37,10 +37,10 @@ def load_state(
     name: str | None = None,
 ):
     """A `ServingState` for the model at `path` (a model or run directory)."""
+    from parcae.data.chat_template import ChatTemplate
     from parcae.infer.loading import load_for_inference, resolve_model_dir
     from parcae.serve.app import ServingState
     from parcae.serve.batcher import ContinuousBatcher
-    from parcae.serve.chat_template import ChatTemplate
 
     model, tokenizer = load_for_inference(path, device)
     config = model.config
