@@ -1,6 +1,7 @@
 """`parcae generate` / `parcae chat`: streaming output, path resolution, one-line errors."""
 
 import io
+import re
 import shutil
 import sys
 
@@ -53,7 +54,12 @@ def test_generate_accepts_a_run_directory_and_prompt_ids(tmp_path, model_dir, ca
         ]
     )
     assert code == 0
-    assert capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    steps = re.search(
+        r"adaptive exit: ([\d.]+) loop steps per token \(at most (\d+)\)", captured.err
+    )
+    assert steps and 1 <= float(steps[1]) <= int(steps[2])
 
 
 def test_chat_answers_each_line_shows_its_commands_and_exits(model_dir, monkeypatch, capsys):

@@ -18,7 +18,7 @@ import torch
 
 from parcae.data.chat_template import ChatTemplate
 from parcae.data.tokenizer import Tokenizer
-from parcae.infer.generate import generate
+from parcae.infer.generate import GenerationStats, generate
 from parcae.model.base import LanguageModel
 
 BANNER = "Type a message and press Enter; /reset starts a new conversation, /exit leaves."
@@ -34,7 +34,7 @@ def reply(
     **options,
 ) -> str:
     """The model's reply to `messages` (its text, cut at EOS and the template's stop
-    sequences). `options`: `parcae.infer.generate.generate`'s sampling options."""
+    sequences). `options`: `parcae.infer.generate.generate`'s sampling options (and `stats`)."""
     budget = max(model.config.context_length - max_new_tokens, 1)
     first = 0
     ids = template.prompt_ids(messages, tokenizer)
@@ -69,11 +69,13 @@ def chat_loop(
     max_new_tokens: int,
     prompt: str = "",
     on_bad_line=None,
+    on_stats=None,
     **options,
 ) -> None:
     """Read user messages from `lines` until `/exit` or their end, writing each reply to
     `out` (module docstring). `prompt` is written before each read (`> ` at a terminal); a
-    None line (undecodable) is passed to `on_bad_line(number)` and skipped."""
+    None line (undecodable) is passed to `on_bad_line(number)` and skipped; each reply's
+    `GenerationStats` to `on_stats` when given."""
     out.write(BANNER + "\n\n")
     out.flush()
     messages: list[dict] = []
@@ -94,7 +96,10 @@ def chat_loop(
             out.write("(new conversation)\n\n")
             continue
         messages.append({"role": "user", "content": line.strip()})
-        text = reply(model, tokenizer, template, messages, max_new_tokens, **options)
+        stats = GenerationStats()
+        text = reply(model, tokenizer, template, messages, max_new_tokens, stats=stats, **options)
         messages.append({"role": "assistant", "content": text})
         out.write(f"{REPLY}{text}\n\n")
         out.flush()
+        if on_stats is not None:
+            on_stats(stats)

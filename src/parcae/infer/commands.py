@@ -185,7 +185,12 @@ def _parse_ids(text: str) -> list[int]:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Every argument is checked (options, model, prompt) before anything is printed."""
-    from parcae.infer.generate import encode_text_prompt, generate, prepare_prompts
+    from parcae.infer.generate import (
+        GenerationStats,
+        encode_text_prompt,
+        generate,
+        prepare_prompts,
+    )
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
@@ -209,8 +214,17 @@ def run_generate(args: argparse.Namespace) -> int:
     streamer = TextStreamer(tokenizer, sys.stdout, options["eos_token_id"])
     if args.prompt is not None:
         sys.stdout.write(args.prompt)
-    generate(model, ids, args.max_new_tokens, streamer=streamer, **options)
+    stats = GenerationStats()
+    generate(model, ids, args.max_new_tokens, streamer=streamer, stats=stats, **options)
+    if args.adaptive is not None:
+        print(adaptive_report(stats, model, args.num_steps), file=sys.stderr)
     return 0
+
+
+def adaptive_report(stats, model, num_steps: int | None) -> str:
+    """The loop steps an adaptive-exit generation used per token, beside its maximum T."""
+    most = num_steps or getattr(model.config, "mean_recurrence", 1)
+    return f"parcae: adaptive exit: {stats.mean_steps:.2f} loop steps per token (at most {most})"
 
 
 def _read_lines(stream) -> Iterator[str | None]:
@@ -254,6 +268,12 @@ def run_chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
 
+    report = None
+    if args.adaptive is not None:
+
+        def report(stats) -> None:
+            print(adaptive_report(stats, model, args.num_steps), file=sys.stderr)
+
     chat_loop(
         model,
         tokenizer,
@@ -263,6 +283,7 @@ def run_chat(args: argparse.Namespace) -> int:
         args.max_new_tokens,
         prompt="> " if sys.stdin.isatty() else "",
         on_bad_line=bad_line,
+        on_stats=report,
         **options,
     )
     return 0
