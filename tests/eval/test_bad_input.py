@@ -34,7 +34,7 @@ def eval_argv(model: Path, *extra: str) -> list[str]:
         (["--device", "foo"], "is not a device"),
         (["--max-per-task", "0"], "--max-per-task"),
         (["--max-per-task", "-3"], "--max-per-task"),
-        (["--max-per-task", "many"], "invalid int"),
+        (["--max-per-task", "many"], "positive integer or all"),
         (["--num-fewshot", "-1"], "--num-fewshot"),
         (["--batch-size", "-2"], "--batch-size"),
         (["--tasks", ""], "no task named"),

@@ -130,3 +130,11 @@ def test_convert_official_command(tmp_path, official_model, tokenizer, capsys):
 def test_convert_unknown_source_is_one_error(tmp_path, capsys):
     assert main(["convert", "official", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+def test_importing_the_transformers_classes_prints_nothing():
+    """transformers imports torchao when the `quant` extra is installed; its import-time log
+    lines and warnings must not reach a user of an unrelated command."""
+    code = "import parcae.hf.transformers"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == ""

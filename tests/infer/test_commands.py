@@ -1,11 +1,13 @@
 """`parcae generate` / `parcae chat`: streaming output, path resolution, one-line errors."""
 
 import io
+import re
 import shutil
 import sys
 
 from parcae.cli import main
 from parcae.infer import generate
+from parcae.infer.chat import BANNER, REPLY
 from tests.conftest import OFFICIAL_FIXTURE
 
 
@@ -52,14 +54,21 @@ def test_generate_accepts_a_run_directory_and_prompt_ids(tmp_path, model_dir, ca
         ]
     )
     assert code == 0
-    assert capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    steps = re.search(
+        r"adaptive exit: ([\d.]+) loop steps per token \(at most (\d+)\)", captured.err
+    )
+    assert steps and 1 <= float(steps[1]) <= int(steps[2])
 
 
-def test_chat_continues_each_line_and_exits(model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("To be\n/reset\nor not\n/exit\n"))
+def test_chat_answers_each_line_shows_its_commands_and_exits(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("To be\n/reset\nor not\n/exit\nignored\n"))
     code = main(["chat", "--model", str(model_dir), "--max-new-tokens", "4", "--temperature", "0"])
     assert code == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) >= 2
+    out = capsys.readouterr().out
+    assert out.startswith(BANNER) and "/reset" in BANNER and "/exit" in BANNER
+    assert out.count(REPLY) == 2 and out.endswith("\n\n")  # a blank line after each reply
 
 
 def test_generate_from_an_official_checkpoint_with_prompt_ids(official, capsys):

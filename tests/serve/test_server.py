@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import parcae
-from parcae.serve.chat_template import PLAIN_STOP, render_plain
+from parcae.data.chat_template import PLAIN_STOP, render_plain
 from tests.serve.conftest import CONTEXT, MAX_NUM_STEPS, start_server
 
 PROMPT = "To be, or not to be, that is the question"

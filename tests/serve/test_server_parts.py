@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from parcae.cli import main
-from parcae.serve.chat_template import PLAIN_STOP, ChatTemplate, render_plain
+from parcae.data.chat_template import PLAIN_STOP, ChatTemplate, render_plain
 from parcae.serve.detokenize import TextAssembler
 
 MESSAGES = [

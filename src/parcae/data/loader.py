@@ -107,38 +107,24 @@ def _open(
     return stream, manifest, rows
 
 
-class TokenLoader:
-    """Infinite shuffled batches of packed rows for one rank (see the module docstring)."""
+class RowLoader:
+    """The training order of a split of `rows_per_epoch` rows, for one rank (see the module
+    docstring): subclasses set `rows_per_epoch` and `identity` (what a saved position is only
+    valid for) and build a batch from row indices in `make_batch`."""
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike,
-        split: str,
-        batch_size: int,
-        seq_len: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
+    rows_per_epoch: int
+    identity: dict[str, Any]
+
+    def __init__(self, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.stream, manifest, self.rows_per_epoch = _open(data_dir, split, batch_size, seq_len)
-        self.data_dir, self.split = Path(data_dir), split
-        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
+        self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.tokenizer_hash = manifest["tokenizer_hash"]
         self.cursor = 0  # global rows consumed by all ranks together
         self._permutations: dict[int, np.ndarray] = {}
 
-    @property
-    def tokens_per_epoch(self) -> int:
-        """Target tokens in one pass over the split: R·S."""
-        return self.rows_per_epoch * self.seq_len
-
-    @property
-    def packing_efficiency(self) -> float:
-        """Fraction of the split's targets that rows cover: R·S / (T - 1); no padding anywhere."""
-        return self.tokens_per_epoch / (len(self.stream) - 1)
+    def make_batch(self, rows: list[int]) -> Batch:
+        raise NotImplementedError
 
     @property
     def epoch(self) -> int:
@@ -158,7 +144,7 @@ class TokenLoader:
         first = self.cursor + self.rank * self.batch_size
         rows = [self._row(g) for g in range(first, first + self.batch_size)]
         self.cursor += self.batch_size * self.world_size
-        return _make_batch(self.stream, rows, self.seq_len)
+        return self.make_batch(rows)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -166,26 +152,57 @@ class TokenLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """The exact position (same on every rank), plus what it is only valid for."""
-        return {
-            "cursor": self.cursor,
-            "seed": self.seed,
-            "seq_len": self.seq_len,
-            "split": self.split,
-            "tokens": len(self.stream),
-            "tokenizer_hash": self.tokenizer_hash,
-        }
+        return {"cursor": self.cursor, "seed": self.seed, **self.identity}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at `state["cursor"]`; refuses a state from another split, seed, seq_len or
-        dataset."""
+        """Resume at `state["cursor"]`; refuses a state from another seed or `identity`
+        (split, seq_len, dataset)."""
         mine = self.state_dict()
-        for key in ("seed", "seq_len", "split", "tokens", "tokenizer_hash"):
+        for key in ("seed", *self.identity):
             if state.get(key) != mine[key]:
                 raise DataError(
                     f"loader state has {key}={state.get(key)!r}, "
                     f"this loader {mine[key]!r}; cannot resume"
                 )
         self.cursor = int(state["cursor"])
+
+
+class TokenLoader(RowLoader):
+    """Infinite shuffled batches of packed rows of a prepared split, for one rank."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        split: str,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(batch_size, seed, rank, world_size)
+        self.stream, manifest, self.rows_per_epoch = _open(data_dir, split, batch_size, seq_len)
+        self.data_dir, self.split, self.seq_len = Path(data_dir), split, seq_len
+        self.tokenizer_hash = manifest["tokenizer_hash"]
+        self.identity = {
+            "seq_len": seq_len,
+            "split": split,
+            "tokens": len(self.stream),
+            "tokenizer_hash": self.tokenizer_hash,
+        }
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Target tokens in one pass over the split: R·S."""
+        return self.rows_per_epoch * self.seq_len
+
+    @property
+    def packing_efficiency(self) -> float:
+        """Fraction of the split's targets that rows cover: R·S / (T - 1); no padding anywhere."""
+        return self.tokens_per_epoch / (len(self.stream) - 1)
+
+    def make_batch(self, rows: list[int]) -> Batch:
+        return _make_batch(self.stream, rows, self.seq_len)
 
 
 def iter_eval_batches(

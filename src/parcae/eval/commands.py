@@ -7,10 +7,14 @@ import argparse
 from pathlib import Path
 
 from parcae.cli import add_model_argument
-from parcae.errors import DataError
+from parcae.errors import ConfigError, DataError
 from parcae.outputs import check_not_file, write_json_atomic
 from parcae.scaling.commands import register_fit_law
 from parcae.values import parse_json
+
+# items per task by default: BIG-bench's first task alone has 20,442 items (hours on a CPU);
+# 200 spread evenly over each task's file take minutes, `--max-per-task all` runs everything
+DEFAULT_MAX_PER_TASK = 200
 
 
 def register(subparsers) -> None:
@@ -39,9 +43,10 @@ def register(subparsers) -> None:
     )
     evaluate.add_argument(
         "--max-per-task",
-        type=int,
-        default=None,
-        help="N items per task, spread evenly over its file",
+        default=str(DEFAULT_MAX_PER_TASK),
+        metavar="N|all",
+        help=f"N items per task, spread evenly over its file (default {DEFAULT_MAX_PER_TASK}: "
+        "minutes on a CPU); all: every item (BIG-bench: hours on a CPU)",
     )
     evaluate.add_argument(
         "--num-fewshot", type=int, default=None, help="override every task's few-shot count"
@@ -80,6 +85,18 @@ def register(subparsers) -> None:
     register_fit_law(laws)
 
 
+def _per_task(text: str) -> int | None:
+    """`--max-per-task`: a positive count, or None for `all`."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--max-per-task must be a positive integer or all, got {text!r}"
+        ) from None
+
+
 def run_eval_command(args: argparse.Namespace) -> int:
     from parcae.eval.run import EvalRequest, run_eval, write_results
     from parcae.eval.selection import parse_depths
@@ -92,7 +109,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         num_fewshot=args.num_fewshot,
         depths=depths,
         out=args.out,
-        max_per_task=args.max_per_task,
+        max_per_task=_per_task(args.max_per_task),
         batch_size=args.batch_size,
         data=args.data,
         bpb_batches=args.bpb_batches,

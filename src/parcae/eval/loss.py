@@ -1,7 +1,7 @@
 """Validation loss and bits per byte at chosen loop depths (ARCHITECTURE §5).
 
 For target tokens y with byte lengths b(y) (UTF-8 bytes the token stands for; 0 for special
-tokens, which are left out of both sums):
+tokens, which are left out of both sums, as are ignored targets, -100: a chat-tuning prompt):
 
     loss = Σ nats / #tokens          bpb = Σ nats / (ln 2 · Σ b(y))
 
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from parcae.eval.depths import DepthOutput, at_depths, check_depths
 from parcae.model.loop import relative_update
+from parcae.model.loss import IGNORE_INDEX
 
 
 @dataclass
@@ -121,9 +122,9 @@ def _rounds(batches: Iterable, size: int) -> Iterable[list]:
 
 def _batch_sums(output: DepthOutput, targets: Tensor, token_bytes: Tensor) -> Tensor:
     """One batch's contribution to SUMS at one depth: summed nats, tokens and bytes over
-    targets with bytes (special tokens left out), the loop's state norm and residual, one
-    batch."""
-    target_bytes = token_bytes[targets]
+    targets with bytes (special tokens and ignored targets, -100, left out), the loop's state
+    norm and residual, one batch."""
+    target_bytes = torch.where(targets == IGNORE_INDEX, 0, token_bytes[targets.clamp(min=0)])
     counted = target_bytes > 0
     nats = F.cross_entropy(
         output.logits.float().flatten(0, 1), targets.flatten(), reduction="none"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from parcae.data.loader import iter_eval_batches
 from parcae.data.shards import MANIFEST, load_manifest
@@ -160,6 +161,11 @@ def run_eval(request: EvalRequest) -> dict:
         )
         token_bytes = torch.from_numpy(data_tokenizer.token_byte_lengths())
         start = time.perf_counter()
+        rows = (load_manifest(data_dir)["splits"]["val"]["tokens"] - 1) // seq_len
+        total = -(-rows // request.batch_size)
+        if request.bpb_batches is not None:
+            total = min(total, request.bpb_batches)
+        batches = tqdm(batches, total=total, desc="bpb", unit="batch", disable=not request.progress)
         measured = evaluate(model, batches, token_bytes, depths, request.device)
         results["bpb"] = {depth_key(r.depth): r.bpb for r in measured}
         results["loss"] = {depth_key(r.depth): r.loss for r in measured}

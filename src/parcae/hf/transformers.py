@@ -25,11 +25,13 @@ from tokenizers import processors
 from torch import Tensor
 
 from parcae.errors import CheckpointError, DataError, MissingDependencyError, PromptError
+from parcae.quant.schemes import quiet_torchao_import
 
 try:
-    from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerFast
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-    from transformers.utils import logging as hf_logging
+    with quiet_torchao_import():  # transformers imports torchao when it is installed
+        from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerFast
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+        from transformers.utils import logging as hf_logging
 except ModuleNotFoundError:
     raise MissingDependencyError("transformers", "parcae.hf (the transformers classes)") from None
 

@@ -35,12 +35,15 @@ def register(subparsers) -> None:
         "onnxruntime (--model then gives its config and tokenizer)",
     )
     generate.add_argument("--onnx", default=None, help="the .onnx file for --backend onnxruntime")
+    generate.add_argument(
+        "--no-bos", action="store_true", help="do not start the prompt with the BOS token"
+    )
     generate.set_defaults(func=run_generate)
 
     chat = subparsers.add_parser(
         "chat",
-        help="an interactive loop: each line you type is "
-        "appended to the conversation and continued",
+        help="chat with a model: each line you type is a message, answered with the "
+        "model's chat template (/reset starts over, /exit leaves)",
     )
     _add_model_arguments(chat)
     chat.set_defaults(func=run_chat)
@@ -107,9 +110,6 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--cache-sharing", default="full", help="full (exact), shared, ring:M or last:M"
-    )
-    parser.add_argument(
-        "--no-bos", action="store_true", help="do not start the prompt with the BOS token"
     )
     parser.add_argument("--device", default="cpu")
 
@@ -184,7 +184,12 @@ def _parse_ids(text: str) -> list[int]:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Every argument is checked (options, model, prompt) before anything is printed."""
-    from parcae.infer.generate import encode_text_prompt, generate, prepare_prompts
+    from parcae.infer.generate import (
+        GenerationStats,
+        encode_text_prompt,
+        generate,
+        prepare_prompts,
+    )
     from parcae.infer.loading import load_for_inference
     from parcae.infer.streaming import TextStreamer
 
@@ -208,8 +213,17 @@ def run_generate(args: argparse.Namespace) -> int:
     streamer = TextStreamer(tokenizer, sys.stdout, options["eos_token_id"])
     if args.prompt is not None:
         sys.stdout.write(args.prompt)
-    generate(model, ids, args.max_new_tokens, streamer=streamer, **options)
+    stats = GenerationStats()
+    generate(model, ids, args.max_new_tokens, streamer=streamer, stats=stats, **options)
+    if args.adaptive is not None:
+        print(adaptive_report(stats, model, args.num_steps), file=sys.stderr)
     return 0
+
+
+def adaptive_report(stats, model, num_steps: int | None) -> str:
+    """The loop steps an adaptive-exit generation used per token, beside its maximum T."""
+    most = num_steps or getattr(model.config, "mean_recurrence", 1)
+    return f"parcae: adaptive exit: {stats.mean_steps:.2f} loop steps per token (at most {most})"
 
 
 def _read_lines(stream) -> Iterator[str | None]:
@@ -230,12 +244,12 @@ def _read_lines(stream) -> Iterator[str | None]:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    """Read lines from stdin; each is appended to the transcript, which the model continues.
-    `/reset` clears the transcript, `/exit` (or end of input) leaves. A line that is not valid
-    text in stdin's encoding is skipped with one line on stderr, and the chat goes on."""
-    from parcae.infer.generate import generate
-    from parcae.infer.loading import load_for_inference
-    from parcae.infer.streaming import TextStreamer
+    """The chat loop (`parcae.infer.chat`) on stdin and stdout, with the model's chat
+    template. A line that is not valid text in stdin's encoding is skipped with one line on
+    stderr, and the chat goes on."""
+    from parcae.data.chat_template import ChatTemplate
+    from parcae.infer.chat import chat_loop
+    from parcae.infer.loading import load_for_inference, resolve_model_dir
 
     device = _check_options(args)
     model, tokenizer = load_for_inference(args.model, device=device)
@@ -243,36 +257,35 @@ def run_chat(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise PromptError(f"{args.model} has no tokenizer.json: chat needs one")
     options = _generation_options(args, tokenizer)
-    start = [] if args.no_bos else [tokenizer.bos_id]
-    history = list(start)
-    # keep room for the reply: the oldest tokens of a long transcript are dropped
-    budget = max(model.config.context_length - args.max_new_tokens - 1, 1)
-    interactive = sys.stdin.isatty()
+    del options["eos_token_id"]  # the chat loop stops at the tokenizer's EOS
+    model_dir = resolve_model_dir(args.model)
     encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
-    lines = _read_lines(sys.stdin)
-    number = 0
-    while True:
-        if interactive:
-            sys.stdout.write("> ")
-            sys.stdout.flush()
-        line = next(lines, "")
-        number += 1
-        if line is None:
-            print(
-                f"parcae: warning: line {number} of stdin is not valid {encoding} text; skipped it",
-                file=sys.stderr,
-            )
-            continue
-        if not line or line.strip() in ("/exit", "/quit"):
-            return 0
-        if line.strip() == "/reset":
-            history = list(start)
-            continue
-        history += tokenizer.encode(line if line.endswith("\n") else line + "\n")
-        history = history[-budget:]
-        streamer = TextStreamer(tokenizer, sys.stdout, tokenizer.eos_id)
-        generate(model, history, args.max_new_tokens, streamer=streamer, **options)
-        history += tokenizer.encode(streamer.text + "\n")
+
+    def bad_line(number: int) -> None:
+        print(
+            f"parcae: warning: line {number} of stdin is not valid {encoding} text; skipped it",
+            file=sys.stderr,
+        )
+
+    report = None
+    if args.adaptive is not None:
+
+        def report(stats) -> None:
+            print(adaptive_report(stats, model, args.num_steps), file=sys.stderr)
+
+    chat_loop(
+        model,
+        tokenizer,
+        ChatTemplate.find(model_dir, model_dir.parent),
+        _read_lines(sys.stdin),
+        sys.stdout,
+        args.max_new_tokens,
+        prompt="> " if sys.stdin.isatty() else "",
+        on_bad_line=bad_line,
+        on_stats=report,
+        **options,
+    )
+    return 0
 
 
 def run_convert_official(args: argparse.Namespace) -> int:

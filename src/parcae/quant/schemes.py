@@ -26,9 +26,10 @@ Saved format (a model directory, like `save_pretrained`'s):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,9 +61,11 @@ class Quantization:
         }
 
 
-def import_torchao(feature: str = "parcae quantize"):
-    """The `torchao.quantization` module, its import-time log lines silenced; a
-    MissingDependencyError naming the `quant` extra when torchao is not installed."""
+@contextlib.contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Silence what importing torchao writes (its logger's "Failed to load" lines for kernels
+    this machine lacks, torch's pytree deprecation notices, warnings) inside the block; a
+    library that imports torchao itself (transformers) is imported under it."""
     loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in loggers]
     try:
@@ -70,12 +73,20 @@ def import_torchao(feature: str = "parcae quantize"):
             logger.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import torchao.quantization as quantization
-    except ImportError:
-        raise MissingDependencyError("torchao", feature, extra="quant") from None
+            yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def import_torchao(feature: str = "parcae quantize"):
+    """The `torchao.quantization` module, imported quietly; a MissingDependencyError naming
+    the `quant` extra when torchao is not installed."""
+    try:
+        with quiet_torchao_import():
+            import torchao.quantization as quantization
+    except ImportError:
+        raise MissingDependencyError("torchao", feature, extra="quant") from None
     return quantization
 
 

@@ -10,7 +10,8 @@ The engine (importable without the `serve` extra):
 The server (FastAPI + uvicorn, `pip install 'parcae[serve]'`):
 
 - `protocol`: request bodies read and checked, and the OpenAI-style error table;
-- `chat_template`: messages to a prompt (the tokenizer's template, else a plain one);
+- `parcae.data.chat_template` (used here): messages to a prompt (the tokenizer's template,
+  else a plain one);
 - `detokenize`: text built token by token, with stop sequences matched on it;
 - `app`: the FastAPI app (endpoints, SSE streaming, errors, `/metrics`, the page at `/`);
 - `server`: loading the model and running uvicorn; `commands`: the `parcae serve` command;

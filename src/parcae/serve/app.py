@@ -48,9 +48,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from parcae.data.chat_template import ChatTemplate
 from parcae.errors import PromptError
 from parcae.serve.batcher import ContinuousBatcher, FinishEvent, QueueFull, TokenEvent
-from parcae.serve.chat_template import ChatTemplate
 from parcae.serve.detokenize import TextAssembler
 from parcae.serve.guard import RequireApiKey, ServerLimits
 from parcae.serve.metrics import CountResponses, metrics_text

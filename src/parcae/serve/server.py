@@ -40,10 +40,10 @@ def load_state(
 ):
     """A `ServingState` for the model at `path` (a model or run directory); `limits`: a
     `ServerLimits` (default: the defaults)."""
+    from parcae.data.chat_template import ChatTemplate
     from parcae.infer.loading import load_for_inference, resolve_model_dir
     from parcae.serve.app import ServingState
     from parcae.serve.batcher import ContinuousBatcher
-    from parcae.serve.chat_template import ChatTemplate
     from parcae.serve.guard import ServerLimits
 
     model, tokenizer = load_for_inference(path, device)

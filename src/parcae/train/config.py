@@ -7,6 +7,14 @@ Values are parsed as YAML (`true`, `1e-3`, `[1, 2]`), with booleans spelled `tru
 dotted key sets one entry of a dict field. Unknown keys are refused with the closest valid names.
 Numbers must be finite. Every check lives in `TrainConfig.__post_init__`; the resolved config is
 written to `OUT_DIR/config.yaml`.
+
+Fine-tuning (`init_from=MODEL`, `parcae.train.pretrained`) starts from a model's weights with a
+fresh optimizer and schedule; `load_config` then starts from `FINETUNE_DEFAULTS` instead of the
+pretraining defaults (a tenth of the learning rates, no weight decay, 100 steps unless another
+budget is given), and a YAML file or override still sets any of them.
+
+    parcae train init_from=runs/base/model data=my_corpus.txt
+    parcae train init_from=runs/base/model data=sft:chats.jsonl      # chat tuning
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from parcae.data.sft import PREFIX as SFT_PREFIX
 from parcae.data.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from parcae.errors import ConfigError
 from parcae.outputs import write_text_atomic
@@ -30,6 +39,13 @@ PARALLEL = ("ddp", "fsdp")
 DEFAULT_MAX_STEPS = 270
 BUDGET_KEYS = ("max_steps", "max_tokens", "max_flops", "tokens_per_param")
 TEXTS = ("model", "data", "out_dir", "device", "wandb_project", "sample_prompt")
+FINETUNE_DEFAULTS = {
+    "lr": 0.002,
+    "adam_lr": 0.0006,
+    "weight_decay": 0.0,
+    "max_steps": 100,  # only when no other budget key is given
+    "out_dir": "runs/finetune",
+}
 SWITCHES = ("compile", "activation_checkpointing", "resume", "progress", "tensorboard", "wandb")
 
 
@@ -41,8 +57,13 @@ class TrainConfig:
     # tokenizer's and is set automatically)
     model: str = "parcae-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # fine-tuning: a model or run directory whose weights, config and tokenizer the run starts
+    # from (`model` is then not read; model_overrides may change only fields that keep every
+    # weight's shape, e.g. mean_recurrence)
+    init_from: str | None = None
     # data: a recipe ("shakespeare"), a corpus (file, directory, hf:NAME) or a prepared
-    # directory (holding manifest.json); corpora are tokenised once into `data_dir`
+    # directory (holding manifest.json); corpora are tokenised once into `data_dir`; with
+    # init_from, `sft:FILE.jsonl` chat-tunes on conversations (parcae.data.sft)
     data: str = "shakespeare"
     data_dir: str | None = None  # default: $PARCAE_CACHE/prepared/<name>-v<vocab_size>
     vocab_size: int = 4096  # of the tokenizer trained when `data` is not prepared yet
@@ -116,6 +137,16 @@ class TrainConfig:
                 name,
                 f"must be a {'' if name == 'sample_prompt' else 'non-empty '}string, got {value!r}",
             )
+        _check(
+            self.init_from is None or (isinstance(self.init_from, str) and self.init_from),
+            "init_from",
+            f"must be a model or run directory, got {self.init_from!r}",
+        )
+        _check(
+            not self.data.startswith(SFT_PREFIX) or self.init_from is not None,
+            "data",
+            f"{self.data!r}: chat tuning starts from a model; set init_from=MODEL_DIR",
+        )
         _check(
             self.data_dir is None or (isinstance(self.data_dir, str) and self.data_dir),
             "data_dir",
@@ -355,4 +386,9 @@ def load_config(
             apply_override(data, [str(key)], value)
     for text in overrides:
         apply_override(data, *parse_override(text))
+    if data.get("init_from") is not None:
+        defaults = dict(FINETUNE_DEFAULTS)
+        if any(data.get(key) is not None for key in BUDGET_KEYS):
+            del defaults["max_steps"]
+        data = {**defaults, **data}
     return TrainConfig.from_dict(data)

@@ -95,7 +95,7 @@ def _train(
 ) -> TrainResult:
     metrics = Metrics(config, info)
     data = TrainData.build(config, info, progress=metrics.show)
-    model = TrainModel.build(config, data.tokenizer.vocab_size, device, info)
+    model = TrainModel.build(config, data.tokenizer.vocab_size, device, info, data.pretrained)
     steps_total = total_steps(config, model.params, model.flops_per_token)
     optimizer = Optimizer.build(config, model, steps_total)
     counters = Counters()
@@ -164,7 +164,9 @@ def _train(
         final, sample = [], None
         if interrupted is None:
             final = evaluator.run(step, counters.tokens, config.final_eval_batches)
-            exported = model.export(Path(config.out_dir) / "model", data.tokenizer, info.is_main)
+            exported = model.export(
+                Path(config.out_dir) / "model", data.tokenizer, info.is_main, data.chat_template
+            )
             if exported is not None and config.sample_tokens > 0:
                 sample = sample_text(exported, data.tokenizer, config, device)
         metrics.close()

@@ -226,7 +226,8 @@ class Metrics:
             )
             precision = "bf16" if model.dtype == torch.bfloat16 else "fp32"
             self.say(
-                f"parcae: training {config.model} ({model.params:,} parameters, "
+                f"parcae: training {config.init_from or config.model} "
+                f"({model.params:,} parameters, "
                 f"{model.flops_per_token / 1e6:.1f} MFLOPs/token) for {total_steps} steps "
                 f"of {config.batch_size}x{config.seq_len} tokens on "
                 f"{self.info.world_size}x{model.device.type} in {precision}; data {data_dir}"

@@ -1,6 +1,7 @@
 """The model being trained and how it runs: creation, precision, compilation and parallelism.
 
-`TrainModel.build` creates the model from its preset (seeded by `seed`), wraps each transformer
+`TrainModel.build` creates the model from its preset (seeded by `seed`) or, fine-tuning, from
+the model of `init_from` (`parcae.train.pretrained`: its config and weights), wraps each transformer
 block for activation checkpointing and compiles it when asked, then spreads it over the
 processes (`parcae.train.distributed.wrap_model`: DDP or FSDP2). Its state dict is the full
 (unsharded) model state; `export` saves the whole model for `from_pretrained`.
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from parcae.data.chat_template import ChatTemplate
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import ConfigError
 from parcae.model import DepthPlan, create_model, preset_config
@@ -25,6 +27,7 @@ from parcae.model.flops import plan_depth, training_flops_per_token
 from parcae.perf import bf16_is_fast
 from parcae.train import distributed as dist
 from parcae.train.config import TrainConfig
+from parcae.train.pretrained import Pretrained
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -32,10 +35,16 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
 
 
-def build_model_config(config: TrainConfig, vocab_size: int) -> TransformerConfig:
-    """The preset `config.model` with `config.model_overrides` and the tokenizer's vocab size."""
-    overrides = {"vocab_size": vocab_size, **config.model_overrides}
-    model_config = preset_config(config.model, **overrides)
+def build_model_config(
+    config: TrainConfig, vocab_size: int, pretrained: Pretrained | None = None
+) -> TransformerConfig:
+    """The preset `config.model` with `config.model_overrides` and the tokenizer's vocab size;
+    fine-tuning, the `pretrained` model's config with the overrides that keep its shapes."""
+    if pretrained is not None:
+        model_config = pretrained.run_config(config.model_overrides)
+    else:
+        overrides = {"vocab_size": vocab_size, **config.model_overrides}
+        model_config = preset_config(config.model, **overrides)
     if config.seq_len > model_config.context_length:
         raise ConfigError(
             f"invalid training config 'seq_len': {config.seq_len} exceeds the "
@@ -119,12 +128,20 @@ class TrainModel:
 
     @classmethod
     def build(
-        cls, config: TrainConfig, vocab_size: int, device: torch.device, info: dist.DistInfo
+        cls,
+        config: TrainConfig,
+        vocab_size: int,
+        device: torch.device,
+        info: dist.DistInfo,
+        pretrained: Pretrained | None = None,
     ) -> TrainModel:
-        """A freshly initialised model, prepared to train on `info.world_size` processes."""
-        model_config = build_model_config(config, vocab_size)
+        """A freshly initialised model (with `pretrained`'s weights when fine-tuning),
+        prepared to train on `info.world_size` processes."""
+        model_config = build_model_config(config, vocab_size, pretrained)
         torch.manual_seed(config.seed)
         model = create_model(model_config, device)
+        if pretrained is not None:
+            pretrained.load_into(model)
         params = model.num_params()  # before sharding
         if config.activation_checkpointing:
             checkpoint_blocks(model)
@@ -179,12 +196,21 @@ class TrainModel:
             copy.load_state_dict(state)
         return copy
 
-    def export(self, directory: Path, tokenizer: Tokenizer, main: bool) -> nn.Module | None:
-        """Save the whole model and `tokenizer` to `directory` (`from_pretrained` reads it)
-        from the main process, which gets the whole model back (a collective under FSDP)."""
+    def export(
+        self,
+        directory: Path,
+        tokenizer: Tokenizer,
+        main: bool,
+        chat_template: ChatTemplate | None = None,
+    ) -> nn.Module | None:
+        """Save the whole model, `tokenizer` and `chat_template` (if any) to `directory`
+        (`from_pretrained` reads it) from the main process, which gets the whole model back
+        (a collective under FSDP)."""
         trained = self.unsharded()
         if not main:
             return None
         trained.save_pretrained(directory)
-        tokenizer.save(directory)
+        if chat_template is not None:
+            chat_template.save(directory)
+        tokenizer.save(directory)  # last: a run whose model has it is finished (loop.py)
         return trained

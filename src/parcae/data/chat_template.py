@@ -28,6 +28,12 @@ model that continues past its turn writes `\\n\\nUser:`, so the plain template a
 
 A message's content is a string, or a list of parts of which the `{"type": "text", "text"}`
 ones are joined (the shape the OpenAI API allows); other parts are refused.
+
+Chat tuning (`parcae.data.sft`) renders conversations with the model's template, or, for a
+model without one, with `PLAIN_TEMPLATE`: the plain template written in Jinja, plus the EOS token
+after each assistant turn, so that a tuned model learns to end its reply. The tuned model is
+saved with that template (`ChatTemplate.save`), so `parcae chat` and `parcae serve` prompt it
+exactly as it was trained and stop at its EOS.
 """
 
 from __future__ import annotations
@@ -38,11 +44,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from parcae.data.shards import atomic_write_json
 from parcae.data.tokenizer import BOS, EOS
 from parcae.errors import PromptError
 
 CONFIG_FILE = "tokenizer_config.json"
 PLAIN_STOP = "\n\nUser:"
+PLAIN_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+    "{% if message.role in ['system', 'user', 'assistant'] %}{{ message.role | capitalize }}"
+    "{% else %}{{ message.role }}{% endif %}: {{ message.content | trim }}"
+    "{% if message.role == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{% if messages %}{{ '\\n\\n' }}{% endif %}Assistant:{% endif %}"
+)
 logger = logging.getLogger("parcae.serve")
 
 
@@ -142,7 +159,21 @@ class ChatTemplate:
                 ids += tokenizer.encode(piece)
         return ids
 
-    def render(self, messages: list[dict]) -> str:
+    def save(self, directory: Path) -> None:
+        """Write the template (and its BOS and EOS tokens) into `directory`'s
+        `tokenizer_config.json`, keeping the file's other keys (atomic)."""
+        file = Path(directory) / CONFIG_FILE
+        config = json.loads(file.read_text()) if file.is_file() else {}
+        config |= {
+            "chat_template": self.template or PLAIN_TEMPLATE,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
+        atomic_write_json(file, config)
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The template's text for `messages` (`PLAIN_TEMPLATE` when there is none), ending
+        with the assistant's turn opening when `add_generation_prompt`."""
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -156,9 +187,9 @@ class ChatTemplate:
             for index, message in enumerate(messages)
         ]
         try:
-            return environment.from_string(self.template).render(
+            return environment.from_string(self.template or PLAIN_TEMPLATE).render(
                 messages=plain,
-                add_generation_prompt=True,
+                add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
