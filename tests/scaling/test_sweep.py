@@ -22,6 +22,7 @@ from parcae.scaling.sweep import (
     COLUMNS,
     Point,
     default_backprop_depth,
+    format_duration,
     load_sweep,
     plan_point,
     run_sweep,
@@ -132,11 +133,22 @@ def test_sweep_trains_every_point_then_skips_them(write_sweep, tmp_path, monkeyp
         assert float(row["wall_seconds"]) > 0 and row["run_dir"] == str(sweep.run_dir(point))
     output = capsys.readouterr().out
     assert "[4/4] C=4e+08 μ=1: 384 tokens, val loss" in output
+    assert output.count("; ETA ") == 4 and "ETA 0 s" in output.splitlines()[-2]  # the last point
     assert "4 trained, 0 failed, 0 skipped" in output and "peak memory" in output
 
     report = run_sweep(load_sweep(path))  # everything is done: nothing trains
     assert (report.trained, report.skipped) == (0, 4) and len(calls) == 4
     assert read_table(tmp_path / "sweep" / "results.csv") == rows
+
+
+def test_durations_read_as_people_write_them():
+    assert [format_duration(s) for s in (0.4, 42, 185, 3720, -1)] == [
+        "0 s",
+        "42 s",
+        "3 min 05 s",
+        "1 h 02 min",
+        "0 s",
+    ]
 
 
 def test_interrupted_point_resumes_from_its_checkpoint(write_sweep, tmp_path, monkeypatch):

@@ -338,6 +338,16 @@ class SweepReport:
     seconds: float
 
 
+def format_duration(seconds: float) -> str:
+    """`1 h 02 min`, `3 min 05 s` or `42 s`."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
 def run_sweep(
     sweep: Sweep, workers: int = 1, launcher: str = "local", say: Callable[[str], None] = print
 ) -> SweepReport:
@@ -365,6 +375,8 @@ def run_sweep(
     tasks = [(point, sweep.point_config(point, data_dir), vocab_size) for point in todo]
     results = dict(previous)
     failed = 0
+    budget_left = sum(point.flops_budget for point in todo)
+    budget_done = 0.0
     for count, row in enumerate(LAUNCHERS[launcher](run_point, tasks, workers), 1):
         append_result(table, row)
         results[row_key(row)] = row
@@ -374,9 +386,12 @@ def run_sweep(
             if row["status"] == "done"
             else f"FAILED: {row['error']}"
         )
+        budget_done += row["flops_budget"]
+        eta = (time.perf_counter() - started) * (budget_left - budget_done) / budget_done
         say(
             f"sweep: [{count}/{len(tasks)}] C={row['flops_budget']:g} "
-            f"μ={row['mean_recurrence']}: {outcome} in {row['wall_seconds']:.1f} s"
+            f"μ={row['mean_recurrence']}: {outcome} in {row['wall_seconds']:.1f} s; "
+            f"ETA {format_duration(eta)} (time per FLOP so far)"
         )
     ordered = [results.pop(p.key) for p in points if p.key in results]
     rows = ordered + list(results.values())  # rows of points no longer in the grid stay

@@ -19,15 +19,16 @@ from torch import nn
 from parcae.data.chat_template import ChatTemplate
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import ConfigError
-from parcae.infer.loading import find_tokenizer, resolve_model_dir
+from parcae.infer.loading import find_tokenizer
 from parcae.model import create_model, from_pretrained
 from parcae.model.config import TransformerConfig
+from parcae.model.hub import resolve_model_dir
 from parcae.model.serialization import read_config
 
 
 def model_directory(reference: str) -> Path:
-    """The local directory holding the model `reference` names (a model or run directory);
-    the one place a model reference of a training config is resolved."""
+    """The local directory holding the model `reference` names (a model or run directory, or a
+    Hub repo `org/name[@revision]`); the one place a training config's model is resolved."""
     return resolve_model_dir(reference)
 
 
