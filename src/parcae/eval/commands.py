@@ -26,7 +26,8 @@ def register(subparsers) -> None:
         "--tasks",
         default="bpb,bigbench",
         help="comma-separated: bpb, bigbench, core, core_extended (any task list of the "
-        "bundle), or task labels (default: bpb,bigbench)",
+        "bundle), task labels, or synthetic reasoning tasks such as synth:phop?hops=1-4 "
+        "(accuracy by difficulty; default: bpb,bigbench)",
     )
     evaluate.add_argument(
         "--depths",
@@ -41,7 +42,8 @@ def register(subparsers) -> None:
         "--max-per-task",
         type=int,
         default=None,
-        help="N items per task, spread evenly over its file",
+        help="N items per task, spread evenly over its file (per difficulty for synth: "
+        "tasks, default 256)",
     )
     evaluate.add_argument(
         "--num-fewshot", type=int, default=None, help="override every task's few-shot count"

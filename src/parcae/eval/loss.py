@@ -121,8 +121,8 @@ def _rounds(batches: Iterable, size: int) -> Iterable[list]:
 def _batch_sums(output: DepthOutput, targets: Tensor, token_bytes: Tensor) -> Tensor:
     """One batch's contribution to SUMS at one depth: summed nats, tokens and bytes over
     targets with bytes (special tokens left out), the loop's state norm and residual, one
-    batch."""
-    target_bytes = token_bytes[targets]
+    batch. Targets of -100 (ignored, as in a synthetic task's prompt) count as 0 bytes."""
+    target_bytes = torch.where(targets >= 0, token_bytes[targets.clamp(min=0)], 0)
     counted = target_bytes > 0
     nats = F.cross_entropy(
         output.logits.float().flatten(0, 1), targets.flatten(), reduction="none"

@@ -3,7 +3,10 @@
 `data` is either a prepared directory (holding `manifest.json` and `tokenizer.json`) used as is,
 or a corpus spec (`shakespeare`, a file or directory, `hf:NAME`): then a tokenizer of
 `vocab_size` tokens is trained on its train split and the corpus is tokenised into `data_dir`
-(default `$PARCAE_CACHE/prepared/<name>-v<vocab_size>`), once; later runs reuse it.
+(default `$PARCAE_CACHE/prepared/<name>-v<vocab_size>`), once; later runs reuse it. A synthetic
+task (`synth:<task>...`, `parcae.data.synth`) is generated on the fly: its directory holds only
+the character-level tokenizer (default `$PARCAE_CACHE/prepared/synth`), and `vocab_size` is
+not used.
 
 `TrainData` reads it: each of the W processes takes its B/W rows of every global batch of B
 (`batch_size`) rows of `seq_len` tokens, and runs them in micro-batches of `micro_batch_size`.
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 
+from parcae.data import synth
 from parcae.data.loader import Batch, TokenLoader, iter_eval_batches
 from parcae.data.prepare import prepare_dataset
 from parcae.data.recipes import RECIPES, cache_root
@@ -31,6 +35,8 @@ from parcae.train.config import TrainConfig
 
 
 def default_data_dir(spec: str, vocab_size: int) -> Path:
+    if synth.is_synth(spec):
+        return cache_root() / "prepared" / "synth"
     if spec in RECIPES:
         name = spec
     else:
@@ -46,6 +52,11 @@ def resolve_data_dir(config: TrainConfig, prepare: bool, progress: bool = True) 
     if (Path(spec) / MANIFEST).is_file():
         return Path(spec)
     directory = Path(config.data_dir) if config.data_dir else default_data_dir(spec, vocab_size)
+    if synth.is_synth(spec):
+        synth.parse_spec(spec)  # refuse a bad spec before writing anything
+        if prepare and not (directory / FILE_NAME).is_file():
+            synth.tokenizer().save(directory)
+        return directory
     if prepare and not (directory / MANIFEST).is_file():
         if not (directory / FILE_NAME).is_file():
             report = train_tokenizer(spec, vocab_size, directory, val_fraction, progress=progress)
@@ -87,14 +98,18 @@ class TrainData:
         self.token_bytes = torch.from_numpy(self.tokenizer.token_byte_lengths())  # (V,) int64
         self.rows, self.micro = batch_split(config, info.world_size)
         self.first_row = info.rank * self.rows  # this process's first row in a global batch
-        self.loader = TokenLoader(
-            directory,
-            "train",
-            batch_size=self.rows,
-            seq_len=config.seq_len,
-            seed=config.seed,
-            rank=info.rank,
-            world_size=info.world_size,
+        self.synth = config.data if synth.is_synth(config.data) else None
+        rows = {
+            "batch_size": self.rows,
+            "seq_len": config.seq_len,
+            "seed": config.seed,
+            "rank": info.rank,
+            "world_size": info.world_size,
+        }
+        self.loader = (
+            synth.SynthLoader(self.synth, **rows)
+            if self.synth
+            else TokenLoader(directory, "train", **rows)
         )
         self.eval_batch_size, self.seq_len = config.eval_batch_size, config.seq_len
 
@@ -111,6 +126,10 @@ class TrainData:
 
     def eval_batches(self, max_batches: int | None) -> Iterator[Batch]:
         """The validation split in order, `eval_batch_size` rows a batch (all when None)."""
+        if self.synth:
+            return synth.iter_val_batches(
+                self.synth, self.eval_batch_size, self.seq_len, max_batches
+            )
         return iter_eval_batches(
             self.directory, "val", self.eval_batch_size, self.seq_len, max_batches
         )
