@@ -3,8 +3,9 @@
 std = sqrt(2 / (5 d)) for q, k, v, fc, C, the token embedding and an untied head; the output
 projections `attn.c_proj` and `mlp.proj` start at exactly zero so every block starts as the
 identity. As in the official code, the value-embedding tables are N(0, 1) (`nn.Embedding`'s
-default) and their gates `nn.Linear`'s default, U(-1/sqrt(32), 1/sqrt(32)) (ARCHITECTURE §1.3). With `orthogonal=True` a weight is a random orthogonal matrix scaled by
-std * sqrt(max(rows, cols)), which keeps the row norms of the Gaussian it replaces (a square d×d
+default) and their gates `nn.Linear`'s default, U(-1/sqrt(32), 1/sqrt(32)) (ARCHITECTURE §1.3).
+With `orthogonal=True` a weight is a random orthogonal matrix scaled by std * sqrt(max(rows,
+cols)), which keeps the row norms of the Gaussian it replaces (a square d×d
 weight gets singular values std * sqrt(d)).
 """
 
@@ -26,8 +27,8 @@ def scaled_zero_std(d_model: int) -> float:
 def orthogonal_(weight: Tensor, gain: float) -> Tensor:
     """Fill a 2-D weight with `gain` times a random matrix with orthonormal rows or columns.
 
-    A Gaussian A (m >= n, truncated to ±2 as in the official code) is orthonormalised by Householder QR when it is nearly square, and by
-    Cholesky QR, Q = A L^-T with L Lᵀ = AᵀA, when m >= 4n: such a Gaussian has condition number
+    A Gaussian A (m >= n, truncated to ±2 as in the official code) is orthonormalised by
+    Householder QR when it is nearly square, and by Cholesky QR, Q = A L^-T with L Lᵀ = AᵀA, when m >= 4n: such a Gaussian has condition number
     below 3, so Cholesky QR is orthogonal to float32 precision while costing two matrix products
     instead of a Householder sweep over all m rows (a 32768×768 table in ~1 s instead of ~5 s).
     """
