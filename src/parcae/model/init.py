@@ -28,9 +28,10 @@ def orthogonal_(weight: Tensor, gain: float) -> Tensor:
     """Fill a 2-D weight with `gain` times a random matrix with orthonormal rows or columns.
 
     A Gaussian A (m >= n, truncated to ±2 as in the official code) is orthonormalised by
-    Householder QR when it is nearly square, and by Cholesky QR, Q = A L^-T with L Lᵀ = AᵀA, when m >= 4n: such a Gaussian has condition number
-    below 3, so Cholesky QR is orthogonal to float32 precision while costing two matrix products
-    instead of a Householder sweep over all m rows (a 32768×768 table in ~1 s instead of ~5 s).
+    Householder QR when it is nearly square, and by Cholesky QR, Q = A L^-T with L Lᵀ = AᵀA,
+    when m >= 4n: such a Gaussian has condition number below 3, so Cholesky QR is orthogonal to
+    float32 precision while costing two matrix products instead of a Householder sweep over all
+    m rows (a 32768×768 table in ~1 s instead of ~5 s).
     """
     rows, cols = weight.shape
     tall, short = max(rows, cols), min(rows, cols)
