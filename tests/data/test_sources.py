@@ -154,7 +154,7 @@ def _fake_kjv(directory, verses=recipes.KJV_VERSES):
 
 def test_kjv_override_with_the_wrong_verse_count_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv(recipes.KJV_ENV, str(_fake_kjv(tmp_path / "kjv", verses=3)))
-    with pytest.raises(DataError, match="has 3 verses, not 31102"):
+    with pytest.raises(DataError, match="has 3 verses, not 31103"):
         recipes.kjv_dir()
 
 

