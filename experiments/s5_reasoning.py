@@ -41,6 +41,7 @@ from common import (  # noqa: E402 (the folder is not a package)
 )
 
 from parcae import from_pretrained  # noqa: E402
+from parcae.data.synth import parse_spec  # noqa: E402
 from parcae.errors import DataError  # noqa: E402
 from parcae.eval.law import fit_depth_law  # noqa: E402
 from parcae.eval.reasoning import reasoning_accuracy  # noqa: E402
@@ -49,10 +50,11 @@ from parcae.model.flops import forward_flops_per_token  # noqa: E402
 TRAIN_TASK = "synth:varchain?length=1-6"
 EVAL_TASK = "synth:varchain?length=1-9"
 FULL = dict(
-    d_model=64, ffn_dim=256, n_heads=2, steps=1500, batch_size=32, items=200, eval_batches=4
+    d_model=48, ffn_dim=192, n_heads=1, steps=1000, batch_size=32, items=200, eval_batches=4
 )
 QUICK = dict(d_model=32, ffn_dim=32, n_heads=1, steps=2, batch_size=4, items=2, eval_batches=1)
 RECURRENCES = {"full": (4, 8), "quick": (2,)}
+SEQ_LEN = parse_spec(TRAIN_TASK).max_tokens
 
 
 def models(recurrences: tuple[int, ...]) -> dict[str, dict[str, Any]]:
@@ -80,7 +82,7 @@ def run(name: str, spec: dict[str, Any], seed: int, size: dict, runs: Path) -> d
         model=spec["model"],
         model_overrides={**width, **overrides, "context_length": 128},
         data=TRAIN_TASK,
-        seq_len=64,
+        seq_len=SEQ_LEN,
         out_dir=str(runs / name),
         seed=seed,
         max_steps=size["steps"],
@@ -112,7 +114,7 @@ def run(name: str, spec: dict[str, Any], seed: int, size: dict, runs: Path) -> d
         "seed": seed,
         "mean_recurrence": mu,
         "params": model.num_params(),
-        "forward_flops_per_token": forward_flops_per_token(model.config, 64),
+        "forward_flops_per_token": forward_flops_per_token(model.config, SEQ_LEN),
         "steps": size["steps"],
         "train_task": TRAIN_TASK,
         "eval_task": EVAL_TASK,
