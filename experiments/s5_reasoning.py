@@ -212,9 +212,12 @@ def plot(summary: dict, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = study_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    parser = study_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
+    args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
-    size = QUICK if args.quick else FULL
+    size = dict(QUICK if args.quick else FULL)
+    size["steps"] = args.steps or size["steps"]
     results = args.results or RESULTS / ("s5-quick" if args.quick else "s5")
     runs = args.runs or ROOT.parent / "runs" / "s5"
     plan = [
