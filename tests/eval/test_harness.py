@@ -138,13 +138,8 @@ def test_loglikelihood_rolling_sums_disjoint_windows_of_max_length(parcae_model,
 
 def test_generate_until_is_parcae_generate_cut_at_the_stop_string(parcae_model, tokenizer):
     # greedy decoding (T=3) of these ends in "\n", in "\n" then more text, at EOS, and at
-    # max_gen_toks without a stop
-    contexts = [
-        "Full fathom five",
-        "Double, double",
-        "When shall we three meet again",
-        "Fair is foul",
-    ]
+    # max_gen_toks without a stop (contexts picked for the tiny random model's official init)
+    contexts = ["Shall thunder", "or Shall three foul", "All find", "Fair is foul"]
     expected = [direct_generation(parcae_model, tokenizer, c, "\n", 16, 3) for c in contexts]
     assert [len(cut) < len(text) for cut, text in expected] == [True, True, False, False]
     lm = ParcaeLM(model=parcae_model, tokenizer=tokenizer, num_steps=3, batch_size=4)
