@@ -143,3 +143,26 @@ def test_directory_without_text_files_is_refused(tmp_path):
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     with pytest.raises(DataError, match="no .txt, .jsonl, .parquet files"):
         list(iter_documents(str(tmp_path)))
+
+
+def _fake_kjv(directory, verses=recipes.KJV_VERSES):
+    directory.mkdir()
+    lines = (json.dumps({"text": f"verse {i}"}) for i in range(verses))
+    (directory / recipes.KJV_FILE).write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def test_kjv_override_with_the_wrong_verse_count_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(recipes.KJV_ENV, str(_fake_kjv(tmp_path / "kjv", verses=3)))
+    with pytest.raises(DataError, match="has 3 verses, not 31103"):
+        recipes.kjv_dir()
+
+
+def test_classics_recipe_holds_the_bible_and_the_plays(plays_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(recipes.KJV_ENV, str(_fake_kjv(tmp_path / "kjv")))
+    monkeypatch.setenv(recipes.SHAKESPEARE_ENV, str(plays_dir))
+    monkeypatch.setenv(recipes.CACHE_ENV, str(tmp_path / "cache"))
+    documents = list(iter_documents("classics"))
+    assert len(documents) == recipes.KJV_VERSES + 6
+    assert recipes.classics_dir() == tmp_path / "cache" / "classics"
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]

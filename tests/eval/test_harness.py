@@ -94,10 +94,15 @@ def test_loglikelihood_is_greedy_when_the_continuation_is_the_argmax(parcae_mode
     lm = ParcaeLM(model=parcae_model, tokenizer=tokenizer, num_steps=3)
     context = "Double, double"
     context_ids = lm.tok_encode(context)
-    out = parcae.generate(parcae_model, context_ids, 2, num_steps=3, temperature=0)
-    greedy_ids = out[0, len(context_ids) :].tolist()
+    out = parcae.generate(parcae_model, context_ids, 4, num_steps=3, temperature=0)
+    tokens = out[0, len(context_ids) :].tolist()
+    # the longest greedy prefix whose text tokenizes back to it (BPE may merge at the boundary)
+    greedy_ids = next(
+        tokens[:n]
+        for n in range(len(tokens), 0, -1)
+        if lm.tok_encode(context + tokenizer.decode(tokens[:n])) == context_ids + tokens[:n]
+    )
     greedy = tokenizer.decode(greedy_ids)
-    assert lm.tok_encode(context + greedy) == context_ids + greedy_ids  # it tokenizes back
     other = " and trouble"
     assert tokenizer.encode(other)[0] != greedy_ids[0]
     [(logprob, is_greedy), (other_logprob, other_greedy)] = lm.loglikelihood(
@@ -133,13 +138,8 @@ def test_loglikelihood_rolling_sums_disjoint_windows_of_max_length(parcae_model,
 
 def test_generate_until_is_parcae_generate_cut_at_the_stop_string(parcae_model, tokenizer):
     # greedy decoding (T=3) of these ends in "\n", in "\n" then more text, at EOS, and at
-    # max_gen_toks without a stop
-    contexts = [
-        "Full fathom five",
-        "Double, double",
-        "When shall we three meet again",
-        "Fair is foul",
-    ]
+    # max_gen_toks without a stop (contexts picked for the tiny random model's official init)
+    contexts = ["Shall thunder", "or Shall three foul", "All find", "Fair is foul"]
     expected = [direct_generation(parcae_model, tokenizer, c, "\n", 16, 3) for c in contexts]
     assert [len(cut) < len(text) for cut, text in expected] == [True, True, False, False]
     lm = ParcaeLM(model=parcae_model, tokenizer=tokenizer, num_steps=3, batch_size=4)

@@ -101,6 +101,31 @@ def test_text_generation_pipeline_and_parcae_generate_agree(tmp_path, tokenizer,
     assert AutoTokenizer.from_pretrained(tmp_path).eos_token == "<|eos|>"
 
 
+def test_padded_vocabulary_ids_are_never_generated():
+    """Padding columns of the head (V_pad > V) are cut: here they would win every argmax."""
+    torch.manual_seed(0)
+    model = parcae.create_model(
+        "parcae-tiny", vocab_size=300, d_model=64, n_heads=2, ffn_dim=128, tie_embeddings=False
+    ).eval()
+    vocab, padded = model.config.vocab_size, model.config.padded_vocab_size
+    assert padded > vocab
+    with torch.no_grad():  # real logits exactly 0; of the rows +w, -w one is > 0 for any state
+        head = model.lm_head.weight
+        head[:vocab] = 0
+        direction = 100 * torch.randn(head.shape[1])
+        head[vocab::2], head[vocab + 1 :: 2] = direction, -direction
+    wrapper = ParcaeForCausalLM.from_parcae(model)
+    ids = torch.tensor([[5, 9, 44, 201]])
+    with torch.no_grad():
+        assert bool((model(ids).logits.argmax(-1) >= vocab).all())  # what the cut prevents
+        assert wrapper(ids, use_cache=False).logits.shape[-1] == vocab
+        assert wrapper(ids).logits.shape[-1] == vocab
+    greedy = wrapper.generate(ids, max_new_tokens=4, do_sample=False)
+    sampled = wrapper.generate(ids, max_new_tokens=4, do_sample=True, top_k=0)
+    assert greedy.shape[1] == sampled.shape[1] == 8
+    assert int(greedy.max()) < vocab and int(sampled.max()) < vocab
+
+
 def test_convert_official_command(tmp_path, official_model, tokenizer, capsys):
     tokenizer_dir = tmp_path / "tok"
     tokenizer.save(tokenizer_dir)

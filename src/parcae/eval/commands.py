@@ -30,7 +30,8 @@ def register(subparsers) -> None:
         "--tasks",
         default="bpb,bigbench",
         help="comma-separated: bpb, bigbench, core, core_extended (any task list of the "
-        "bundle), or task labels (default: bpb,bigbench)",
+        "bundle), task labels, or synthetic reasoning tasks such as synth:phop?hops=1-4 "
+        "(accuracy by difficulty; default: bpb,bigbench)",
     )
     evaluate.add_argument(
         "--depths",
@@ -45,8 +46,9 @@ def register(subparsers) -> None:
         "--max-per-task",
         default=str(DEFAULT_MAX_PER_TASK),
         metavar="N|all",
-        help=f"N items per task, spread evenly over its file (default {DEFAULT_MAX_PER_TASK}: "
-        "minutes on a CPU); all: every item (BIG-bench: hours on a CPU)",
+        help=f"N items per task, spread evenly over its file (per difficulty for synth: tasks; "
+        f"default {DEFAULT_MAX_PER_TASK}: minutes on a CPU); all: every item (BIG-bench: hours "
+        "on a CPU; synth: tasks then take 256 per difficulty)",
     )
     evaluate.add_argument(
         "--num-fewshot", type=int, default=None, help="override every task's few-shot count"

@@ -122,8 +122,8 @@ def _rounds(batches: Iterable, size: int) -> Iterable[list]:
 
 def _batch_sums(output: DepthOutput, targets: Tensor, token_bytes: Tensor) -> Tensor:
     """One batch's contribution to SUMS at one depth: summed nats, tokens and bytes over
-    targets with bytes (special tokens and ignored targets, -100, left out), the loop's state
-    norm and residual, one batch."""
+    targets with bytes (special tokens and ignored targets, -100, left out: a chat-tuning prompt,
+    a synthetic task's question), the loop's state norm and residual, one batch."""
     target_bytes = torch.where(targets == IGNORE_INDEX, 0, token_bytes[targets.clamp(min=0)])
     counted = target_bytes > 0
     nats = F.cross_entropy(

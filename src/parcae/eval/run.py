@@ -7,6 +7,8 @@ stops half-way leaves what it measured. The JSON:
 
     {"model": PATH, "looped": bool, "mean_recurrence": μ_rec, "depths": [...],
      "results": [{"task", "depth", "accuracy", "centered", "n", "truncated"}, ...],
+         (a synthetic task `synth:...` has one result per difficulty and depth, its task
+          labelled "<spec> <difficulty key>=<d>", centered = accuracy),
      "core": {"T": mean centered accuracy}, "core_tasks": [labels],
      "bpb": {"T": bits per byte}, "loss": {"T": nats per token}, "bpb_tokens": N,
      "timing": {label: {"items", "seconds", "items_per_second"}}, "complete": bool}
@@ -30,12 +32,14 @@ from parcae.errors import ConfigError, DataError
 from parcae.eval.core import TaskResult, core_score, evaluate_task
 from parcae.eval.depths import check_depths
 from parcae.eval.loss import default_depths, evaluate
+from parcae.eval.reasoning import reasoning_accuracy
 from parcae.eval.selection import resolve_tasks
 from parcae.eval.tasks import load_task
 from parcae.infer.loading import load_for_inference, resolve_model_dir
 from parcae.outputs import output_file, write_json_atomic
 
 FIXED = "fixed"
+SYNTH_ITEMS = 256  # items per difficulty of a synthetic task without --max-per-task
 
 
 def depth_key(depth: int | None) -> str:
@@ -186,6 +190,19 @@ def run_eval(request: EvalRequest) -> dict:
             "seconds": seconds,
             "items_per_second": len(task.items) / seconds,
         }
+        write_results(out, results)
+    for spec in selection.synth:
+        start = time.perf_counter()
+        task_results = reasoning_accuracy(
+            model,
+            spec,
+            depths,
+            request.max_per_task or SYNTH_ITEMS,
+            request.batch_size,
+            request.device,
+        )
+        results["results"] += [r.to_dict() for r in task_results]
+        results["timing"][spec] = {"seconds": time.perf_counter() - start}
         write_results(out, results)
     if tasks:
         by_depth = core_score(scored)

@@ -18,6 +18,7 @@ import difflib
 import os
 from dataclasses import dataclass, field
 
+from parcae.data import synth
 from parcae.errors import ConfigError, DataError
 from parcae.eval import bundle as bundles
 from parcae.eval.tasks import TaskSpec
@@ -54,10 +55,12 @@ def parse_depths(text: str) -> list[int]:
 
 @dataclass
 class Selection:
-    """The resolved request: bpb or not, the ICL tasks in order, and the names asked for."""
+    """The resolved request: bpb or not, the ICL tasks in order, the synthetic reasoning tasks
+    (`synth:...` specs, `parcae.eval.reasoning`), and the names asked for."""
 
     bpb: bool = False
     tasks: list[TaskSpec] = field(default_factory=list)
+    synth: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
 
@@ -103,6 +106,9 @@ def resolve_tasks(
     for name in names:
         if name == BPB:
             selection.bpb = True
+        elif synth.is_synth(name):
+            synth.parse_spec(name)  # refuses a bad spec now
+            selection.synth.append(name)
         elif name == BIGBENCH:
             selection.tasks += _bigbench_specs()
         elif name in _bigbench_labels() and name not in bundle_specs:

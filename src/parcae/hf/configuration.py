@@ -38,8 +38,9 @@ class ParcaeHFConfig(PretrainedConfig):
             setattr(self, name, value)
         self.parcae_format_version = FORMAT_VERSION
         kwargs.setdefault("tie_word_embeddings", parcae_config.tie_embeddings)
-        kwargs.setdefault("use_cache", True)
+        use_cache = kwargs.pop("use_cache", True)  # transformers 5 no longer keeps it
         super().__init__(**kwargs)
+        self.use_cache = use_cache
 
     def to_parcae(self) -> TransformerConfig:
         """Our config, from this config's fields."""

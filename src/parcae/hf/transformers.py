@@ -62,6 +62,11 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
     forward(input_ids, attention_mask=None, past_key_values=None, labels=None, use_cache=None,
     num_steps=None): labels are the inputs (shifted inside, as in transformers); attention_mask
     may left-pad; `num_steps` sets the loop depth T (default the config's mean recurrence).
+
+    logits: (B, S, V), the true vocabulary V = config.vocab_size: the model's V_pad - V padding
+    columns are cut off, since transformers' sampling, argmax and pipelines choose over every
+    column and those ids have no token. loss: the native model's (its softmax spans V_pad, as
+    in training), so it equals parcae's own loss.
     """
 
     config_class = ParcaeHFConfig
@@ -131,7 +136,7 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
             if labels is not None:
                 targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
             out = self.model(input_ids, labels=targets, num_steps=num_steps)
-            return CausalLMOutputWithPast(loss=out.loss, logits=out.logits)
+            return CausalLMOutputWithPast(loss=out.loss, logits=self._true_vocab(out.logits))
         if labels is not None:
             raise PromptError("labels are only supported without a cache or padding")
         if past_key_values is None:
@@ -146,8 +151,13 @@ class ParcaeForCausalLM(PreTrainedModel, GenerationMixin):
         cache.reserve(seq)
         out = self.model(input_ids, cache=cache, attention_mask=valid)
         return CausalLMOutputWithPast(
-            logits=out.logits, past_key_values=past_key_values if use_cache else None
+            logits=self._true_vocab(out.logits),
+            past_key_values=past_key_values if use_cache else None,
         )
+
+    def _true_vocab(self, logits: Tensor) -> Tensor:
+        """(B, S, V_pad) -> (B, S, V): only the columns of real tokens."""
+        return logits[..., : self.model.config.vocab_size]
 
     def _new_cache(self, batch: int, num_steps: int | None) -> ParcaeCache:
         columns = min(INITIAL_CACHE_COLUMNS, self.model.config.context_length)

@@ -158,8 +158,8 @@ class LanguageModel(nn.Module):
         config = self.config
         std = scaled_zero_std(config.d_model)
         init_matrix_(self.transformer.wte.weight, std, config.init_orthogonal)
-        for table in self.value_embeds.values():  # lookups: orthogonality buys nothing here
-            nn.init.normal_(table.weight, std=std)
+        for table in self.value_embeds.values():  # N(0, 1), as the official code leaves them
+            nn.init.normal_(table.weight)
         if not config.tie_embeddings:
             init_matrix_(self.lm_head.weight, std, config.init_orthogonal)
         self.transformer.ln_f.weight.fill_(1.0)

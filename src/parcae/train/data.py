@@ -3,7 +3,10 @@
 `data` is either a prepared directory (holding `manifest.json` and `tokenizer.json`) used as is,
 or a corpus spec (`shakespeare`, a file or directory, `hf:NAME`): then a tokenizer of
 `vocab_size` tokens is trained on its train split and the corpus is tokenised into `data_dir`
-(default `$PARCAE_CACHE/prepared/<name>-v<vocab_size>`), once; later runs reuse it.
+(default `$PARCAE_CACHE/prepared/<name>-v<vocab_size>`), once; later runs reuse it. A synthetic
+task (`synth:<task>...`, `parcae.data.synth`) is generated on the fly: its directory holds only
+the character-level tokenizer (default `$PARCAE_CACHE/prepared/synth`), and `vocab_size` is
+not used.
 
 Fine-tuning (`init_from`), the data must be tokenised with the model's tokenizer: a corpus is
 prepared with it (into a directory named after the tokenizer's hash, no tokenizer trained), and a
@@ -25,6 +28,7 @@ from typing import Any
 
 import torch
 
+from parcae.data import synth
 from parcae.data.chat_template import ChatTemplate
 from parcae.data.loader import Batch, TokenLoader, iter_eval_batches
 from parcae.data.prepare import prepare_dataset
@@ -48,6 +52,8 @@ from parcae.train.pretrained import Pretrained
 
 
 def default_data_dir(spec: str, vocab_size: int | str) -> Path:
+    if synth.is_synth(spec):
+        return cache_root() / "prepared" / "synth"
     if spec in RECIPES:
         name = spec
     else:
@@ -69,6 +75,16 @@ def resolve_data_dir(
         return Path(spec)
     name = vocab_size if tokenizer is None else f"t{tokenizer.hash[:12]}"
     directory = Path(config.data_dir) if config.data_dir else default_data_dir(spec, name)
+    if synth.is_synth(spec):
+        if tokenizer is not None and tokenizer.hash != synth.tokenizer().hash:
+            raise ConfigError(
+                f"data={spec}: a synthetic task has its own character vocabulary; it cannot "
+                "fine-tune a model (init_from) with another tokenizer"
+            )
+        synth.parse_spec(spec)  # refuse a bad spec before writing anything
+        if prepare and not (directory / FILE_NAME).is_file():
+            synth.tokenizer().save(directory)
+        return directory
     if tokenizer is not None and (directory / MANIFEST).is_file():
         load_manifest(directory, tokenizer_hash=tokenizer.hash)
     if prepare and not (directory / MANIFEST).is_file():
@@ -132,7 +148,12 @@ class TrainData:
         self.chat_template: ChatTemplate | None = None
         self.conversations: dict[str, Conversations] | None = None
         order = dict(seed=config.seed, rank=info.rank, world_size=info.world_size)
-        if config.data.startswith(SFT_PREFIX):
+        self.synth = config.data if synth.is_synth(config.data) else None
+        if self.synth:
+            self.loader = synth.SynthLoader(
+                self.synth, batch_size=self.rows, seq_len=config.seq_len, **order
+            )
+        elif config.data.startswith(SFT_PREFIX):
             self.chat_template = pretrained.chat_template
             self.conversations = read_conversations(
                 directory, self.chat_template, self.tokenizer, config.seq_len, config.val_fraction
@@ -165,6 +186,10 @@ class TrainData:
 
     def eval_batches(self, max_batches: int | None) -> Iterator[Batch]:
         """The validation split in order, `eval_batch_size` rows a batch (all when None)."""
+        if self.synth:
+            return synth.iter_val_batches(
+                self.synth, self.eval_batch_size, self.seq_len, max_batches
+            )
         if self.conversations is not None:
             return iter_conversation_batches(
                 self.conversations["val"], self.eval_batch_size, max_batches
