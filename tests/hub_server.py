@@ -119,13 +119,20 @@ class HubServer:
                 else:
                     self._error("RepoNotFound", body)
 
-            def _api(self, repo_id: str, kind: str, revision: str, body: bool) -> None:
+            def _revision(self, repo_id: str, revision: str, body: bool):
+                """(sha, files) of the repo at `revision`, or None after answering 404."""
                 repo = hub.repos.get(repo_id)
                 if repo is None:
                     return self._error("RepoNotFound", body)
                 found = repo.files(revision)
                 if found is None:
                     return self._error("RevisionNotFound", body)
+                return found
+
+            def _api(self, repo_id: str, kind: str, revision: str, body: bool) -> None:
+                found = self._revision(repo_id, revision, body)
+                if found is None:
+                    return None
                 sha, files = found
                 if kind == "revision":
                     siblings = [{"rfilename": name} for name in files]
@@ -140,12 +147,9 @@ class HubServer:
                 return self._json(entries, body)
 
             def _file(self, repo_id: str, revision: str, name: str, body: bool) -> None:
-                repo = hub.repos.get(repo_id)
-                if repo is None:
-                    return self._error("RepoNotFound", body)
-                found = repo.files(revision)
+                found = self._revision(repo_id, revision, body)
                 if found is None:
-                    return self._error("RevisionNotFound", body)
+                    return None
                 sha, files = found
                 if name not in files:
                     return self._error("EntryNotFound", body)
