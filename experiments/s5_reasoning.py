@@ -46,14 +46,14 @@ from parcae.eval.law import fit_depth_law  # noqa: E402
 from parcae.eval.reasoning import parse_spec, reasoning_accuracy  # noqa: E402
 from parcae.scaling import forward_flops_per_token  # noqa: E402
 
-TRAIN_TASK = "synth:varchain?length=1-6"
-EVAL_TASK = "synth:varchain?length=1-9"
+TRAIN_TASK = "synth:phop?hops=1-4"
+EVAL_TASK = "synth:phop?hops=1-6"
 FULL = dict(
-    d_model=48, ffn_dim=192, n_heads=1, steps=1000, batch_size=32, items=200, eval_batches=4
+    d_model=64, ffn_dim=256, n_heads=4, steps=1500, batch_size=32, items=200, eval_batches=4
 )
 QUICK = dict(d_model=32, ffn_dim=32, n_heads=1, steps=2, batch_size=4, items=2, eval_batches=1)
-RECURRENCES = {"full": (4, 8), "quick": (2,)}
-SEQ_LEN = parse_spec(TRAIN_TASK).max_tokens
+RECURRENCES = {"full": (4,), "quick": (2,)}
+SEQ_LEN = max(parse_spec(TRAIN_TASK).max_tokens, parse_spec(EVAL_TASK).max_tokens)
 
 
 def models(recurrences: tuple[int, ...]) -> dict[str, dict[str, Any]]:
@@ -213,6 +213,9 @@ def plot(summary: dict, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated run-name prefixes to run (default: all)"
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     size = dict(QUICK if args.quick else FULL)
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for seed in seeds_of(args.seeds)
         for model, spec in models(RECURRENCES[mode]).items()
+        if args.models is None or model in args.models.split(",")
     ]
     run_all(plan, results)
     summary = summarise(read_records(results))

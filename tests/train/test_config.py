@@ -1,10 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from parcae.errors import ConfigError
+from parcae.model import create_model
 from parcae.train.config import DEFAULT_MAX_STEPS, load_config
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def test_defaults_are_the_embedded_run():
@@ -38,6 +42,13 @@ def test_yaml_file_then_overrides(tmp_path):
 
 def test_a_budget_other_than_steps_replaces_the_default_steps():
     assert load_config(None, ["max_tokens=1000000"]).max_steps is None
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    config = load_config(path)
+    model = create_model(config.model, device="meta", **config.model_overrides)
+    assert model.num_params() > 0 and config.out_dir.startswith("runs/")
 
 
 def test_unknown_key_suggests_the_closest_names():
