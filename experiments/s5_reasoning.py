@@ -1,15 +1,16 @@
 """Study S5, depth on reasoning: does looping buy what depth buys on a task that needs depth?
 
-Models, all of width d with the same blocks (so the first three have equal parameters):
-- `parcae-mu4`, `parcae-mu8`: 1 prelude, 1 core and 1 coda layer, the core looped μ_rec = 4 or 8
-  times in training (truncated backprop through μ_rec / 2);
+Models, all of width d with the same blocks (so the first two have equal parameters):
+- `parcae-mu4`: 1 prelude, 1 core and 1 coda layer, the core looped μ_rec = 4 times in training
+  (truncated backprop through μ_rec / 2); RECURRENCES lists the μ_rec of each mode (μ_rec = 8
+  was dropped from the full mode to fit three seeds in the compute budget);
 - `gpt-same-layers`: a GPT with the same 3 unique layers (parameter-matched);
-- `gpt-flops-mu4`, `gpt-flops-mu8`: GPTs as deep as the unrolled Parcae (2 + μ_rec layers), the
-  same forward FLOPs per token at T = μ_rec (and more parameters).
+- `gpt-flops-mu4`: a GPT as deep as the unrolled Parcae (2 + μ_rec layers), the same forward
+  FLOPs per token at T = μ_rec (and more parameters).
 
 Every model trains on the synthetic task TRAIN_TASK (`parcae.data.synth`) with the official
 optimizer recipe, one run per model and seed; a run's record holds the greedy-answer accuracy on
-EVAL_TASK (longer chains than trained on) by difficulty and, for Parcae, at every test-time depth
+EVAL_TASK (more hops than trained on) by difficulty and, for Parcae, at every test-time depth
 T = 1 .. 2·μ_rec (`parcae.eval.reasoning`). The summary (`_summary.json`) gives the mean and
 standard error over seeds, the depth law A(T) = A_inf + Z exp(-z T) fitted to Parcae's mean
 accuracy (`parcae.eval.law`), and the figure `s5.png`: accuracy by difficulty (Parcae at T = 1,
@@ -199,7 +200,8 @@ def plot(summary: dict, path: Path) -> Path:
             )
         else:
             right.axhline(entry["mean_accuracy"]["fixed"][0], linestyle="--", label=model)
-    left.set(xlabel="difficulty (chain length)", ylabel="accuracy", title="by difficulty")
+    key = parse_spec(EVAL_TASK).task.difficulty_key
+    left.set(xlabel=f"difficulty ({key})", ylabel="accuracy", title=f"by difficulty, {EVAL_TASK}")
     right.set(xlabel="test-time depth T", ylabel="mean accuracy", title="by depth")
     left.legend(fontsize=7)
     right.legend(fontsize=7)
