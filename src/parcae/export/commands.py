@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from parcae.cli import add_model_argument
+from parcae.commands import add_model_argument
 
 
 def register(subparsers) -> None:
