@@ -138,7 +138,7 @@ def run_eval(request: EvalRequest) -> dict:
     results: dict = {
         "model": str(request.model),
         "looped": config.is_looped,
-        "mean_recurrence": getattr(config, "mean_recurrence", None),
+        "mean_recurrence": config.default_depth,
         "depths": [depth_key(d) for d in depths],
         "tasks": selection.names,
         "results": [],
