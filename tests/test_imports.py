@@ -171,7 +171,8 @@ def test_parcae_modules_import_each_other_without_cycles():
 # The package layers, bottom first (docs/ARCHITECTURE.md §8 says why): a module may import its
 # own unit and the units of lower layers; units of one layer are independent of each other. A
 # unit is a subpackage of parcae or a top-level module; the command modules (`P.commands`,
-# `P.*_commands`: each package's subcommands) form one unit, just under the `cli` that loads them.
+# `P.*_commands`: each package's subcommands) form one unit, just under the `cli` that loads
+# them, and do not import each other either.
 COMMAND_MODULES = "command modules"
 LAYERS = (
     ("errors",),
@@ -213,9 +214,13 @@ def layer_violations(
             continue
         for target, where in sorted(edges.items()):
             other = unit_of(target)
-            if other == unit or other not in rank:
-                continue  # an unknown target unit is reported as an importer
-            if rank[other] > rank[unit]:
+            if other not in rank:
+                continue  # an unknown unit is reported as an importer
+            if other == unit == COMMAND_MODULES:
+                rule = "command modules stay independent of each other"
+            elif other == unit:
+                continue
+            elif rank[other] > rank[unit]:
                 rule = f"{unit} (layer {rank[unit]}) may not import {other} (layer {rank[other]})"
             elif rank[other] == rank[unit]:
                 rule = f"{unit} and {other} share layer {rank[unit]} and stay independent"
@@ -233,13 +238,19 @@ def test_the_layer_check_names_the_importer_the_imported_and_the_rule():
         "parcae.model.loss": {"parcae.data.sft": "parcae/model/loss.py:9"},
         "parcae.export.onnx": {"parcae.hf.transformers": "parcae/export/onnx.py:7"},
         "parcae.hf.transformers": {},
-        "parcae.eval.commands": {"parcae.cli": "parcae/eval/commands.py:2"},
+        "parcae.eval.commands": {
+            "parcae.cli": "parcae/eval/commands.py:2",
+            "parcae.scaling.commands": "parcae/eval/commands.py:3",
+        },
+        "parcae.scaling.commands": {},
         "parcae.cli": {},
         "parcae.extra": {},
     }
     assert layer_violations(graph) == [
         "parcae/eval/commands.py:2: parcae.eval.commands imports parcae.cli, but command "
         "modules (layer 10) may not import cli (layer 11)",
+        "parcae/eval/commands.py:3: parcae.eval.commands imports parcae.scaling.commands, but "
+        "command modules stay independent of each other",
         "parcae/export/onnx.py:7: parcae.export.onnx imports parcae.hf.transformers, but "
         "export and hf share layer 6 and stay independent",
         "parcae.extra: its unit 'extra' is in no layer (add it to LAYERS)",
