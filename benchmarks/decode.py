@@ -86,7 +86,7 @@ def bench_speed(preset: str, args: argparse.Namespace) -> None:
         model = create_model(preset, context_length=length)
     model.eval()
     config = model.config
-    steps = (args.num_steps or config.mean_recurrence) if config.is_looped else 0
+    steps = (args.num_steps or config.default_depth) if config.is_looped else 0
     params = model.num_params() / 1e6
     prompt = torch.randint(
         config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)

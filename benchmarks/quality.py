@@ -63,7 +63,7 @@ def run(model: str, out_root: Path, overrides: list[str]) -> dict:
         "steps": result.steps,
         "skipped": result.skipped_steps,
         "eval": result.final_eval,
-        "judged": headline(result.final_eval, getattr(trained.config, "mean_recurrence", None)),
+        "judged": headline(result.final_eval, trained.config.default_depth),
         "wall": time.perf_counter() - started,
     }
 

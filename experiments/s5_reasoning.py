@@ -99,8 +99,8 @@ def run(name: str, spec: dict[str, Any], seed: int, size: dict, runs: Path) -> d
     )
     out_dir, evals = train_run(fields)
     model = from_pretrained(out_dir / "model")
-    mu = getattr(model.config, "mean_recurrence", None)
-    depths = list(range(1, 2 * mu + 1)) if model.config.is_looped else [None]
+    mu = model.config.default_depth  # None: a fixed-depth model, evaluated once
+    depths = [None] if mu is None else list(range(1, 2 * mu + 1))
     results = reasoning_accuracy(model, EVAL_TASK, depths, items=size["items"])
     accuracy: dict[str, dict[str, float]] = {}
     for result in results:

@@ -1,4 +1,4 @@
-"""Imports: no cycle between parcae modules, and `import parcae` stays light.
+"""Imports: the package layers, no cycle between parcae modules, and `import parcae` stays light.
 
 The import graph is read from the source with `ast`: an edge A -> B for every `import` of parcae
 module B in module A, at module level or inside a function (a function-level import hides a
@@ -166,6 +166,113 @@ def test_parcae_modules_import_each_other_without_cycles():
     graph = import_graph()
     found = components(graph)
     assert not found, "import cycles:\n" + "\n".join(describe(graph, c) for c in found)
+
+
+# The package layers, bottom first (docs/ARCHITECTURE.md §8 says why): a module may import its
+# own unit and the units of lower layers; units of one layer are independent of each other. A
+# unit is a subpackage of parcae or a top-level module; the command modules (`P.commands`,
+# `P.*_commands`: each package's subcommands) form one unit, just under the `cli` that loads
+# them, and do not import each other either.
+COMMAND_MODULES = "command modules"
+LAYERS = (
+    ("errors",),
+    ("values", "outputs", "device", "commands"),
+    ("model",),
+    ("data",),
+    ("quant", "perf"),
+    ("infer",),
+    ("export", "hf"),
+    ("eval", "serve"),
+    ("train",),
+    ("scaling",),
+    (COMMAND_MODULES,),
+    ("cli", PACKAGE),
+    ("__main__",),
+)
+
+
+def unit_of(module: str) -> str:
+    """The unit of a parcae module: "model" for parcae.model.base, "errors" for parcae.errors,
+    "parcae" for the package itself, COMMAND_MODULES for parcae.eval.commands."""
+    parts = module.split(".")
+    if len(parts) > 2 and (parts[-1] == "commands" or parts[-1].endswith("_commands")):
+        return COMMAND_MODULES
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def layer_violations(
+    graph: dict[str, dict[str, str]], layers: tuple[tuple[str, ...], ...] = LAYERS
+) -> list[str]:
+    """One line per import that breaks the layer order `layers` (bottom first), naming the
+    importing module, the imported one, where, and the rule broken."""
+    rank = {unit: level for level, units in enumerate(layers) for unit in units}
+    problems = []
+    for module, edges in sorted(graph.items()):
+        unit = unit_of(module)
+        if unit not in rank:
+            problems.append(f"{module}: its unit {unit!r} is in no layer (add it to LAYERS)")
+            continue
+        for target, where in sorted(edges.items()):
+            other = unit_of(target)
+            if other not in rank:
+                continue  # an unknown unit is reported as an importer
+            if other == unit == COMMAND_MODULES:
+                rule = "command modules stay independent of each other"
+            elif other == unit:
+                continue
+            elif rank[other] > rank[unit]:
+                rule = f"{unit} (layer {rank[unit]}) may not import {other} (layer {rank[other]})"
+            elif rank[other] == rank[unit]:
+                rule = f"{unit} and {other} share layer {rank[unit]} and stay independent"
+            else:
+                continue
+            problems.append(f"{where}: {module} imports {target}, but {rule}")
+    return problems
+
+
+def test_the_layer_check_names_the_importer_the_imported_and_the_rule():
+    graph = {
+        "parcae.model.base": {"parcae.errors": "parcae/model/base.py:3"},
+        "parcae.errors": {},
+        "parcae.data.sft": {"parcae.model.loss": "parcae/data/sft.py:4"},
+        "parcae.model.loss": {"parcae.data.sft": "parcae/model/loss.py:9"},
+        "parcae.export.onnx": {"parcae.hf.transformers": "parcae/export/onnx.py:7"},
+        "parcae.hf.transformers": {},
+        "parcae.eval.commands": {
+            "parcae.cli": "parcae/eval/commands.py:2",
+            "parcae.scaling.commands": "parcae/eval/commands.py:3",
+        },
+        "parcae.scaling.commands": {},
+        "parcae.cli": {},
+        "parcae.extra": {},
+    }
+    assert layer_violations(graph) == [
+        "parcae/eval/commands.py:2: parcae.eval.commands imports parcae.cli, but command "
+        "modules (layer 10) may not import cli (layer 11)",
+        "parcae/eval/commands.py:3: parcae.eval.commands imports parcae.scaling.commands, but "
+        "command modules stay independent of each other",
+        "parcae/export/onnx.py:7: parcae.export.onnx imports parcae.hf.transformers, but "
+        "export and hf share layer 6 and stay independent",
+        "parcae.extra: its unit 'extra' is in no layer (add it to LAYERS)",
+        "parcae/model/loss.py:9: parcae.model.loss imports parcae.data.sft, but model (layer 2) "
+        "may not import data (layer 3)",
+    ]
+
+
+def test_parcae_modules_import_only_their_own_and_lower_layers():
+    problems = layer_violations(import_graph())
+    assert not problems, "imports against the layer order:\n" + "\n".join(problems)
+
+
+def test_the_architecture_document_states_the_layers_the_test_checks():
+    """docs/ARCHITECTURE.md §8 lists the layers top first, one line each, units by name."""
+    text = (SRC.parent / "docs" / "ARCHITECTURE.md").read_text()
+    block = text.split("## 8. Package layers", 1)[1].split("```", 2)[1]
+    documented = [
+        tuple(unit.strip() for unit in line.split("#")[0].split(","))
+        for line in block.strip().splitlines()
+    ]
+    assert documented[::-1] == list(LAYERS)
 
 
 # Not needed to build, run or load a model: training, data, plotting, logging and the

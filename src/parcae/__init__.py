@@ -17,8 +17,10 @@ from parcae.model import (
     preset_config,
     save_pretrained,
 )
+from parcae.quant import register as register_quantized_format
 
 register_with_transformers()  # AutoConfig / AutoModelForCausalLM, once transformers loads them
+register_quantized_format()  # save_pretrained / from_pretrained of `parcae quantize`'s models
 
 __version__ = "0.1.0"
 

@@ -1,9 +1,9 @@
 """The `parcae` command line: a thin dispatcher.
 
 Each capability registers its own subcommands from its own package (a module listed in
-`COMMAND_MODULES` exposing `register(subparsers)`); this file only wires them together and turns
-`ParcaeError` into one line on stderr with exit code 2. A usage error (an unknown option, a
-missing argument) is one line with exit code 2 as well, pointing at `--help`.
+`parcae.commands.COMMAND_MODULES` exposing `register(subparsers)`); this file only wires them
+together and turns `ParcaeError` into one line on stderr with exit code 2. A usage error (an
+unknown option, a missing argument) is one line with exit code 2 as well, pointing at `--help`.
 """
 
 from __future__ import annotations
@@ -12,31 +12,8 @@ import argparse
 import importlib
 import sys
 
+from parcae import commands
 from parcae.errors import ParcaeError
-
-COMMAND_MODULES = (
-    "parcae.model.commands",
-    "parcae.data.commands",
-    "parcae.train.commands",
-    "parcae.infer.commands",
-    "parcae.eval.commands",
-    "parcae.scaling.commands",
-    "parcae.scaling.sweep_commands",
-    "parcae.serve.commands",
-    "parcae.export.commands",
-    "parcae.quant.commands",
-)
-
-
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
-    """`--model` as every command that loads a trained model takes it (resolved by
-    `parcae.model.hub.resolve_model_dir`)."""
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="a run directory, a saved model or an official checkpoint, or a Hugging Face Hub "
-        "repo org/name[@revision] (a local path wins over a Hub name)",
-    )
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -50,7 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="parcae", description="Stable looped language models.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
+    for module_name in commands.COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from parcae import cli
+from parcae import cli, commands
 from parcae.data.shards import MANIFEST, PROGRESS
 
 
@@ -20,7 +20,7 @@ def run(monkeypatch, capsys):
 
     Progress bars (also on stderr) may precede the error line; nothing may follow it.
     """
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("parcae.data.commands",))
+    monkeypatch.setattr(commands, "COMMAND_MODULES", ("parcae.data.commands",))
 
     def invoke(*argv):
         code = cli.main([str(arg) for arg in argv])

@@ -66,7 +66,7 @@ class BigramModel(nn.Module):
                 table[char_id(before), char_id(c)] = 5.0
         self.table = nn.Parameter(table)
         self.config = SimpleNamespace(
-            vocab_size=vocab, context_length=context_length, is_looped=False
+            vocab_size=vocab, context_length=context_length, is_looped=False, default_depth=None
         )
 
     def new_cache(self, *args, **kwargs):  # a bigram needs no memory of earlier tokens

@@ -26,7 +26,7 @@ class Oracle(nn.Module):
 
     def __init__(self, wrong_eos: bool = False):
         super().__init__()
-        self.config = SimpleNamespace(is_looped=False)
+        self.config = SimpleNamespace(is_looped=False, default_depth=None)
         self.tok, self.wrong_eos = synth.tokenizer(), wrong_eos
 
     def forward(self, input_ids):

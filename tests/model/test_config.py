@@ -117,3 +117,35 @@ def test_official_values_we_cannot_honour_are_refused_by_name(field, value):
 def test_configs_the_official_format_cannot_express_are_refused():
     with pytest.raises(ConfigError, match="discretization"):
         parcae.preset_config("parcae-tiny", discretization="zoh").to_official()
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, depth",
+    [
+        ("parcae-tiny", {}, 4),
+        ("rdm-tiny", {"mean_recurrence": 6}, 6),
+        ("parcae-140m", {}, 8),
+        ("gpt-tiny", {}, None),
+    ],
+)
+def test_default_depth_is_the_mean_recurrence_of_a_looped_model_and_none_for_a_gpt(
+    preset, overrides, depth
+):
+    config = parcae.preset_config(preset, **overrides)
+    assert config.default_depth == depth
+    assert config.is_looped == (depth is not None)
+
+
+def test_a_forward_without_a_depth_runs_the_default_depth():
+    import torch
+
+    small = dict(vocab_size=64, d_model=32, ffn_dim=64, n_heads=2, context_length=16)
+    model = parcae.create_model("parcae-tiny", mean_recurrence=3, **small).eval()
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        default = model(ids).logits
+        assert torch.equal(default, model(ids, num_steps=model.config.default_depth).logits)
+        assert not torch.equal(default, model(ids, num_steps=2).logits)
+        assert model.new_cache(1, 16).num_steps == 3
+    gpt = parcae.create_model("gpt-tiny", **small).eval()
+    assert gpt.config.default_depth is None and gpt.new_cache(1, 16).num_steps == 0

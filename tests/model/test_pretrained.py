@@ -134,3 +134,32 @@ def test_loading_assigns_the_files_tensors_in_the_requested_dtype(tmp_path):
     assert not any(p.is_meta for p in loaded.parameters()) and not loaded.rope_cos.is_meta
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value.to(torch.bfloat16)), key
+
+
+def test_a_quantized_model_loads_through_the_registered_format(tmp_path, monkeypatch):
+    """model.serialization hands a `quantization` entry to the format registered with it (the
+    model layer imports no quantization code) and, with none registered, refuses in one line."""
+    from parcae.model import serialization
+
+    model = parcae.create_model("gpt-tiny", **SMALL).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    entry = {"scheme": "test", "group_size": 32}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "quantization": entry}))
+    calls = []
+
+    def load(built, quantization, state, source):
+        calls.append((quantization, "transformer.wte.weight" in state, source))
+        serialization.load_state_dict_strict(built, state, source)
+
+    monkeypatch.setitem(
+        serialization._QUANTIZED_FORMATS, "quantization", serialization.QuantizedFormat(None, load)
+    )
+    loaded = parcae.from_pretrained(tmp_path)
+    assert calls == [(entry, True, str(tmp_path))]
+    assert torch.equal(loaded.transformer.wte.weight, model.transformer.wte.weight)
+
+    monkeypatch.delitem(serialization._QUANTIZED_FORMATS, "quantization")
+    with pytest.raises(CheckpointError) as error:
+        parcae.from_pretrained(tmp_path)
+    _assert_one_line(error, str(tmp_path), "is quantized", "no quantized format is registered")

@@ -193,3 +193,11 @@ def test_missing_torchao_is_one_line(trained_run, tmp_path, capsys, monkeypatch)
         [trained_run],
     )
     assert "torchao" in line and "parcae[quant]" in line
+
+
+def test_import_parcae_registers_the_quantized_format():
+    from parcae.model.serialization import quantized_format
+    from parcae.quant.schemes import load_quantized, quantized_state
+
+    registered = quantized_format("a model")
+    assert (registered.save, registered.load) == (quantized_state, load_quantized)

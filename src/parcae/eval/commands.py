@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from parcae.cli import add_model_argument
+from parcae.commands import add_model_argument, subcommand_group
 from parcae.errors import ConfigError, DataError
 from parcae.outputs import check_not_file, write_json_atomic
-from parcae.scaling.commands import register_fit_law
 from parcae.values import parse_json
 
 # items per task by default: BIG-bench's first task alone has 20,442 items (hours on a CPU);
@@ -75,16 +74,13 @@ def register(subparsers) -> None:
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=run_eval_command)
 
-    fit = subparsers.add_parser("fit", help="fit scaling laws to saved results")
-    laws = fit.add_subparsers(dest="law", required=True, metavar="LAW")
-    depth = laws.add_parser(
+    depth = subcommand_group(subparsers, "fit").add_parser(
         "depth",
         help="the test-time depth law L(T) = L_inf + Z exp(-z T) from a `parcae eval` results JSON",
     )
     depth.add_argument("results", help="results JSON written by `parcae eval`")
     depth.add_argument("--out", default=None, help="directory for the plots and fit.json")
     depth.set_defaults(func=run_fit_depth)
-    register_fit_law(laws)
 
 
 def _per_task(text: str) -> int | None:

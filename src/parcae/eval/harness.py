@@ -67,8 +67,8 @@ class ParcaeLM(TemplateLM):
     `tokenizer` may also be a `tokenizer.json` path; by default it is the one saved beside
     `pretrained`. Values may be strings, as lm_eval's `model_args="k=v,..."` gives them.
 
-    num_steps: loop depth T of every token (default the model's mean_recurrence; a GPT has
-    none). batch_size: sequences per forward. max_length: tokens per forward (default the
+    num_steps: loop depth T of every token (default the model's `default_depth`, μ_rec; a GPT
+    has none). batch_size: sequences per forward. max_length: tokens per forward (default the
     model's context_length). max_gen_toks: new tokens of a generation when its request does not
     say (default min(256, max_length // 2)). add_bos: begin every context with BOS.
     """
@@ -134,10 +134,8 @@ class ParcaeLM(TemplateLM):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._device = next(model.parameters()).device
-        if config.is_looped:
-            self.num_steps = config.mean_recurrence if num_steps is None else num_steps
-        else:
-            self.num_steps = None
+        depth = config.default_depth  # None for a GPT, which ignores num_steps
+        self.num_steps = depth if depth is None or num_steps is None else num_steps
 
     @property
     def eot_token_id(self) -> int:

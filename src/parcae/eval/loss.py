@@ -43,10 +43,8 @@ class EvalResult:
 
 def default_depths(model: nn.Module) -> list[int | None]:
     """T in {1, 2, 4, μ_rec} for a looped model; [None] (its own depth) for a GPT."""
-    config = model.config
-    if not config.is_looped:
-        return [None]
-    return sorted({1, 2, 4, config.mean_recurrence})
+    mu = model.config.default_depth
+    return [None] if mu is None else sorted({1, 2, 4, mu})
 
 
 SUMS = ("nats", "tokens", "bytes", "norm", "residual", "batches")  # accumulated per depth
@@ -74,8 +72,7 @@ def evaluate(
     same number of forwards, as FSDP requires: in a last round with fewer batches than
     processes, those without one repeat the round's first batch without counting it.
     """
-    if model.config.is_looped:  # None: the model's own default depth
-        depths = [model.config.mean_recurrence if depth is None else depth for depth in depths]
+    depths = [model.config.default_depth if depth is None else depth for depth in depths]
     run_depths = check_depths(model, depths)
     was_training = model.training
     model.eval()

@@ -39,8 +39,7 @@ def reasoning_accuracy(
     `items` validation items of each difficulty of `spec`. `depths`: positive integers for a
     looped model (None: μ_rec), ignored for a fixed-depth one (its own depth, None)."""
     parsed, tok = parse_spec(spec), tokenizer()
-    if model.config.is_looped:
-        depths = [model.config.mean_recurrence if depth is None else depth for depth in depths]
+    depths = [model.config.default_depth if depth is None else depth for depth in depths]
     run_depths = check_depths(model, depths)
     was_training = model.training
     model.eval()

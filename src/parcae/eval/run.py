@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from parcae.data import runs as data_runs
 from parcae.data.loader import iter_eval_batches
+from parcae.data.runs import run_data_dir
 from parcae.data.shards import MANIFEST, load_manifest
 from parcae.data.tokenizer import Tokenizer
 from parcae.errors import ConfigError, DataError
@@ -67,7 +69,7 @@ class EvalRequest:
 
 def validation_dir(model_path: str, data: str | None) -> Path:
     """The prepared data whose validation split bpb is measured on: `data`, else the data of
-    the training run that `model_path` belongs to."""
+    the training run that `model_path` belongs to (`parcae.data.runs`)."""
     if data is not None:
         if not (Path(data) / MANIFEST).is_file():
             raise DataError(
@@ -75,29 +77,18 @@ def validation_dir(model_path: str, data: str | None) -> Path:
                 "make one with `parcae data prepare`"
             )
         return Path(data)
-    model_dir = resolve_model_dir(model_path)
-    config_path = model_dir.parent / "config.yaml"
-    if config_path.is_file():
-        from parcae.train.config import load_config
-        from parcae.train.data import resolve_data_dir
-
-        directory = resolve_data_dir(load_config(config_path), prepare=False)
-        if (directory / MANIFEST).is_file():
-            return directory
-    raise DataError(
-        f"bpb needs validation data and {model_path} names none that exists: pass --data DIR "
-        "(a prepared directory, from `parcae data prepare`)"
-    )
+    directory = run_data_dir(resolve_model_dir(model_path).parent)
+    if directory is None:
+        raise DataError(
+            f"bpb needs validation data and {model_path} names none that exists: pass --data "
+            "DIR (a prepared directory, from `parcae data prepare`)"
+        )
+    return directory
 
 
 def run_seq_len(model_path: str) -> int | None:
     """The seq_len of the training run `model_path` was saved by (None outside a run)."""
-    config_path = resolve_model_dir(model_path).parent / "config.yaml"
-    if not config_path.is_file():
-        return None
-    from parcae.train.config import load_config
-
-    return load_config(config_path).seq_len
+    return data_runs.run_seq_len(resolve_model_dir(model_path).parent)
 
 
 def write_results(path: Path, results: dict) -> None:
@@ -147,7 +138,7 @@ def run_eval(request: EvalRequest) -> dict:
     results: dict = {
         "model": str(request.model),
         "looped": config.is_looped,
-        "mean_recurrence": getattr(config, "mean_recurrence", None),
+        "mean_recurrence": config.default_depth,
         "depths": [depth_key(d) for d in depths],
         "tasks": selection.names,
         "results": [],

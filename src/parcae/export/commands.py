@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from parcae.cli import add_model_argument
+from parcae.commands import add_model_argument
 
 
 def register(subparsers) -> None:
@@ -52,7 +52,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     model, _ = load_for_inference(args.model, dtype=None)
     path = export_onnx(model, out, args.num_steps, args.cache_sharing, args.exporter)
     depth = (
-        f" at T={args.num_steps or model.config.mean_recurrence}" if model.config.is_looped else ""
+        f" at T={args.num_steps or model.config.default_depth}" if model.config.is_looped else ""
     )
     print(f"exported {args.model}{depth} -> {path} ({path.stat().st_size:,d} bytes)")
     return 0

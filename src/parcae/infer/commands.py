@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from parcae.cli import add_model_argument
+from parcae.commands import add_model_argument
 from parcae.errors import PromptError
 
 if TYPE_CHECKING:

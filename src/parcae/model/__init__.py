@@ -21,6 +21,7 @@ from parcae.model.presets import PRESETS
 from parcae.model.recurrence import DepthPlan
 from parcae.model.serialization import (
     load_state_dict_strict,
+    quantized_format,
     read_config,
     read_quantization,
     read_state_dict,
@@ -101,13 +102,12 @@ def from_pretrained(
         raise ConfigError(f"{path}: a quantized model runs in float32, not {dtype}")
     model = create_model(config, "meta")
     if quantization is not None:  # written by `parcae quantize`: filled in place
-        from parcae.quant.schemes import load_quantized
-
+        quantized = quantized_format(str(path))
         model.to_empty(device=device)
         model.tie_weights()
         for parameter in model.parameters():  # finite placeholders, overwritten by the file
             parameter.detach().zero_()
-        load_quantized(model, quantization, state, str(path), load_state_dict_strict)
+        quantized.load(model, quantization, state, str(path))
     else:
         load_state_dict_strict(model, state, str(path), assign_to=(device, dtype or torch.float32))
     model.reset_buffers()

@@ -317,12 +317,12 @@ class LanguageModel(nn.Module):
         dtype=None,
     ) -> KVCache:
         """An empty `KVCache` for `batch` rows of up to `max_length` tokens, for loop depth
-        `num_steps` (default mean_recurrence; checked like the forward's). A GPT has no loop:
+        `num_steps` (default `config.default_depth`; checked like the forward's). A GPT has no loop:
         its cache ignores num_steps (and holds 0)."""
         if self.config.is_looped:
             check_num_steps(num_steps)
         if num_steps is None:
-            num_steps = getattr(self.config, "mean_recurrence", 0)
+            num_steps = self.config.default_depth or 0  # a GPT's cache holds no loop step
         return KVCache(self, batch, max_length, num_steps, sharing, device, dtype)
 
     def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:

@@ -49,12 +49,11 @@ def run_flops(args) -> int:
         raise ConfigError(
             f"--seq-len must be in [1, {config.context_length}] (the context length), got {seq_len}"
         )
+    mu = config.default_depth  # None for a GPT: no depths
     if args.depths is not None:
         depths = parse_depths(args.depths)
-    elif config.is_looped:
-        depths = sorted({1, config.mean_recurrence, 2 * config.mean_recurrence})
     else:
-        depths = []
+        depths = [] if mu is None else sorted({1, mu, 2 * mu})
     budget = model_budget(config, seq_len, depths)
     if args.json:
         print(json.dumps({"model": args.model, "seq_len": seq_len, **budget.to_dict()}, indent=2))

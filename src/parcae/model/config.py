@@ -193,6 +193,13 @@ class TransformerConfig:
         """Whether the model has a recurrent core (Parcae) or a fixed depth (GPT)."""
         return len(self.core_layers) > 0
 
+    @property
+    def default_depth(self) -> int | None:
+        """The loop depth T a forward runs when none is asked (inference, evaluation, a cache):
+        None for a fixed-depth model (GPT), which has no loop; μ_rec for a looped one
+        (ARCHITECTURE §1.5)."""
+        return None
+
     # Distinct layer indices 0..total_layers-1, in order: the blocks before the loop, the
     # recurrent core (applied T times) and the blocks after it. A GPT is all "prelude".
     @property
@@ -310,6 +317,10 @@ class ParcaeConfig(TransformerConfig):
         _require_choice(self.depth_granularity, "depth_granularity", GRANULARITIES)
         _require_choice(self.curriculum_target, "curriculum_target", CURRICULUM_TARGETS)
         _require_choice(self.curriculum_shape, "curriculum_shape", CURRICULUM_SHAPES)
+
+    @property
+    def default_depth(self) -> int:
+        return self.mean_recurrence
 
     @property
     def prelude_layers(self) -> range:

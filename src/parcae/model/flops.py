@@ -111,7 +111,7 @@ def forward_flops_per_token(
     outer, step = _outer_and_step(config, seq_len)
     if not config.is_looped:
         return outer
-    return outer + (config.mean_recurrence if num_steps is None else num_steps) * step
+    return outer + (config.default_depth if num_steps is None else num_steps) * step
 
 
 def training_flops_per_token(

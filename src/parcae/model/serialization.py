@@ -9,7 +9,9 @@ Two formats are read (`parcae.model.from_pretrained` builds the model from them)
   `pytorch_model.bin`, `model.safetensors` or `model.pt`; prefixes `module.`, `_orig_mod.`,
   `model.` are stripped and the derived `freqs_cis` buffer dropped.
 A model quantized by `parcae quantize` is ours plus a `quantization` entry in `config.json` and
-packed weights with their scales (`parcae.quant.schemes` holds that format and rebuilds it).
+packed weights with their scales. `parcae.quant.schemes` holds that format and registers how to
+write and rebuild it (`register_quantized_format`, called by `import parcae`): the model layer
+never imports the quantization layer above it (ARCHITECTURE §8).
 
 Loading is strict: every missing, unexpected or mis-shaped key, and every tensor that is not
 floating point or holds NaN or infinity, is named in one error.
@@ -21,6 +23,7 @@ import dataclasses
 import json
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,38 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.", "model.")
 DERIVED_KEYS = ("freqs_cis",)
 FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedFormat:
+    """How a quantized model is written and read back (registered by `parcae.quant`).
+
+    save(model) -> (tensors to write, the config's `quantization` entry);
+    load(model, entry, state, source): quantize the freshly built `model` (its weights zeroed
+    placeholders) as `entry` says and fill it from the saved tensors `state`, checked strictly
+    (errors name `source`)."""
+
+    save: Callable[[nn.Module], tuple[dict[str, Tensor], dict]]
+    load: Callable[[nn.Module, object, dict[str, Tensor], str], None]
+
+
+_QUANTIZED_FORMATS: dict[str, QuantizedFormat] = {}  # "quantization" -> the registered format
+
+
+def register_quantized_format(quantized: QuantizedFormat) -> None:
+    """Make `save_pretrained` and `from_pretrained` handle quantized models through
+    `quantized`; registering again replaces it."""
+    _QUANTIZED_FORMATS["quantization"] = quantized
+
+
+def quantized_format(source: str) -> QuantizedFormat:
+    """The registered quantized format; a CheckpointError for `source` when none is."""
+    quantized = _QUANTIZED_FORMATS.get("quantization")
+    if quantized is None:
+        raise CheckpointError(
+            f"{source} is quantized and no quantized format is registered (import parcae.quant)"
+        )
+    return quantized
 
 
 def read_config(path: Path) -> TransformerConfig:
@@ -219,9 +254,7 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
         "parcae_format_version": FORMAT_VERSION,
     }
     if getattr(model, "quantization", None) is not None:
-        from parcae.quant.schemes import quantized_state
-
-        state, config["quantization"] = quantized_state(model)
+        state, config["quantization"] = quantized_format(str(path)).save(model)
     else:
         state = {k: value.detach().cpu().contiguous() for k, value in model.state_dict().items()}
         if model.config.tie_embeddings:

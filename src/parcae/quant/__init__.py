@@ -2,6 +2,6 @@
 scales through torchao (the optional extra `quant`). Modules: `schemes` (what is quantized, the
 saved format, loading), `commands` (the CLI)."""
 
-from parcae.quant.schemes import SCHEMES, Quantization, quantize_model
+from parcae.quant.schemes import SCHEMES, Quantization, quantize_model, register
 
-__all__ = ["SCHEMES", "Quantization", "quantize_model"]
+__all__ = ["SCHEMES", "Quantization", "quantize_model", "register"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from parcae.cli import add_model_argument
+from parcae.commands import add_model_argument
 from parcae.errors import ConfigError
 from parcae.quant.schemes import DEFAULT_GROUP_SIZE, SCHEMES
 

@@ -29,13 +29,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from parcae.errors import CheckpointError, ConfigError, MissingDependencyError
+from parcae.model.serialization import (
+    QuantizedFormat,
+    load_state_dict_strict,
+    register_quantized_format,
+)
 
 SCHEMES = ("int8", "int4")
 GROUP_SIZES = (32, 64, 128)
@@ -207,10 +212,9 @@ def load_quantized(
     entry: object,
     state: dict[str, Tensor],
     source: str,
-    load_strict: Callable[[nn.Module, dict[str, Tensor], str], None],
 ) -> nn.Module:
     """Quantize the freshly built `model` as `entry` says and fill it from `state` (the saved
-    tensors); `load_strict(model, state, source)` loads and checks the unquantized ones."""
+    tensors), loading and checking the unquantized ones strictly."""
     quantization = parse_entry(entry, source)
     import_torchao(f"loading the {quantization.scheme} model {source}")
     targets = quantizable(model)
@@ -220,7 +224,7 @@ def load_quantized(
         plain[key] = current[key]  # placeholders for the strict check
     if model.config.tie_embeddings:
         plain.pop("lm_head.weight", None)
-    load_strict(model, plain, source)
+    load_state_dict_strict(model, plain, source)
     quantize_model(model, quantization)
     problems = []
     for key, module in targets.items():
@@ -250,3 +254,10 @@ def load_quantized(
     if problems:
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
     return model
+
+
+def register() -> None:
+    """Make `save_pretrained` and `from_pretrained` write and read quantized models in this
+    format (`parcae.model.serialization`, which does not import this layer); `import parcae`
+    calls it."""
+    register_quantized_format(QuantizedFormat(save=quantized_state, load=load_quantized))

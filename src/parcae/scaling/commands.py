@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from parcae.commands import subcommand_group
 
-def register_fit_law(laws) -> None:
-    """Add the `isoflop` law to the `parcae fit` laws subparsers."""
-    isoflop = laws.add_parser(
+
+def register(subparsers) -> None:
+    """Add `parcae fit isoflop` and `parcae plan` to the top-level parser."""
+    isoflop = subcommand_group(subparsers, "fit").add_parser(
         "isoflop",
         help="compute-optimal μ_rec* = a·C^α and tokens D* = b·C^β from a `parcae sweep` "
         "results.csv",
@@ -26,9 +28,6 @@ def register_fit_law(laws) -> None:
     isoflop.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     isoflop.set_defaults(func=run_fit_isoflop_command)
 
-
-def register(subparsers) -> None:
-    """Add `parcae plan` to the top-level parser."""
     plan = subparsers.add_parser(
         "plan",
         help="compute-optimal mean recurrence and tokens for a training FLOP budget",

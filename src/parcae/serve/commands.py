@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from parcae.cli import add_model_argument
+from parcae.commands import add_model_argument
 from parcae.errors import ConfigError, PromptError
 from parcae.serve.guard import (
     API_KEY_ENV,

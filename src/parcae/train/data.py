@@ -20,8 +20,6 @@ which the exported model then carries.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from parcae.data import synth
 from parcae.data.chat_template import ChatTemplate
 from parcae.data.loader import Batch, TokenLoader, iter_eval_batches
 from parcae.data.prepare import prepare_dataset
-from parcae.data.recipes import RECIPES, cache_root
+from parcae.data.runs import prepared_dir
 from parcae.data.sft import (
     PREFIX as SFT_PREFIX,
 )
@@ -51,17 +49,6 @@ from parcae.train.config import TrainConfig
 from parcae.train.pretrained import Pretrained
 
 
-def default_data_dir(spec: str, vocab_size: int | str) -> Path:
-    if synth.is_synth(spec):
-        return cache_root() / "prepared" / "synth"
-    if spec in RECIPES:
-        name = spec
-    else:
-        stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(spec).name or spec).strip("-")[:40]
-        name = f"{stem}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
-    return cache_root() / "prepared" / f"{name}-v{vocab_size}"
-
-
 def resolve_data_dir(
     config: TrainConfig, prepare: bool, progress: bool = True, tokenizer: Tokenizer | None = None
 ) -> Path:
@@ -69,12 +56,12 @@ def resolve_data_dir(
     and it is missing. Other processes call this with `prepare=False` after a barrier. With
     `tokenizer` (fine-tuning), the data is (or must have been) tokenised with it."""
     spec, vocab_size, val_fraction = config.data, config.vocab_size, config.val_fraction
-    if (Path(spec) / MANIFEST).is_file():
+    name = vocab_size if tokenizer is None else f"t{tokenizer.hash[:12]}"
+    directory = prepared_dir(spec, config.data_dir, name)
+    if directory == Path(spec) and (directory / MANIFEST).is_file():
         if tokenizer is not None:
             load_manifest(spec, tokenizer_hash=tokenizer.hash)
-        return Path(spec)
-    name = vocab_size if tokenizer is None else f"t{tokenizer.hash[:12]}"
-    directory = Path(config.data_dir) if config.data_dir else default_data_dir(spec, name)
+        return directory
     if synth.is_synth(spec):
         if tokenizer is not None and tokenizer.hash != synth.tokenizer().hash:
             raise ConfigError(

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from parcae.data.runs import RUN_CONFIG
 from parcae.errors import DataError
 from parcae.eval.loss import EvalResult
 from parcae.outputs import write_text_atomic
@@ -219,7 +220,7 @@ class Metrics:
         self._dtype, self._device = model.dtype, str(model.device)
         if self.info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            config.save(out_dir / "config.yaml")
+            config.save(out_dir / RUN_CONFIG)
             truncate_metrics(out_dir, step)  # at 0: a run killed before its first checkpoint
             self._logger = MetricsLogger(
                 out_dir, config.tensorboard, config.wandb, config.wandb_project, config.to_dict()
