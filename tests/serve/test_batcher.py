@@ -370,3 +370,68 @@ def test_a_row_whose_sampling_fails_ends_alone(model):
 def served_after(handle) -> list[int]:
     handle.result(timeout=10)
     return served(handle)
+
+
+def test_steps_run_the_active_rows_only_and_prefill_together(model, monkeypatch):
+    """Waiting requests are prefilled in one forward; each decode step runs over exactly the
+    active rows (packed at the front, a row leaving from the middle takes the last one's
+    sequence), and every request still generates what it generates alone."""
+    rng = random.Random(5)
+    batcher = ContinuousBatcher(model, max_batch=8, max_num_steps=4)
+    prefills, steps = [], []
+    prefill, step = batcher.decoder.prefill, batcher.decoder.step
+
+    def record_prefill(cache, ids, *args):
+        prefills.append(ids.shape[0])
+        return prefill(cache, ids, *args)
+
+    def record_step(cache, tokens, *args):
+        steps.append((tokens.shape[0], cache.batch_size, len(batcher._active)))
+        return step(cache, tokens, *args)
+
+    monkeypatch.setattr(batcher.decoder, "prefill", record_prefill)
+    monkeypatch.setattr(batcher.decoder, "step", record_step)
+    lengths = (20, 3, 12, 6, 9)
+    requests = [req(random_prompt(rng, 2 + n % 7), max_tokens=n, temperature=0) for n in lengths]
+    handles = [batcher.submit(request) for request in requests[:4]]
+    batcher.step()
+    handles.append(batcher.submit(requests[4]))  # joins while rows 0-3 decode
+    batcher.run_until_idle()
+    assert prefills == [4, 1]
+    assert all(width == rows == active for width, rows, active in steps)
+    assert steps[0][0] == 4 and steps[-1][0] == 1 and len({w for w, _, _ in steps}) >= 4
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+
+
+def test_padded_windows_change_nothing(model, monkeypatch):
+    """With compile, a step's window is rounded up to a power of two (few compiled shapes):
+    the padding rows (eager here) change no request's tokens, sampled or greedy."""
+    rng = random.Random(6)
+    batcher = ContinuousBatcher(model, max_batch=8, max_num_steps=4, compile=True)
+    monkeypatch.setattr(batcher.decoder, "compile", False)  # the windows of compile, eagerly
+    requests = [
+        req(random_prompt(rng, 3 + n), max_tokens=4 + 3 * n, temperature=0.8, seed=n)
+        for n in range(5)
+    ] + [req(random_prompt(rng, 4), max_tokens=9, temperature=0)]
+    handles = [batcher.submit(request) for request in requests]
+    batcher.run_until_idle()
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+
+
+def test_top_k_min_p_and_kl_rows_equal_generate(model):
+    """The server's rows take every option of `SamplingParams`: top_k and min_p sampling and
+    the KL exit, each equal to `parcae.generate` with the same params, in one batch."""
+    requests = [
+        req([5, 6, 7], max_tokens=10, temperature=0.8, top_k=4, min_p=0.1, seed=5),
+        req([8, 9], max_tokens=10, temperature=0, adaptive_eps=0.05, adaptive_criterion="kl"),
+        req([1, 2, 3, 4], max_tokens=10, temperature=0, num_steps=2),
+    ]
+    batcher = ContinuousBatcher(model, max_batch=3, max_num_steps=4)
+    handles = [batcher.submit(request) for request in requests]
+    batcher.run_until_idle()
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+    kl_steps = handles[1].result(timeout=0).finish.usage.mean_loop_steps
+    assert 2 <= kl_steps < 4  # the KL exit stops after two steps at the earliest

@@ -137,7 +137,7 @@ def _as_rows(input_ids) -> list[list[int]]:
     return rows
 
 
-SAMPLING_KEYWORDS = ("temperature", "top_k", "top_p", "seed", "num_steps", "adaptive")
+SAMPLING_KEYWORDS = ("temperature", "top_k", "top_p", "min_p", "seed", "num_steps", "adaptive")
 
 
 @torch.no_grad()
@@ -154,6 +154,7 @@ def generate(
     streamer=None,
     *,
     sampling: SamplingParams | None = None,
+    min_p: float | None = None,
     attention_mask: Tensor | None = None,
     pad_token_id: int | None = None,
     adaptive: float | None = None,
@@ -171,8 +172,8 @@ def generate(
     The sampling options come either as keywords or as one `sampling=SamplingParams(...)`
     (`parcae.infer.sampling`, where each is explained), not both:
     num_steps: loop steps T (default the config's mean_recurrence; ignored by a GPT).
-    temperature (default 1; 0 is greedy); top_k / top_p restrict sampling; seed makes sampling
-    reproducible. adaptive: per-token early-exit threshold eps (T stays the max) on
+    temperature (default 1; 0 is greedy); top_k / top_p / min_p restrict sampling; seed makes
+    sampling reproducible. adaptive: per-token early-exit threshold eps (T stays the max) on
     `adaptive_criterion`: `residual` ‖h_{t+1} - h_t‖ / ‖h_{t+1}‖ or `kl` between successive
     steps' next-token distributions (see `parcae.infer.engine`).
     streamer: an object with `put(tokens)` and `end()` (transformers' streamer protocol): it
@@ -192,6 +193,7 @@ def generate(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        min_p=min_p,
         seed=seed,
         num_steps=num_steps,
         adaptive=adaptive,
