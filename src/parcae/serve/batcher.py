@@ -17,8 +17,9 @@ are the request's tokens as they come, then one `FinishEvent`. Each scheduling i
 
 Nothing runs as padding: the active rows are kept packed at the front of the cache (a row that
 leaves takes the last active row's sequence, `move_row`), and a decode step runs over the
-leading window of the active rows only (`leading_rows`; with `compile`, the window is rounded up
-to a power of two, so that at most log2(max_batch) + 1 shapes are compiled). Prefill, the steps
+leading window of the active rows only, over the columns in use (`leading_rows`; with
+`compile`, the window is rounded up to a power of two and spans the whole timeline, so that at
+most log2(max_batch) + 1 shapes are compiled). Prefill, the steps
 and sampling are those of the one decoder (`parcae.infer.decoder`: `ModelDecoder`,
 `sample_rows`, `RowExit`), which `parcae.generate` drives too. When the cache's column timeline
 fills, it is compacted (`KVCache.compact`: each row's real columns moved to the right end;
@@ -476,7 +477,9 @@ class ContinuousBatcher:
         rows, window = len(sequences), self._window()
         depth = max(s.depth for s in sequences)
         full = self.sharing.kind == "full" and self.looped
-        view = leading_rows(cache, window, depth if full else None)
+        # eager: attend over the columns in use only; compiled: one column shape for all steps
+        columns = None if self.compile else cache.length + 1
+        view = leading_rows(cache, window, depth if full else None, columns)
         padding = [sequences[0].params.replace(adaptive=None)] * (window - rows)
         rule = RowExit.of([s.params for s in sequences] + padding, depth, self.config, self.device)
         tokens = torch.zeros(window, dtype=torch.long)
