@@ -15,6 +15,7 @@ import time
 import torch
 
 import parcae
+from parcae.infer.sampling import SamplingParams
 from parcae.serve import ContinuousBatcher, GenerationRequest
 
 
@@ -47,8 +48,7 @@ def main() -> None:
     requests = [
         GenerationRequest(
             [rng.randrange(300) for _ in range(rng.randint(4, 32))],
-            max_tokens=args.new_tokens,
-            temperature=0,
+            SamplingParams(max_new_tokens=args.new_tokens, temperature=0),
         )
         for _ in range(args.requests)
     ]

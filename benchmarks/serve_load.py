@@ -1,19 +1,25 @@
-"""Load on `parcae serve`: N concurrent streamed greedy completions with the `openai` async client
-against the same requests served one at a time, on loopback.
+"""Load on `parcae serve`: `parcae.generate` alone, a lone request, then N concurrent streamed
+greedy completions with the `openai` async client, on loopback.
 
-Starts `parcae serve` as a subprocess on 127.0.0.1 (a free port) for `--model` (any saved model
-or run directory), or, without `--model`, for a tiny random Parcae and a small tokenizer written
-to a temporary directory (nothing is trained). Sends `--requests` streamed completions at once
-(prompts of 8 to 32 token ids, `--max-tokens` new tokens each, temperature 0), then the same
-requests one at a time (concurrency 1) to a server with `--max-batch 1` (a batch of one row:
-what serving one request at a time costs; the batcher's free rows are computed as padding, so
-a wide batch serving one request is slower than that), and reports for each: successes,
-p50/p95 latency and time to first token, and aggregate generated tokens/s (completion tokens
-over wall time); then the speed-up, and whether each request's text was the same both ways.
-Every request and the whole run are bounded in time (`--timeout`).
+Starts `parcae serve --max-batch B` as a subprocess on 127.0.0.1 (a free port) for `--model`
+(any saved model or run directory), or, without `--model`, for a tiny random Parcae and a small
+tokenizer written to a temporary directory (nothing is trained). Prompts are 8 to 32 token ids,
+each continued by `--max-tokens` tokens at temperature 0. Phases, in order:
 
-    python benchmarks/serve_load.py [--model PATH] [--requests 100] [--max-tokens 32]
-        [--max-batch 16] [--timeout 600]
+1. generate alone: `parcae.generate` in this process on the first `--lone` prompts, one at a time
+   (tokens/s);
+2. lone request: the same prompts sent one at a time to the server (what a quiet server gives
+   one user: free rows must cost nothing);
+3. concurrent: all `--requests` prompts sent at once.
+
+For 2 and 3: successes, p50/p95 latency and time to first token (TTFT), aggregate generated
+tokens/s (completion tokens over wall time); then both as multiples of generate alone, and
+whether the lone phase's texts equal the concurrent phase's. Every request and each phase are
+bounded in time (`--timeout`). On a shared machine, run it several times and alternate with the
+code it is compared to.
+
+    python benchmarks/serve_load.py [--model PATH] [--requests 64] [--max-tokens 32]
+        [--max-batch 32] [--lone 8] [--compile] [--timeout 600]
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ def tiny_model_dir(directory: Path) -> Path:
     return path
 
 
-def start_server(model: Path, max_batch: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, max_batch: int, max_queue: int, extra: list[str]
+) -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable,
         "-m",
@@ -70,6 +78,7 @@ def start_server(model: Path, max_batch: int, max_queue: int) -> tuple[subproces
         str(max_queue),
         "--log-level",
         "warning",
+        *extra,
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -152,13 +161,33 @@ def report(name: str, results, wall: float) -> float:
     return rate
 
 
+def generate_alone(model_dir: Path, prompts, max_tokens: int) -> float:
+    """Tokens/s of `parcae.generate` in this process, greedy, one prompt at a time (the first
+    request of each prompt warms up nothing: one throwaway call comes first)."""
+    import torch
+
+    import parcae
+    from parcae.infer.loading import load_for_inference
+
+    model, _ = load_for_inference(str(model_dir))
+    with torch.no_grad():
+        parcae.generate(model, prompts[0], max_tokens, temperature=0)
+        start, tokens = time.perf_counter(), 0
+        for prompt in prompts:
+            out = parcae.generate(model, prompt, max_tokens, temperature=0)
+            tokens += out.shape[1] - len(prompt)
+    return tokens / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a saved model or run directory")
-    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
+    parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
+    parser.add_argument("--lone", type=int, default=8, help="requests of the lone phases")
     parser.add_argument("--timeout", type=float, default=600, help="bound on each phase, s")
+    parser.add_argument("--compile", action="store_true", help="parcae serve --compile")
     args = parser.parse_args()
     if not 1 <= args.requests <= 1000:
         raise SystemExit("--requests must be in [1, 1000]")
@@ -166,37 +195,40 @@ def main() -> None:
     prompts = [
         [rng.randrange(3, 256) for _ in range(rng.randint(8, 32))] for _ in range(args.requests)
     ]
+    lone = prompts[: args.lone]
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or tiny_model_dir(Path(scratch))
-        runs = {}
-        for label, max_batch, concurrency in (
-            ("concurrent", args.max_batch, args.requests),
-            ("one at a time", 1, 1),
-        ):
-            process, url = start_server(model, max_batch, args.requests)
-            try:
-                import httpx
+        alone = generate_alone(model, lone, args.max_tokens)
+        extra = ["--compile"] if args.compile else []
+        process, url = start_server(model, args.max_batch, args.requests, extra)
+        try:
+            import httpx
 
-                name = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-                if not runs:
-                    print(
-                        f"{args.requests} streamed greedy completions of {args.max_tokens} "
-                        f"tokens, {os.cpu_count()} CPUs, {model}; concurrent: server "
-                        f"--max-batch {args.max_batch}; one at a time: --max-batch 1"
-                    )
-                runs[label] = asyncio.run(
-                    run(url, name, prompts, args.max_tokens, concurrency, args.timeout)
-                )
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-    batched, batched_wall = runs["concurrent"]
-    serial, serial_wall = runs["one at a time"]
+            name = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+            print(
+                f"{args.requests} streamed greedy completions of {args.max_tokens} tokens, "
+                f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), {model}; "
+                f"server --max-batch {args.max_batch}{' --compile' if args.compile else ''}"
+            )
+            asyncio.run(run(url, name, lone[:1], args.max_tokens, 1, args.timeout))  # warm-up
+            serial, serial_wall = asyncio.run(
+                run(url, name, lone, args.max_tokens, 1, args.timeout)
+            )
+            batched, batched_wall = asyncio.run(
+                run(url, name, prompts, args.max_tokens, args.requests, args.timeout)
+            )
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(f"{'generate alone':>14}: {alone:7.1f} tokens/s (parcae.generate, {len(lone)} prompts)")
+    slow = report("lone request", serial, serial_wall)
     fast = report("concurrent", batched, batched_wall)
-    slow = report("one at a time", serial, serial_wall)
     same = sum(a[0] and b[0] and a[4] == b[4] for a, b in zip(batched, serial))
-    print(f"speed-up of continuous batching: {fast / slow:.2f}x aggregate tokens/s")
-    print(f"identical texts both ways: {same}/{args.requests}")
+    print(
+        f"lone request / generate alone: {slow / alone:.2f}x; "
+        f"concurrent / generate alone: {fast / alone:.2f}x aggregate tokens/s"
+    )
+    print(f"identical texts lone and concurrent: {same}/{len(serial)}")
 
 
 if __name__ == "__main__":

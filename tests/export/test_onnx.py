@@ -8,6 +8,7 @@ import torch
 
 import parcae
 from parcae.cli import main
+from parcae.infer.sampling import SamplingParams
 from tests.bad_input import refuse
 from tests.infer.conftest import tiny_model
 
@@ -63,14 +64,15 @@ def test_logits_match_pytorch(exports, kind):
 def test_greedy_tokens_equal_generate(exports, kind):
     model, _, path = exports[kind]
     expected = parcae.generate(model, PROMPT, 30, num_steps=T, temperature=0)[0].tolist()
-    assert OnnxGenerator(path, model.config).generate(PROMPT, 30, temperature=0) == expected
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    assert OnnxGenerator(path, model.config).generate(PROMPT, params) == expected
 
 
 def test_seeded_sampling_equals_generate(exports):
     model, _, path = exports["parcae"]
-    options = dict(temperature=0.8, top_k=50, seed=3)
-    expected = parcae.generate(model, PROMPT, 20, num_steps=T, **options)[0].tolist()
-    assert OnnxGenerator(path, model.config).generate(PROMPT, 20, **options) == expected
+    params = SamplingParams(max_new_tokens=20, temperature=0.8, top_k=50, min_p=0.05, seed=3)
+    expected = parcae.generate(model, PROMPT, sampling=params.replace(num_steps=T))[0].tolist()
+    assert OnnxGenerator(path, model.config).generate(PROMPT, params) == expected
 
 
 def test_cli_export_and_generate(exports, tmp_path, capsys):

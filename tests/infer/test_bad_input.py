@@ -62,6 +62,7 @@ OPTION_CASES = {
     "temperature subnormal": (["--prompt", "To be", "--temperature", "5e-324"], "--temperature"),
     "top-k zero": (["--prompt", "To be", "--top-k", "0"], "--top-k"),
     "top-k negative": (["--prompt", "To be", "--top-k", "-3"], "--top-k"),
+    "min-p above one": (["--prompt", "To be", "--min-p", "1.5"], "--min-p must be in [0, 1]"),
     "max-new-tokens zero": (["--prompt", "To be", "--max-new-tokens", "0"], "--max-new-tokens"),
     "max-new-tokens negative": (
         ["--prompt", "To be", "--max-new-tokens", "-1"],
@@ -77,7 +78,10 @@ OPTION_CASES = {
     ),
     "num-steps zero": (["--prompt", "To be", "--num-steps", "0"], "--num-steps"),
     "num-steps negative": (["--prompt", "To be", "--num-steps", "-1"], "--num-steps"),
-    "num-steps absurd": (["--prompt", "To be", "--num-steps", str(10**9)], "limit of 1024"),
+    "num-steps absurd": (
+        ["--prompt", "To be", "--num-steps", str(10**9)],
+        "--num-steps must be an integer in [1, 1024]",
+    ),
     "num-steps just above the limit": (["--prompt-ids", "5", "--num-steps", "1025"], "1024"),
     "adaptive negative": (["--prompt", "To be", "--adaptive", "-1"], "--adaptive"),
     "adaptive nan": (["--prompt", "To be", "--adaptive", "nan"], "--adaptive"),
@@ -132,7 +136,7 @@ def test_gpt_refuses_num_steps_zero_too(tmp_path, capsys, monkeypatch):
         monkeypatch,
         [tmp_path],
     )
-    assert "--num-steps must be a positive integer" in line
+    assert "--num-steps must be an integer in [1, 1024], got 0" in line
 
 
 def test_text_prompt_without_tokenizer_is_one_error(tmp_path, parcae_model, capsys, monkeypatch):
@@ -505,7 +509,7 @@ def test_load_for_inference_refuses_a_missing_path(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(num_steps=10**9), "limit of 1024"),
+        (dict(num_steps=10**9), r"num_steps must be an integer in \[1, 1024\], got 1000000000"),
         (dict(num_steps=2.5), "num_steps"),
         (dict(num_steps=True), "num_steps"),
         (dict(seed=-1), "seed"),
@@ -513,8 +517,8 @@ def test_load_for_inference_refuses_a_missing_path(tmp_path):
         (dict(temperature=float("inf")), "temperature"),
         (dict(temperature=float("nan")), "temperature"),
         (dict(temperature=1e-39), "temperature must be 0 .greedy. or a finite number >= 1e-06"),
-        (dict(adaptive=float("inf")), "adaptive-depth threshold"),
-        (dict(adaptive=-1.0), "adaptive-depth threshold"),
+        (dict(adaptive=float("inf")), "adaptive must be a finite number >= 0, got inf"),
+        (dict(adaptive=-1.0), "adaptive must be a finite number >= 0"),
         (dict(top_p=1.5), "top_p"),
         (dict(cache_sharing="ring:0"), "cache sharing"),
     ],
@@ -525,7 +529,7 @@ def test_generate_refuses_bad_options_in_python(parcae_model, kwargs, message):
 
 
 def test_generate_refuses_num_steps_zero_for_a_gpt_too(gpt_model):
-    with pytest.raises(PromptError, match="num_steps must be a positive integer"):
+    with pytest.raises(PromptError, match="num_steps must be an integer in"):
         generate(gpt_model, [1, 2], 4, num_steps=0)
 
 

@@ -6,6 +6,7 @@ import torch
 from parcae.errors import PromptError
 from parcae.infer.engine import sample_next
 from parcae.infer.generate import GenerationStats, generate
+from parcae.infer.sampling import SamplingError, SamplingParams
 
 
 def test_greedy_reproduces_the_official_fixture(official):
@@ -53,14 +54,51 @@ def test_seeded_sampling_is_reproducible(parcae_model):
 
 def test_top_k_one_is_greedy():
     logits = torch.randn(4, 50)
-    assert torch.equal(sample_next(logits, 1.0, 1, None, None), logits.argmax(-1))
+    assert torch.equal(sample_next(logits, SamplingParams(top_k=1), None), logits.argmax(-1))
 
 
 def test_top_p_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     generator = torch.Generator().manual_seed(0)
-    draws = {int(sample_next(logits, 1.0, None, 0.7, generator)) for _ in range(200)}
+    draws = {int(sample_next(logits, SamplingParams(top_p=0.7), generator)) for _ in range(200)}
     assert draws == {0, 1}
+
+
+def test_min_p_keeps_the_tokens_near_the_most_likely():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    generator = torch.Generator().manual_seed(0)
+    params = SamplingParams(min_p=0.3)  # keeps p >= 0.15: tokens 0, 1 and 2
+    draws = {int(sample_next(logits, params, generator)) for _ in range(300)}
+    assert draws == {0, 1, 2}
+
+
+def test_sampling_params_name_the_field_and_the_reason():
+    with pytest.raises(SamplingError, match=r"^min_p must be in \[0, 1\], got 1.5$") as caught:
+        SamplingParams(min_p=1.5)
+    assert (caught.value.field, caught.value.reason) == ("min_p", "must be in [0, 1]")
+    restated = caught.value.restated("--min-p")
+    assert isinstance(restated, PromptError) and str(restated).startswith("--min-p must be")
+
+
+def test_sampling_equals_the_same_keywords(parcae_model):
+    params = SamplingParams(max_new_tokens=6, temperature=0.9, top_k=20, seed=3)
+    by_spec = generate(parcae_model, [1, 2, 3], sampling=params)
+    by_keywords = generate(parcae_model, [1, 2, 3], 6, temperature=0.9, top_k=20, seed=3)
+    assert torch.equal(by_spec, by_keywords)
+    with pytest.raises(PromptError, match="not both"):
+        generate(parcae_model, [1, 2, 3], 6, sampling=params)
+
+
+def test_stop_strings_end_generation_at_the_text(parcae_model):
+    class Digits:  # a tokenizer whose token i reads as the digits of i, then a space
+        def decode(self, ids):
+            return "".join(f"{i} " for i in ids)
+
+    free = generate(parcae_model, [5, 6, 7], 8, temperature=0)[0, 3:].tolist()
+    stop = f"{free[1]} "
+    params = SamplingParams(max_new_tokens=8, temperature=0, stop=(stop,))
+    out = generate(parcae_model, [5, 6, 7], sampling=params, tokenizer=Digits())[0, 3:].tolist()
+    assert out == free[: free.index(free[1]) + 1]
 
 
 def test_eos_stops_rows_and_pads_after(parcae_model):

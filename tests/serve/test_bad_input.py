@@ -19,7 +19,10 @@ CASES = {
     "connections not a number": (["--max-connections", "many"], "invalid int"),
     "api key with a control character": (["--api-key", "abc\x07"], "--api-key"),
     "max batch zero": (["--max-batch", "0"], "--max-batch"),
-    "num steps beyond the limit": (["--num-steps", "147896"], "limit of 1024"),
+    "num steps beyond the limit": (
+        ["--num-steps", "147896"],
+        "--num-steps must be an integer in [1, 1024]",
+    ),
 }
 
 

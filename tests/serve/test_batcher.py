@@ -12,6 +12,7 @@ import torch
 
 import parcae
 from parcae.errors import PromptError
+from parcae.infer.sampling import SamplingParams
 from parcae.serve import (
     ContinuousBatcher,
     FinishEvent,
@@ -35,19 +36,17 @@ def gpt():
     return tiny_model("gpt-tiny")
 
 
+def req(prompt_ids, stop_token_ids=frozenset(), max_tokens=16, adaptive_eps=None, **sampling):
+    """A request under the server's names for two fields (max_tokens, adaptive_eps)."""
+    params = SamplingParams(max_new_tokens=max_tokens, adaptive=adaptive_eps, **sampling)
+    return GenerationRequest(prompt_ids, params, stop_token_ids)
+
+
 def alone(model, request: GenerationRequest, stop: int | None = None) -> list[int]:
-    """What `parcae.generate` produces for `request` alone: its new tokens, up to and
-    including the first stop token."""
+    """What `parcae.generate` produces for `request` alone (the same `SamplingParams`): its
+    new tokens, up to and including the first stop token."""
     out = parcae.generate(
-        model,
-        [request.prompt_ids],
-        request.max_tokens,
-        num_steps=request.num_steps,
-        temperature=request.temperature,
-        top_p=request.top_p,
-        seed=request.seed,
-        eos_token_id=stop,
-        adaptive=request.adaptive_eps,
+        model, [request.prompt_ids], sampling=request.sampling, eos_token_id=stop
     )[0, len(request.prompt_ids) :].tolist()
     if stop is not None and stop in out:
         out = out[: out.index(stop) + 1]
@@ -73,7 +72,7 @@ def test_mixed_requests_join_mid_stream(model):
     requests, expected = [], []
     for index in range(20):
         prompt = random_prompt(rng, rng.randint(1, 24))
-        request = GenerationRequest(prompt, max_tokens=rng.randint(1, 40), temperature=0)
+        request = req(prompt, max_tokens=rng.randint(1, 40), temperature=0)
         stop = None
         if index % 3 == 0 and request.max_tokens > 4:
             stop = alone(model, request)[request.max_tokens // 2]  # occurs: ends it early
@@ -109,14 +108,10 @@ def test_depths_share_a_batch(model):
     rng = random.Random(1)
     depths = [1, 2, 3, 4, 5, 8, 6, 2]
     requests = [
-        GenerationRequest(
-            random_prompt(rng, rng.randint(2, 12)), max_tokens=12, temperature=0, num_steps=t
-        )
+        req(random_prompt(rng, rng.randint(2, 12)), max_tokens=12, temperature=0, num_steps=t)
         for t in depths
     ]
-    requests.append(
-        GenerationRequest(random_prompt(rng, 9), max_tokens=12, temperature=0, adaptive_eps=0.3)
-    )
+    requests.append(req(random_prompt(rng, 9), max_tokens=12, temperature=0, adaptive_eps=0.3))
     batcher = ContinuousBatcher(model, max_batch=len(requests), max_num_steps=8)
     handles = [batcher.submit(request) for request in requests]
     batcher.run_until_idle()
@@ -176,11 +171,9 @@ def test_cache_admit_and_compact(model):
 def test_seeds_reproducible_whatever_shares_the_batch(model):
     """A seeded request draws the same tokens alone, among other sampled requests, and in
     `generate` with that seed."""
-    seeded = GenerationRequest(
-        [5, 6, 7, 8], max_tokens=16, temperature=1.2, top_p=0.95, seed=1234, num_steps=4
-    )
-    others = [GenerationRequest([9] * n, max_tokens=20, temperature=1.0, seed=n) for n in (1, 3, 6)]
-    others.append(GenerationRequest([1, 2], max_tokens=20, temperature=0.7))  # global RNG
+    seeded = req([5, 6, 7, 8], max_tokens=16, temperature=1.2, top_p=0.95, seed=1234, num_steps=4)
+    others = [req([9] * n, max_tokens=20, temperature=1.0, seed=n) for n in (1, 3, 6)]
+    others.append(req([1, 2], max_tokens=20, temperature=0.7))  # global RNG
     results = []
     for company in ([], others, others[::-1]):
         batcher = ContinuousBatcher(model, max_batch=3, max_num_steps=4)
@@ -198,10 +191,10 @@ def test_cancel_frees_the_slot(model):
     """Cancelling a long active request lets the waiting one start at the next step; a
     waiting request can be cancelled too; the slot count goes back."""
     batcher = ContinuousBatcher(model, max_batch=1)
-    long = batcher.submit(GenerationRequest([1, 2, 3], max_tokens=60, temperature=0))
-    short_request = GenerationRequest([4, 5], max_tokens=5, temperature=0)
+    long = batcher.submit(req([1, 2, 3], max_tokens=60, temperature=0))
+    short_request = req([4, 5], max_tokens=5, temperature=0)
     waiting = batcher.submit(short_request)
-    dropped = batcher.submit(GenerationRequest([6], max_tokens=5, temperature=0))
+    dropped = batcher.submit(req([6], max_tokens=5, temperature=0))
     for _ in range(3):
         batcher.step()
     stats = batcher.stats()
@@ -218,54 +211,56 @@ def test_cancel_frees_the_slot(model):
     assert served(waiting) == alone(model, short_request)
     assert batcher.stats()["active_batch_size"] == 0
     assert batcher.stats()["requests_cancelled_total"] == 2
-    assert batcher._free == [0]
+    assert batcher._active == []
 
 
 def test_full_queue_raises(model):
     batcher = ContinuousBatcher(model, max_batch=1, max_queue=2)
     for _ in range(2):
-        batcher.submit(GenerationRequest([1], max_tokens=2, temperature=0))
+        batcher.submit(req([1], max_tokens=2, temperature=0))
     with pytest.raises(QueueFull, match="queue is full"):
-        batcher.submit(GenerationRequest([1], max_tokens=2, temperature=0))
+        batcher.submit(req([1], max_tokens=2, temperature=0))
     assert batcher.stats()["requests_rejected_total"] == 1
     batcher.step()  # one admitted: room again
-    batcher.submit(GenerationRequest([1], max_tokens=2, temperature=0))
+    batcher.submit(req([1], max_tokens=2, temperature=0))
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (dict(num_steps=0), "num_steps must be a positive integer"),
-        (dict(num_steps=10**6), "above the limit of 1024"),
+        (dict(num_steps=0), r"num_steps must be an integer in \[1, 1024\], got 0"),
+        (dict(num_steps=10**6), r"num_steps must be an integer in \[1, 1024\]"),
         (dict(num_steps=9), "runs at most 8 loop steps"),
         (dict(temperature=-0.5), "temperature must be 0 .greedy. or a finite number >= 1e-06"),
         (dict(temperature=1e-39), "temperature must be 0 .greedy. or a finite number >= 1e-06"),
         (dict(temperature=float("nan")), "temperature must be 0 .greedy."),
-        (dict(temperature="hot"), "temperature must be a number"),
+        (dict(temperature="hot"), "temperature must be 0 .greedy. or a finite number"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
         (dict(seed=-1), "seed must be an integer"),
         (dict(prompt_ids=list(range(64))), "prompt has 64 tokens"),
         (dict(prompt_ids=[]), "prompt is empty"),
         (dict(prompt_ids=[1, 300]), "token id 300 outside the vocabulary"),
-        (dict(max_tokens=0), "max_tokens must be a positive integer"),
-        (dict(max_tokens=-3), "max_tokens must be a positive integer"),
+        (dict(max_tokens=0), "max_new_tokens must be at least 1"),
+        (dict(max_tokens=-3), "max_new_tokens must be an integer >= 0"),
         (dict(max_tokens=62), "at most 61 new tokens fit"),
-        (dict(adaptive_eps=-1.0), "adaptive-depth threshold"),
+        (dict(adaptive_eps=-1.0), "adaptive must be a finite number >= 0"),
+        (dict(min_p=2.0), r"min_p must be in \[0, 1\]"),
+        (dict(top_k=0), "top_k must be an integer >= 1"),
+        (dict(adaptive_eps=0.1, adaptive_criterion="entropy"), "adaptive_criterion must be one of"),
         (dict(stop_token_ids=[400]), "stop token id 400 is outside"),
     ],
 )
 def test_bad_requests(model, fields, message):
     batcher = ContinuousBatcher(model, max_num_steps=8)
-    request = GenerationRequest(**{"prompt_ids": [1, 2, 3], "max_tokens": 4, **fields})
     with pytest.raises(PromptError, match=message):
-        batcher.submit(request)
+        batcher.submit(req(**{"prompt_ids": [1, 2, 3], "max_tokens": 4, **fields}))
     assert batcher.stats()["requests_total"] == 0
 
 
 def test_gpt_ignores_depth(gpt):
     rng = random.Random(2)
     requests = [
-        GenerationRequest(random_prompt(rng, n), max_tokens=10, temperature=0, num_steps=t)
+        req(random_prompt(rng, n), max_tokens=10, temperature=0, num_steps=t)
         for n, t in ((3, 2), (11, None), (6, 7))
     ]
     batcher = ContinuousBatcher(gpt, max_batch=2)
@@ -281,8 +276,7 @@ def test_background_thread_and_async_consumers(model):
     consumed with `events_async`; one consumer that stops early cancels its request."""
     rng = random.Random(3)
     requests = [
-        GenerationRequest(random_prompt(rng, rng.randint(1, 10)), max_tokens=8, temperature=0)
-        for _ in range(6)
+        req(random_prompt(rng, rng.randint(1, 10)), max_tokens=8, temperature=0) for _ in range(6)
     ]
 
     async def consume(batcher, request, delay):
@@ -297,7 +291,7 @@ def test_background_thread_and_async_consumers(model):
         return tokens, finish
 
     async def leave_early(batcher):
-        handle = batcher.submit(GenerationRequest([7, 7], max_tokens=60, temperature=0))
+        handle = batcher.submit(req([7, 7], max_tokens=60, temperature=0))
         async for event in handle.events_async():
             assert isinstance(event, TokenEvent)
             break  # closing the generator cancels the request
@@ -324,10 +318,8 @@ def test_ring_sharing_serves_one_depth(model):
     (equal to `generate` with that sharing) and refuses others."""
     batcher = ContinuousBatcher(model, max_batch=2, max_num_steps=4, cache_sharing="ring:2")
     with pytest.raises(PromptError, match="with cache sharing ring:2 this server runs 4"):
-        batcher.submit(GenerationRequest([1, 2], max_tokens=3, num_steps=2))
-    requests = [
-        GenerationRequest(list(range(5, 5 + n)), max_tokens=10, temperature=0) for n in (3, 9, 6)
-    ]
+        batcher.submit(req([1, 2], max_tokens=3, num_steps=2))
+    requests = [req(list(range(5, 5 + n)), max_tokens=10, temperature=0) for n in (3, 9, 6)]
     handles = [batcher.submit(request) for request in requests]
     batcher.run_until_idle()
     for request, handle in zip(requests, handles):
@@ -341,7 +333,7 @@ def test_engine_failure_ends_requests_with_an_error(model, monkeypatch):
     """A forward that fails in the background loop ends every request it holds with
     finish_reason `error` (never a consumer waiting forever); the loop serves on."""
     with ContinuousBatcher(model, max_batch=2, max_num_steps=4) as batcher:
-        original = batcher.model.forward
+        original = batcher.decoder.step
         calls = []
 
         def failing(*args, **kwargs):
@@ -350,12 +342,12 @@ def test_engine_failure_ends_requests_with_an_error(model, monkeypatch):
                 raise RuntimeError("out of memory")
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(batcher.model, "forward", failing)
-        handle = batcher.submit(GenerationRequest([1, 2, 3], max_tokens=20, temperature=0))
+        monkeypatch.setattr(batcher.decoder, "step", failing)
+        handle = batcher.submit(req([1, 2, 3], max_tokens=20, temperature=0))
         finish = handle.result(timeout=10).finish
         assert finish.finish_reason == "error" and "out of memory" in finish.error
-        monkeypatch.setattr(batcher.model, "forward", original)
-        after = GenerationRequest([4, 5], max_tokens=5, temperature=0)
+        monkeypatch.setattr(batcher.decoder, "step", original)
+        after = req([4, 5], max_tokens=5, temperature=0)
         assert served_after(batcher.submit(after)) == alone(model, after)
 
 
@@ -364,10 +356,10 @@ def test_a_row_whose_sampling_fails_ends_alone(model):
     set after the checks, as a bug elsewhere could) ends with `error`; the rows decoding beside
     it generate what they generate alone."""
     batcher = ContinuousBatcher(model, max_batch=3, max_num_steps=4)
-    normal = [GenerationRequest([1, 2, 3], max_tokens=6, temperature=0.9, seed=s) for s in (1, 2)]
+    normal = [req([1, 2, 3], max_tokens=6, temperature=0.9, seed=s) for s in (1, 2)]
     handles = [batcher.submit(request) for request in normal]
-    poisoned = batcher.submit(GenerationRequest([4, 5], max_tokens=6, temperature=0.5, seed=3))
-    poisoned.request.temperature = 1e-300
+    poisoned = batcher.submit(req([4, 5], max_tokens=6, temperature=0.5, seed=3))
+    object.__setattr__(poisoned.request.sampling, "temperature", 1e-300)  # past the checks
     batcher.run_until_idle()
     finish = poisoned.result(timeout=0).finish
     assert finish.finish_reason == "error" and "sampling failed" in finish.error
@@ -378,3 +370,68 @@ def test_a_row_whose_sampling_fails_ends_alone(model):
 def served_after(handle) -> list[int]:
     handle.result(timeout=10)
     return served(handle)
+
+
+def test_steps_run_the_active_rows_only_and_prefill_together(model, monkeypatch):
+    """Waiting requests are prefilled in one forward; each decode step runs over exactly the
+    active rows (packed at the front, a row leaving from the middle takes the last one's
+    sequence), and every request still generates what it generates alone."""
+    rng = random.Random(5)
+    batcher = ContinuousBatcher(model, max_batch=8, max_num_steps=4)
+    prefills, steps = [], []
+    prefill, step = batcher.decoder.prefill, batcher.decoder.step
+
+    def record_prefill(cache, ids, *args):
+        prefills.append(ids.shape[0])
+        return prefill(cache, ids, *args)
+
+    def record_step(cache, tokens, *args):
+        steps.append((tokens.shape[0], cache.batch_size, len(batcher._active)))
+        return step(cache, tokens, *args)
+
+    monkeypatch.setattr(batcher.decoder, "prefill", record_prefill)
+    monkeypatch.setattr(batcher.decoder, "step", record_step)
+    lengths = (20, 3, 12, 6, 9)
+    requests = [req(random_prompt(rng, 2 + n % 7), max_tokens=n, temperature=0) for n in lengths]
+    handles = [batcher.submit(request) for request in requests[:4]]
+    batcher.step()
+    handles.append(batcher.submit(requests[4]))  # joins while rows 0-3 decode
+    batcher.run_until_idle()
+    assert prefills == [4, 1]
+    assert all(width == rows == active for width, rows, active in steps)
+    assert steps[0][0] == 4 and steps[-1][0] == 1 and len({w for w, _, _ in steps}) >= 4
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+
+
+def test_padded_windows_change_nothing(model, monkeypatch):
+    """With compile, a step's window is rounded up to a power of two (few compiled shapes):
+    the padding rows (eager here) change no request's tokens, sampled or greedy."""
+    rng = random.Random(6)
+    batcher = ContinuousBatcher(model, max_batch=8, max_num_steps=4, compile=True)
+    monkeypatch.setattr(batcher.decoder, "compile", False)  # the windows of compile, eagerly
+    requests = [
+        req(random_prompt(rng, 3 + n), max_tokens=4 + 3 * n, temperature=0.8, seed=n)
+        for n in range(5)
+    ] + [req(random_prompt(rng, 4), max_tokens=9, temperature=0)]
+    handles = [batcher.submit(request) for request in requests]
+    batcher.run_until_idle()
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+
+
+def test_top_k_min_p_and_kl_rows_equal_generate(model):
+    """The server's rows take every option of `SamplingParams`: top_k and min_p sampling and
+    the KL exit, each equal to `parcae.generate` with the same params, in one batch."""
+    requests = [
+        req([5, 6, 7], max_tokens=10, temperature=0.8, top_k=4, min_p=0.1, seed=5),
+        req([8, 9], max_tokens=10, temperature=0, adaptive_eps=0.05, adaptive_criterion="kl"),
+        req([1, 2, 3, 4], max_tokens=10, temperature=0, num_steps=2),
+    ]
+    batcher = ContinuousBatcher(model, max_batch=3, max_num_steps=4)
+    handles = [batcher.submit(request) for request in requests]
+    batcher.run_until_idle()
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+    kl_steps = handles[1].result(timeout=0).finish.usage.mean_loop_steps
+    assert 2 <= kl_steps < 4  # the KL exit stops after two steps at the earliest

@@ -368,6 +368,32 @@ LONG_IDS = list(range(3, 3 + CONTEXT + 10))
 C, CHAT = "/v1/completions", "/v1/chat/completions"
 OK_CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
+
+def test_top_k_min_p_and_the_kl_exit(client, model_id, reference_model, serve_tokenizer):
+    """The server takes top_k, min_p and the KL exit of `parcae.generate`, and answers what it
+    answers for the same options."""
+    ids = text_ids(serve_tokenizer, PROMPT)
+    cases = [  # (the openai client's keywords, the extra body fields)
+        (dict(temperature=0.9, seed=11), dict(top_k=5, min_p=0.05)),
+        (dict(temperature=0), dict(adaptive_eps=0.05, adaptive_criterion="kl")),
+    ]
+    for keywords, extra in cases:
+        answer = client.completions.create(
+            model=model_id, prompt=PROMPT, max_tokens=12, extra_body=extra, **keywords
+        )
+        engine = {"adaptive" if k == "adaptive_eps" else k: v for k, v in extra.items()}
+        text, _, _ = reference(reference_model, serve_tokenizer, ids, 12, **keywords, **engine)
+        assert answer.choices[0].text == text
+
+
+def test_bad_value_names_the_field(server):
+    """A value out of range is a 400 whose message names the body field and the reason."""
+    body = {"prompt": "x", "min_p": -0.5}
+    response = httpx.post(f"{server.url}/v1/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "min_p must be in [0, 1], got -0.5"
+
+
 BAD_REQUESTS = [
     # (id, path, body (bytes are sent raw), status, param, code)
     ("invalid-json", C, b'{"prompt": "x",', 400, None, "invalid_json"),
@@ -432,6 +458,17 @@ BAD_REQUESTS = [
     ("num-steps-above-server", C, {"prompt": "x", "num_steps": 33}, 400, "num_steps", None),
     ("num-steps-string", C, {"prompt": "x", "num_steps": "deep"}, 422, "num_steps", None),
     ("adaptive-negative", C, {"prompt": "x", "adaptive_eps": -1}, 400, "adaptive_eps", None),
+    ("top-k-zero", C, {"prompt": "x", "top_k": 0}, 400, "top_k", "invalid_value"),
+    ("top-k-float", C, {"prompt": "x", "top_k": 2.5}, 422, "top_k", None),
+    ("min-p-above-1", CHAT, {**OK_CHAT, "min_p": 1.5}, 400, "min_p", "invalid_value"),
+    (
+        "criterion-unknown",
+        C,
+        {"prompt": "x", "adaptive_eps": 0.1, "adaptive_criterion": "entropy"},
+        400,
+        "adaptive_criterion",
+        "invalid_value",
+    ),
     ("body-over-limit", C, b'{"prompt": "' + b"a" * (3 << 19) + b'"}', 413, None, None),
 ]
 

@@ -6,23 +6,25 @@ model it was exported from, for its config and tokenizer only (its weights are n
 runtime checks, before anything runs, that the file's inputs are the graph it expects for that
 model at that loop depth (names, dtypes, the cache shape (Lp + Lc·T + Ld, 1, Hkv, L, hd)), so
 a random ONNX model, an export of another model or one of another depth is refused in one line.
-Sampling reuses `parcae.infer.engine.sample_next` on the logits, so greedy decoding (and seeded
-sampling) picks what the PyTorch `generate` picks.
+The graph is a backend of the one decoder (`parcae.infer.decoder.decode`, `OnnxBackend`), driven
+with the same `SamplingParams`, so greedy decoding (and seeded sampling) picks what the PyTorch
+`generate` picks. `parcae generate --backend onnxruntime` (`parcae.infer.commands`) builds it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from parcae.errors import CheckpointError, MissingDependencyError, PromptError
 from parcae.export.onnx import INPUTS, OUTPUTS, cache_shape
-from parcae.infer.engine import check_sampling, check_seed, sample_next
-from parcae.infer.generate import check_prompt_ids, encode_text_prompt
+from parcae.infer.decoder import decode
+from parcae.infer.generate import check_prompt_ids
+from parcae.infer.sampling import SamplingParams
 
 
 def require_onnxruntime(feature: str = "parcae generate --backend onnxruntime"):
@@ -130,85 +132,56 @@ class OnnxGenerator:
     def generate(
         self,
         ids: list[int],
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
+        sampling: SamplingParams,
         eos_token_id: int | None = None,
-        seed: int | None = None,
         streamer=None,
     ) -> list[int]:
-        """The prompt then up to `max_new_tokens` new tokens (fewer at EOS or a full
-        context), like `parcae.generate` for one row."""
-        check_sampling(temperature, top_k, top_p, max_new_tokens)
-        check_seed(seed)
-        self.check_prompt(ids)
-        max_new_tokens = min(max_new_tokens, self.config.context_length - len(ids))
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
-        if streamer is not None:
-            streamer.put(torch.tensor([ids]))
-        keys, values = self.empty_cache()
-        logits, keys, values = self.run(ids, 0, keys, values)
-        sequence = list(ids)
-        for index in range(max_new_tokens):
-            token = int(
-                sample_next(torch.from_numpy(logits[:, -1]), temperature, top_k, top_p, generator)
+        """The prompt then up to `sampling.max_new_tokens` new tokens (fewer at EOS or a full
+        context): `parcae.infer.decoder.decode` over an `OnnxBackend`, as `parcae.generate`
+        for one row (the graph has a fixed depth: no adaptive exit, no stop strings)."""
+        if sampling.adaptive is not None:
+            raise PromptError(
+                "adaptive exits need the PyTorch backend (the graph has a fixed depth)"
             )
-            sequence.append(token)
-            if streamer is not None:
-                streamer.put(torch.tensor([token]))
-            if token == eos_token_id or index == max_new_tokens - 1:
-                break
-            logits, keys, values = self.run([token], len(sequence) - 1, keys, values)
+        if sampling.stop:
+            raise PromptError("stop strings need the PyTorch backend (parcae.generate)")
+        self.check_prompt(ids)
+        max_new_tokens = min(sampling.max_new_tokens, self.config.context_length - len(ids))
+        prompt = torch.tensor([ids])
         if streamer is not None:
-            streamer.end()
-        return sequence
+            streamer.put(prompt)
+        decoded = decode(
+            OnnxBackend(self),
+            prompt,
+            torch.ones_like(prompt, dtype=torch.bool),
+            sampling,
+            max_new_tokens,
+            eos_token_id,
+            streamer=streamer,
+        )
+        return list(ids) + decoded.tokens[0].tolist()
 
 
-def run_generate_onnx(args, device: torch.device, parse_ids, check_room) -> int:
-    """`parcae generate --backend onnxruntime`, after `parcae.infer.commands` checked the
-    options (`device`); parse_ids(text) and check_room(args, model) are its helpers for
-    --prompt-ids and --max-new-tokens. The model's config and tokenizer, the file and the prompt
-    are checked before anything is printed."""
-    import sys
+class OnnxBackend:
+    """An `OnnxGenerator`'s graph as a decoder backend (`parcae.infer.decoder`): the logits of
+    the next column, batch 1, with the cache held as numpy arrays."""
 
-    from parcae.infer.loading import find_tokenizer, resolve_model_dir
-    from parcae.infer.streaming import TextStreamer
-    from parcae.model.serialization import read_config
+    def __init__(self, generator: OnnxGenerator) -> None:
+        self.generator = generator
+        self.keys, self.values = generator.empty_cache()
+        self.length = 0
+        self.steps = torch.tensor([generator.num_steps])
 
-    if args.onnx is None:
-        raise PromptError("--backend onnxruntime needs --onnx FILE (from parcae export onnx)")
-    if device.type != "cpu":
-        raise PromptError(f"--backend onnxruntime runs on the CPU, not --device {args.device}")
-    if args.adaptive is not None:
-        raise PromptError("--adaptive needs --backend pytorch (the ONNX graph has a fixed depth)")
-    if args.cache_sharing != "full":
-        raise PromptError("--backend onnxruntime supports only --cache-sharing full")
-    if args.prompt == "":
-        raise PromptError("--prompt is empty: give some text to continue")
-    ids = parse_ids(args.prompt_ids) if args.prompt is None else None
-    require_onnxruntime()
-    model_dir = resolve_model_dir(args.model)
-    config = read_config(model_dir)
-    tokenizer = find_tokenizer(model_dir)
+    def _run(self, ids: list[int]) -> tuple[Tensor, Tensor]:
+        logits, self.keys, self.values = self.generator.run(
+            ids, self.length, self.keys, self.values
+        )
+        self.length += len(ids)
+        vocab = self.generator.config.vocab_size
+        return torch.from_numpy(logits[:, -1, :vocab]), self.steps
 
-    check_room(args, SimpleNamespace(config=config))  # it reads model.config only
-    generator = OnnxGenerator(args.onnx, config, args.num_steps)
-    if args.prompt is not None:
-        ids = encode_text_prompt(args.prompt, tokenizer, not args.no_bos, args.model)
-    generator.check_prompt(ids)
-    eos = tokenizer.eos_id if tokenizer is not None else None
-    streamer = TextStreamer(tokenizer, sys.stdout, eos)
-    if args.prompt is not None:
-        sys.stdout.write(args.prompt)
-    generator.generate(
-        ids,
-        args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_token_id=eos,
-        seed=args.seed,
-        streamer=streamer,
-    )
-    return 0
+    def prefill(self, ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        return self._run(ids[0].tolist())
+
+    def step(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        return self._run(tokens.tolist())

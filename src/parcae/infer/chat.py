@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TextIO
 
-import torch
-
 from parcae.data.chat_template import ChatTemplate
 from parcae.data.tokenizer import Tokenizer
 from parcae.infer.generate import GenerationStats, generate
+from parcae.infer.sampling import SamplingParams
 from parcae.model.base import LanguageModel
 
 BANNER = "Type a message and press Enter; /reset starts a new conversation, /exit leaves."
@@ -30,28 +29,29 @@ def reply(
     tokenizer: Tokenizer,
     template: ChatTemplate,
     messages: list[dict],
-    max_new_tokens: int,
+    params: SamplingParams,
     **options,
 ) -> str:
     """The model's reply to `messages` (its text, cut at EOS and the template's stop
-    sequences). `options`: `parcae.infer.generate.generate`'s sampling options (and `stats`)."""
-    budget = max(model.config.context_length - max_new_tokens, 1)
+    sequences, which join `params.stop`). `options`: `parcae.infer.generate.generate`'s
+    other keywords (`stats`, `cache_sharing`, `compile`)."""
+    budget = max(model.config.context_length - params.max_new_tokens, 1)
     first = 0
     ids = template.prompt_ids(messages, tokenizer)
     while len(ids) > budget and first < len(messages) - 1:
         first += 1
         ids = template.prompt_ids(messages[first:], tokenizer)
     ids = ids[-budget:]
-    stops = template.stop_sequences
-    new: list[int] = []
-
-    def collect(tokens: torch.Tensor) -> torch.Tensor:
-        """Keeps each new token; done once a stop sequence appears in the text."""
-        new.append(int(tokens[0]))
-        done = bool(stops) and any(s in tokenizer.decode(new) for s in stops)
-        return torch.tensor([done], device=tokens.device)
-
-    generate(model, ids, max_new_tokens, eos_token_id=tokenizer.eos_id, stop=collect, **options)
+    stops = tuple(dict.fromkeys(params.stop + tuple(template.stop_sequences)))
+    out = generate(
+        model,
+        ids,
+        sampling=params.replace(stop=stops),
+        eos_token_id=tokenizer.eos_id,
+        tokenizer=tokenizer,
+        **options,
+    )
+    new = out[0, len(ids) :].tolist()
     if tokenizer.eos_id in new:
         new = new[: new.index(tokenizer.eos_id)]
     text = tokenizer.decode(new)
@@ -64,9 +64,9 @@ def chat_loop(
     model: LanguageModel,
     tokenizer: Tokenizer,
     template: ChatTemplate,
+    params: SamplingParams,
     lines: Iterator[str | None],
     out: TextIO,
-    max_new_tokens: int,
     prompt: str = "",
     on_bad_line=None,
     on_stats=None,
@@ -97,9 +97,69 @@ def chat_loop(
             continue
         messages.append({"role": "user", "content": line.strip()})
         stats = GenerationStats()
-        text = reply(model, tokenizer, template, messages, max_new_tokens, stats=stats, **options)
+        text = reply(model, tokenizer, template, messages, params, stats=stats, **options)
         messages.append({"role": "assistant", "content": text})
         out.write(f"{REPLY}{text}\n\n")
         out.flush()
         if on_stats is not None:
             on_stats(stats)
+
+
+def read_lines(stream) -> Iterator[str | None]:
+    """The lines of `stream` (a text stream such as sys.stdin), None for a line that does not
+    decode in the stream's encoding. Bytes are read from its binary buffer when it has one,
+    line by line, so that a bad line loses only itself (a text stream would fail on the whole
+    chunk it read ahead)."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text-only stream (io.StringIO in tests)
+        yield from iter(stream.readline, "")
+        return
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    for line in iter(raw.readline, b""):
+        try:
+            yield line.decode(encoding).replace("\r\n", "\n")
+        except UnicodeDecodeError:
+            yield None
+
+
+def chat_session(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    params: SamplingParams,
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    **options,
+) -> None:
+    """`parcae chat` on three streams: `chat_loop` over the lines of `stdin` (`> ` before
+    each read at a terminal); a line that is not valid text in stdin's encoding is skipped
+    with one warning on `stderr`, and with an adaptive exit each reply's loop steps per token
+    are reported there. `options`: `generate`'s other keywords."""
+    encoding = getattr(stdin, "encoding", None) or "utf-8"
+
+    def bad_line(number: int) -> None:
+        stderr.write(
+            f"parcae: warning: line {number} of stdin is not valid {encoding} text; skipped it\n"
+        )
+
+    report = None
+    if params.adaptive is not None:
+        most = params.num_steps or getattr(model.config, "mean_recurrence", 1)
+
+        def report(stats: GenerationStats) -> None:
+            stderr.write(stats.adaptive_report(most) + "\n")
+
+    interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
+    chat_loop(
+        model,
+        tokenizer,
+        template,
+        params,
+        read_lines(stdin),
+        stdout,
+        prompt="> " if interactive else "",
+        on_bad_line=bad_line,
+        on_stats=report,
+        **options,
+    )

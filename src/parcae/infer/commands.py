@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from parcae.commands import add_model_argument
@@ -13,6 +11,8 @@ from parcae.errors import PromptError
 
 if TYPE_CHECKING:
     import torch
+
+    from parcae.infer.sampling import SamplingParams
 
 DEFAULT_MAX_NEW_TOKENS = 200
 
@@ -107,6 +107,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument(
+        "--min-p",
+        type=float,
+        default=None,
+        help="keep only tokens with probability >= MIN_P times the most likely one's",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--cache-sharing", default="full", help="full (exact), shared, ring:M or last:M"
@@ -114,60 +120,63 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
-def _check_options(args: argparse.Namespace) -> torch.device:
+FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "min_p": "--min-p",
+    "seed": "--seed",
+    "num_steps": "--num-steps",
+    "adaptive": "--adaptive",
+    "adaptive_criterion": "--adaptive-criterion",
+}  # SamplingParams field -> its flag
+
+
+def _check_options(args: argparse.Namespace) -> tuple[torch.device, SamplingParams]:
     """Refuse, naming the flag, every generation option that is invalid whatever the model;
-    returns the device. Runs before the model is loaded and before anything is printed."""
+    returns the device and the sampling spec (max_new_tokens fitted later by `_fit`). Runs
+    before the model is loaded and before anything is printed."""
     from parcae.device import resolve_device
-    from parcae.infer.engine import MAX_SEED, check_temperature
-    from parcae.model.base import check_num_steps
+    from parcae.infer.sampling import SamplingParams, restate
     from parcae.model.cache import CacheSharing
 
     device = resolve_device(args.device, "--device")
-    check_num_steps(args.num_steps, "--num-steps", PromptError)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise PromptError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    check_temperature(args.temperature, "--temperature")
-    if args.top_k is not None and args.top_k < 1:
-        raise PromptError(f"--top-k must be a positive integer, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise PromptError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.adaptive is not None and not 0 <= args.adaptive < math.inf:
-        raise PromptError(f"--adaptive must be a finite number >= 0, got {args.adaptive}")
-    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-        raise PromptError(f"--seed must be in [0, 2**64 - 1], got {args.seed}")
+    params = restate(
+        FLAGS,
+        lambda: SamplingParams(
+            max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            seed=args.seed,
+            num_steps=args.num_steps,
+            adaptive=args.adaptive,
+            adaptive_criterion=args.adaptive_criterion,
+        ),
+    )
     try:
         CacheSharing.parse(args.cache_sharing)
     except PromptError as error:
         raise PromptError(f"--cache-sharing: {error}") from None
-    return device
+    return device, params
 
 
-def _check_room(args: argparse.Namespace, model) -> None:
+def _fit(args: argparse.Namespace, params: SamplingParams, config) -> SamplingParams:
     """--max-new-tokens must fit in the context beside a prompt of at least one token (its
     default is lowered to fit)."""
-    room = model.config.context_length - 1
+    room = config.context_length - 1
     if args.max_new_tokens is None:
-        args.max_new_tokens = min(DEFAULT_MAX_NEW_TOKENS, room)
-    elif args.max_new_tokens > room:
+        return params.replace(max_new_tokens=min(DEFAULT_MAX_NEW_TOKENS, room))
+    if args.max_new_tokens > room:
         raise PromptError(
             f"--max-new-tokens {args.max_new_tokens} does not fit the model's context of "
-            f"{model.config.context_length} tokens beside a prompt: at most {room}"
+            f"{config.context_length} tokens beside a prompt: at most {room}"
         )
-
-
-def _generation_options(args: argparse.Namespace, tokenizer) -> dict:
-    return dict(
-        num_steps=args.num_steps,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        adaptive=args.adaptive,
-        adaptive_criterion=args.adaptive_criterion,
-        cache_sharing=args.cache_sharing,
-        eos_token_id=tokenizer.eos_id if tokenizer is not None else None,
-        **({"compile": True} if getattr(args, "compile", False) else {}),
-    )
+    return params
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -182,108 +191,108 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def _check_backend(args: argparse.Namespace, params: SamplingParams, device) -> None:
+    """The options --backend onnxruntime cannot honour (the graph has a fixed depth and
+    layout and runs on the CPU)."""
+    if args.backend != "onnxruntime":
+        if args.onnx is not None:
+            raise PromptError("--onnx is read by --backend onnxruntime only: add it")
+        return
+    if args.onnx is None:
+        raise PromptError("--backend onnxruntime needs --onnx FILE (from parcae export onnx)")
+    if device.type != "cpu":
+        raise PromptError(f"--backend onnxruntime runs on the CPU, not --device {args.device}")
+    if params.adaptive is not None:
+        raise PromptError("--adaptive needs --backend pytorch (the ONNX graph has a fixed depth)")
+    if args.cache_sharing != "full":
+        raise PromptError("--backend onnxruntime supports only --cache-sharing full")
+
+
 def run_generate(args: argparse.Namespace) -> int:
-    """Every argument is checked (options, model, prompt) before anything is printed."""
+    """Every argument is checked (options, model or ONNX file, prompt) before anything is
+    printed; both backends take the same `SamplingParams`."""
     from parcae.infer.generate import (
         GenerationStats,
+        check_prompt_ids,
         encode_text_prompt,
         generate,
-        prepare_prompts,
     )
-    from parcae.infer.loading import load_for_inference
+    from parcae.infer.loading import find_tokenizer, load_for_inference, resolve_model_dir
     from parcae.infer.streaming import TextStreamer
 
-    if args.backend == "onnxruntime":
-        from parcae.export.runtime import run_generate_onnx
-
-        # this module's checks are handed over (parcae.export does not import parcae.infer's CLI)
-        return run_generate_onnx(args, _check_options(args), _parse_ids, _check_room)
-    if args.onnx is not None:
-        raise PromptError("--onnx is read by --backend onnxruntime only: add it")
-    device = _check_options(args)
+    device, params = _check_options(args)
+    _check_backend(args, params, device)
     if args.prompt == "":
         raise PromptError("--prompt is empty: give some text to continue")
     ids = _parse_ids(args.prompt_ids) if args.prompt is None else None
-    model, tokenizer = load_for_inference(args.model, device=device)
-    _check_room(args, model)
+    stats = GenerationStats()
+    if args.backend == "onnxruntime":
+        from parcae.export.runtime import OnnxGenerator, require_onnxruntime
+        from parcae.model.serialization import read_config
+
+        require_onnxruntime()
+        model_dir = resolve_model_dir(args.model)
+        config, tokenizer = read_config(model_dir), find_tokenizer(model_dir)
+        params = _fit(args, params, config)
+        runner = OnnxGenerator(args.onnx, config, args.num_steps)
+
+        def run(ids, eos, streamer) -> None:
+            runner.generate(ids, params, eos_token_id=eos, streamer=streamer)
+
+    else:
+        model, tokenizer = load_for_inference(args.model, device=device)
+        config = model.config
+        params = _fit(args, params, config)
+
+        def run(ids, eos, streamer) -> None:
+            generate(
+                model,
+                ids,
+                sampling=params,
+                eos_token_id=eos,
+                streamer=streamer,
+                stats=stats,
+                cache_sharing=args.cache_sharing,
+                compile=args.compile,
+            )
+
     if args.prompt is not None:
         ids = encode_text_prompt(args.prompt, tokenizer, not args.no_bos, args.model)
-    prepare_prompts(model, ids)  # the prompt's checks, before the prompt is echoed
-    options = _generation_options(args, tokenizer)
-    streamer = TextStreamer(tokenizer, sys.stdout, options["eos_token_id"])
+    check_prompt_ids(ids, config)  # the prompt's checks, before the prompt is echoed
+    eos = tokenizer.eos_id if tokenizer is not None else None
+    streamer = TextStreamer(tokenizer, sys.stdout, eos)
     if args.prompt is not None:
         sys.stdout.write(args.prompt)
-    stats = GenerationStats()
-    generate(model, ids, args.max_new_tokens, streamer=streamer, stats=stats, **options)
+    run(ids, eos, streamer)
     if args.adaptive is not None:
-        print(adaptive_report(stats, model, args.num_steps), file=sys.stderr)
+        most = params.num_steps or getattr(config, "mean_recurrence", 1)
+        print(stats.adaptive_report(most), file=sys.stderr)
     return 0
 
 
-def adaptive_report(stats, model, num_steps: int | None) -> str:
-    """The loop steps an adaptive-exit generation used per token, beside its maximum T."""
-    most = num_steps or getattr(model.config, "mean_recurrence", 1)
-    return f"parcae: adaptive exit: {stats.mean_steps:.2f} loop steps per token (at most {most})"
-
-
-def _read_lines(stream) -> Iterator[str | None]:
-    """The lines of `stream` (a text stream such as sys.stdin), None for a line that does not
-    decode in the stream's encoding. Bytes are read from its binary buffer when it has one,
-    line by line, so that a bad line loses only itself (a text stream would fail on the whole
-    chunk it read ahead)."""
-    raw = getattr(stream, "buffer", None)
-    if raw is None:  # a text-only stream (io.StringIO in tests)
-        yield from iter(stream.readline, "")
-        return
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    for line in iter(raw.readline, b""):
-        try:
-            yield line.decode(encoding).replace("\r\n", "\n")
-        except UnicodeDecodeError:
-            yield None
-
-
 def run_chat(args: argparse.Namespace) -> int:
-    """The chat loop (`parcae.infer.chat`) on stdin and stdout, with the model's chat
-    template. A line that is not valid text in stdin's encoding is skipped with one line on
-    stderr, and the chat goes on."""
+    """The chat session (`parcae.infer.chat.chat_session`) on stdin, stdout and stderr, with
+    the model's chat template."""
     from parcae.data.chat_template import ChatTemplate
-    from parcae.infer.chat import chat_loop
+    from parcae.infer.chat import chat_session
     from parcae.infer.loading import load_for_inference, resolve_model_dir
 
-    device = _check_options(args)
+    device, params = _check_options(args)
     model, tokenizer = load_for_inference(args.model, device=device)
-    _check_room(args, model)
+    params = _fit(args, params, model.config)
     if tokenizer is None:
         raise PromptError(f"{args.model} has no tokenizer.json: chat needs one")
-    options = _generation_options(args, tokenizer)
-    del options["eos_token_id"]  # the chat loop stops at the tokenizer's EOS
     model_dir = resolve_model_dir(args.model)
-    encoding = getattr(sys.stdin, "encoding", None) or "utf-8"
-
-    def bad_line(number: int) -> None:
-        print(
-            f"parcae: warning: line {number} of stdin is not valid {encoding} text; skipped it",
-            file=sys.stderr,
-        )
-
-    report = None
-    if args.adaptive is not None:
-
-        def report(stats) -> None:
-            print(adaptive_report(stats, model, args.num_steps), file=sys.stderr)
-
-    chat_loop(
+    chat_session(
         model,
         tokenizer,
         ChatTemplate.find(model_dir, model_dir.parent),
-        _read_lines(sys.stdin),
+        params,
+        sys.stdin,
         sys.stdout,
-        args.max_new_tokens,
-        prompt="> " if sys.stdin.isatty() else "",
-        on_bad_line=bad_line,
-        on_stats=report,
-        **options,
+        sys.stderr,
+        cache_sharing=args.cache_sharing,
+        compile=args.compile,
     )
     return 0
 

@@ -2,9 +2,9 @@
 
 Policy for prompts (each violation is one `PromptError`): a prompt must hold at least one token,
 every id must lie in [0, vocab_size) (a tensor must hold integers), and it must be shorter than
-the model's context_length. The options are checked before any work: num_steps an integer in
-[1, MAX_NUM_STEPS] (for a GPT too, which then ignores it), a seed in [0, 2**64), a finite
-temperature >= 0, top_k >= 1, top_p in (0, 1], a finite adaptive threshold >= 0.
+the model's context_length. The sampling options are a `SamplingParams`, checked before any
+work (`parcae.infer.sampling`; num_steps is checked for a GPT too, which then ignores it); the
+loop itself is `parcae.infer.decoder.decode`.
 Generation stops after `max_new_tokens`, when every row has produced `eos_token_id`, or when the
 context is full (prompt + generated = context_length), whichever comes first.
 
@@ -21,10 +21,9 @@ import torch
 from torch import Tensor
 
 from parcae.errors import PromptError
-from parcae.infer.engine import check_sampling, check_seed, exit_rule, sample_next
-from parcae.model import CacheSharing, KVCache, LanguageModel
-from parcae.model.base import check_num_steps
-from parcae.model.decode import decode_step
+from parcae.infer.decoder import CachedModel, StopStrings, decode
+from parcae.infer.sampling import SamplingParams
+from parcae.model import CacheSharing, LanguageModel
 
 
 @dataclass
@@ -35,6 +34,10 @@ class GenerationStats:
     mean_steps: float = 0.0
     new_tokens: list[int] = field(default_factory=list)
     cache_bytes: int = 0
+
+    def adaptive_report(self, most: int) -> str:
+        """The loop steps an adaptive-exit generation used per token, beside its maximum T."""
+        return f"parcae: adaptive exit: {self.mean_steps:.2f} loop steps per token (at most {most})"
 
 
 def check_prompt_ids(row: list[int], config, label: str = "prompt") -> None:
@@ -134,19 +137,24 @@ def _as_rows(input_ids) -> list[list[int]]:
     return rows
 
 
+SAMPLING_KEYWORDS = ("temperature", "top_k", "top_p", "min_p", "seed", "num_steps", "adaptive")
+
+
 @torch.no_grad()
 def generate(
     model: LanguageModel,
     input_ids,
-    max_new_tokens: int,
+    max_new_tokens: int | None = None,
     num_steps: int | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_token_id: int | None = None,
     seed: int | None = None,
     streamer=None,
     *,
+    sampling: SamplingParams | None = None,
+    min_p: float | None = None,
     attention_mask: Tensor | None = None,
     pad_token_id: int | None = None,
     adaptive: float | None = None,
@@ -155,119 +163,93 @@ def generate(
     use_cache: bool = True,
     stats: GenerationStats | None = None,
     stop: Callable[[Tensor], Tensor] | None = None,
+    tokenizer=None,
     compile: bool = False,
 ) -> Tensor:
     """Continue each prompt by up to `max_new_tokens` tokens; returns int64 (B, P + N): the
     left-padded prompts then the new tokens (after a row's EOS, `pad_token_id`).
 
+    The sampling options come either as keywords or as one `sampling=SamplingParams(...)`
+    (`parcae.infer.sampling`, where each is explained), not both:
     num_steps: loop steps T (default the config's mean_recurrence; ignored by a GPT).
-    temperature 0 is greedy; top_k / top_p restrict sampling; seed makes sampling reproducible.
+    temperature (default 1; 0 is greedy); top_k / top_p / min_p restrict sampling; seed makes
+    sampling reproducible. adaptive: per-token early-exit threshold eps (T stays the max) on
+    `adaptive_criterion`: `residual` ‖h_{t+1} - h_t‖ / ‖h_{t+1}‖ or `kl` between successive
+    steps' next-token distributions (see `parcae.infer.engine`).
     streamer: an object with `put(tokens)` and `end()` (transformers' streamer protocol): it
     receives the prompt ids (B, P) once, then each step's new tokens (B,).
-    adaptive: per-token early-exit threshold eps (T stays the max) on `adaptive_criterion`:
-    `residual` ‖h_{t+1} - h_t‖ / ‖h_{t+1}‖ or `kl` between successive steps' next-token
-    distributions (see `parcae.infer.engine`).
     cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M` (see `parcae.model.cache`).
     use_cache=False recomputes the whole sequence for every token (the uncached baseline).
     stats: filled with what the call did.
     stop: called with each step's new tokens (B,); returns bool (B,), the rows that are done
-    (a stop string appeared, say). A done row is padded from then on, as after EOS.
+    (a stop string appeared, say). A done row is padded from then on, as after EOS. The stop
+    strings of `sampling.stop` are matched on text decoded with `tokenizer`.
     compile: run the single-token decode step under `torch.compile` (compiled once per call,
     a few seconds; without a C++ compiler on CPU, one warning and eager decoding). Without an
     adaptive threshold, decoding takes the single-token fast path (`parcae.model.decode`)
     either way; with one, the general forward (and `compile` is ignored).
     """
-    check_sampling(temperature, top_k, top_p, max_new_tokens)
-    check_num_steps(num_steps, "num_steps", PromptError)
-    check_seed(seed)
+    keywords = dict(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        seed=seed,
+        num_steps=num_steps,
+        adaptive=adaptive,
+    )
+    if sampling is None:
+        if max_new_tokens is None:
+            raise PromptError("max_new_tokens is required (or pass sampling=SamplingParams(...))")
+        options = {name: value for name, value in keywords.items() if value is not None}
+        sampling = SamplingParams(
+            max_new_tokens=max_new_tokens, adaptive_criterion=adaptive_criterion, **options
+        )
+    elif max_new_tokens is not None or any(v is not None for v in keywords.values()):
+        raise PromptError(
+            f"give the sampling options ({', '.join(('max_new_tokens',) + SAMPLING_KEYWORDS)}) "
+            "either as keywords or as sampling=, not both"
+        )
     if pad_token_id is None:
         pad_token_id = eos_token_id if eos_token_id is not None else 0
     ids, valid = prepare_prompts(model, input_ids, attention_mask, pad_token_id)
     config = model.config
-    if config.is_looped:
-        num_steps = config.mean_recurrence if num_steps is None else num_steps
-    else:
-        adaptive = None
-    exit_rule(adaptive, adaptive_criterion, config.vocab_size)  # checks the arguments
+    depth = sampling.depth(config) or None
     batch, prompt_len = ids.shape
-    max_new_tokens = min(max_new_tokens, config.context_length - prompt_len)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=ids.device).manual_seed(seed)
+    max_new_tokens = min(sampling.max_new_tokens, config.context_length - prompt_len)
+    if sampling.stop:
+        stop = _either(stop, StopStrings(tokenizer, sampling.stop, batch))
     if streamer is not None:
         streamer.put(ids.cpu())
-
-    def forward(tokens: Tensor, tokens_valid: Tensor, cache: KVCache):
-        return model(
-            tokens,
-            cache=cache,
-            attention_mask=tokens_valid,
-            last_only=True,
-            exit_rule=exit_rule(adaptive, adaptive_criterion, config.vocab_size),
-        )
-
-    def steps_of(out) -> Tensor:
-        """Loop steps of each row's last token (0 for a GPT)."""
-        return (
-            out.loop.steps[:, -1]
-            if out.loop is not None
-            else torch.zeros(batch, dtype=torch.long, device=ids.device)
-        )
-
     total = prompt_len + max_new_tokens
-    cache = model.new_cache(batch, max(total - 1, prompt_len), num_steps, cache_sharing)
-    out = forward(ids, valid, cache)
-    logits = out.logits[:, -1, : config.vocab_size]
-    fast = decode_step(model, cache, compile) if use_cache and adaptive is None else None
-    fixed_steps = torch.full(
-        (batch,), num_steps if config.is_looped else 0, dtype=torch.long, device=ids.device
+    cache = model.new_cache(batch, max(total - 1, prompt_len), depth, cache_sharing)
+    backend = CachedModel(
+        model,
+        cache,
+        sampling,
+        compile,
+        use_cache,
+        lambda rows, length: model.new_cache(rows, length, depth, cache_sharing),
     )
-    generated, steps_used = [], [steps_of(out)]
-    finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    sequence, sequence_valid = ids, valid
-    for index in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        token = torch.where(finished, pad_token_id, token)
-        generated.append(token)
-        if streamer is not None:
-            streamer.put(token.cpu())
-        if eos_token_id is not None:
-            finished = finished | (token == eos_token_id)
-        if stop is not None:
-            finished = finished | stop(token).to(finished.device)
-        if index == max_new_tokens - 1 or bool(finished.all()):
-            break
-        if fast is not None:
-            logits = fast(token)[:, : config.vocab_size]
-            steps_used.append(torch.where(finished, 0, fixed_steps))
-            continue
-        step_valid = torch.ones(batch, 1, dtype=torch.bool, device=ids.device)
-        if use_cache:
-            out = forward(token[:, None], step_valid, cache)
-        else:
-            sequence = torch.cat([sequence, token[:, None]], dim=1)
-            sequence_valid = torch.cat([sequence_valid, step_valid], dim=1)
-            out = forward(
-                sequence,
-                sequence_valid,
-                model.new_cache(batch, sequence.shape[1], num_steps, cache_sharing),
-            )
-        logits = out.logits[:, -1, : config.vocab_size]
-        steps_used.append(torch.where(finished, 0, steps_of(out)))
-    if streamer is not None:
-        streamer.end()
-    new = torch.stack(generated, dim=1) if generated else ids[:, :0]
+    decoded = decode(
+        backend, ids, valid, sampling, max_new_tokens, eos_token_id, pad_token_id, streamer, stop
+    )
+    new = decoded.tokens
     if stats is not None:
-        counted = torch.stack(steps_used[: len(generated)], dim=1) if generated else None
         produced = ~_after_eos(new, eos_token_id)
         stats.new_tokens = produced.sum(dim=1).tolist()
         stats.mean_steps = (
-            float(counted[produced].float().mean())
-            if counted is not None and bool(produced.any())
-            else 0.0
+            float(decoded.steps[produced].float().mean()) if bool(produced.any()) else 0.0
         )
         stats.cache_bytes = cache.nbytes
     return torch.cat([ids, new], dim=1)
+
+
+def _either(first, second):
+    """A stop callable: done where either of two is (`first` may be None)."""
+    if first is None:
+        return second
+    return lambda tokens: first(tokens).to(tokens.device) | second(tokens)
 
 
 def _after_eos(new: Tensor, eos_token_id: int | None) -> Tensor:

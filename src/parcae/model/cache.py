@@ -396,3 +396,36 @@ class CacheSite:
         keys[rows, :, start + cols] = k[0].transpose(0, 1)
         values[rows, :, start + cols] = v[0].transpose(0, 1)
         return attend_tokens(attn, q, keys, values, cache.mask, tokens, cache.new_columns)
+
+
+def leading_rows(
+    cache: KVCache, rows: int, num_steps: int | None = None, columns: int | None = None
+) -> KVCache:
+    """A cache over rows [0, rows) and columns [0, columns) of `cache` (default: all) that
+    shares its memory: a forward over it writes there, and computes only those rows
+    (continuous batching keeps its active rows packed at the front) and attends over only those
+    columns (a decode step needs length + 1). `num_steps` (full sharing only) runs a shallower
+    loop over the same slots. The view keeps its own `length`: copy it back after a forward
+    (`cache.length = view.length`)."""
+    view = object.__new__(KVCache)
+    view.__dict__.update(cache.__dict__)
+    end = cache.max_length if columns is None else columns
+    view.keys, view.values = cache.keys[:, :rows, :, :end], cache.values[:, :rows, :, :end]
+    view.valid, view.positions = cache.valid[:rows, :end], cache.positions[:rows, :end]
+    view.max_length = end
+    if num_steps is not None:
+        if cache.sharing.kind != "full" and num_steps != cache.num_steps:
+            raise ValueError(f"a {cache.sharing} cache serves {cache.num_steps} loop steps only")
+        view.num_steps = num_steps
+    return view
+
+
+def move_row(cache: KVCache, source: int, target: int) -> None:
+    """Move the sequence of row `source` to row `target` (its keys, values, positions and
+    columns), leaving `source` free (`release`d)."""
+    end = cache.length
+    cache.keys[:, target, :, :end] = cache.keys[:, source, :, :end]
+    cache.values[:, target, :, :end] = cache.values[:, source, :, :end]
+    cache.valid[target] = cache.valid[source]
+    cache.positions[target] = cache.positions[source]
+    cache.release([source])

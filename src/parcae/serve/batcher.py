@@ -1,54 +1,58 @@
 """Continuous batching: one decode loop over one `KVCache` serves every active request.
 
-`ContinuousBatcher(model, max_batch, max_queue, max_num_steps, cache_sharing)` holds a cache of
-`max_batch` rows (one row per active request) and a bounded queue of waiting requests.
-`submit(request)` checks the request, queues it and returns a `Handle` whose events are the
-request's tokens as they come, then one `FinishEvent`. Each scheduling iteration (`step()`;
-`start()` runs it in a background thread) does, in order:
+`ContinuousBatcher(model, max_batch, max_queue, max_num_steps, cache_sharing, compile=...)` holds
+a cache of `max_batch` rows (one row per active request) and a bounded queue of waiting
+requests. `submit(request)` checks the request, queues it and returns a `Handle` whose events
+are the request's tokens as they come, then one `FinishEvent`. Each scheduling iteration
+(`step()`; `start()` runs it in a background thread) does, in order:
 
-1. cancelled requests leave: a waiting one is dropped, an active one's row is released
-   (`KVCache.release`) and is free for the next request at once;
-2. waiting requests take the free rows (first come, first served): each prompt is prefilled
-   *alone*, in a cache of its own made for its own depth, exactly as `parcae.generate` prefills
-   it; its first token is sampled, and the prefilled keys and values are placed into its row of
-   the shared cache (`KVCache.admit`; the other rows keep their state);
-3. one decode forward over the shared cache feeds every active row its last token; each row
-   samples its next token, and a row that produced a stop token or its `max_tokens` leaves and
-   frees its row.
+1. cancelled requests leave: a waiting one is dropped, an active one's row is freed at once;
+2. waiting requests take the free rows (first come, first served) and are prefilled *together*:
+   one forward over their left-padded prompts in a cache of their own (per-row positions, so
+   each row computes what it computes alone); each samples its first token, and its keys and
+   values are placed into its row of the shared cache (`KVCache.admit`; the other rows keep
+   their state);
+3. one decode step over the active rows feeds each its last token; each row samples its next
+   token, and a row that produced a stop token or its `max_new_tokens` leaves.
 
-When the cache's column timeline fills, it is compacted (`KVCache.compact`: each row's real
-columns moved to the right end; nothing a row computes changes).
+Nothing runs as padding: the active rows are kept packed at the front of the cache (a row that
+leaves takes the last active row's sequence, `move_row`), and a decode step runs over the
+leading window of the active rows only, over the columns in use (`leading_rows`; with
+`compile`, the window is rounded up to a power of two and spans the whole timeline, so that at
+most log2(max_batch) + 1 shapes are compiled). Prefill, the steps
+and sampling are those of the one decoder (`parcae.infer.decoder`: `ModelDecoder`,
+`sample_rows`, `RowExit`), which `parcae.generate` drives too. When the cache's column timeline
+fills, it is compacted (`KVCache.compact`: each row's real columns moved to the right end;
+nothing a row computes changes).
 
 What one decode step shares, and what it does not:
 
-- shared: a single forward of every row (prelude, core loop, coda, head) over the one cache.
-  Rows of different prompt lengths and join times sit on one column timeline with left padding:
-  each row has its own positions (starting at 0 for its prompt, so RoPE and the loop's initial
-  state are what they are alone) and attends only to its own columns (padding and the columns
-  of earlier occupants of its row are masked).
+- shared: a single forward of the active rows (prelude, core loop, coda, head) over the one
+  cache. Rows of different prompt lengths and join times sit on one column timeline with left
+  padding: each row has its own positions (starting at 0 for its prompt, so RoPE and the loop's
+  initial state are what they are alone) and attends only to its own columns.
 - shared, with full cache sharing (the default): loop depth. The cache is built for
-  `max_num_steps`; a row of depth T stops after its own T steps through an exit rule (its
-  tokens are then frozen: skipped by the loop, its deeper cache slots keep its step-T keys), and
-  a row with `adaptive_eps` also stops when its loop residual falls below its threshold. A row
-  that stops at T computes what a cached forward at `num_steps=T` computes: the same operations
-  on the same keys, bit for bit while every row is still looping, and to float rounding (about
-  1e-6 in the logits) in the steps where the loop gathers the tokens still running into
-  smaller matrices. Every row's greedy tokens equal those of `parcae.generate` run alone at its
-  depth (tested, with depths 1 to 8 and an adaptive row in one batch). When every active row
-  has the cache's depth and no adaptive exit, the loop runs all rows in lockstep.
+  `max_num_steps`; a step runs the deepest active row's depth. When every active row has the
+  same depth and no adaptive exit, the step is the fast single-token step
+  (`parcae.model.decode`, compiled with `compile=True`) at that depth; otherwise the general
+  forward, where a row of depth T stops after its own T steps through `RowExit` (its tokens are
+  then frozen: skipped by the loop, its deeper cache slots keep its step-T keys), and a row with
+  an adaptive threshold also stops when its residual or KL criterion falls below it. A row that
+  stops at T computes what a cached forward at `num_steps=T` computes, to float rounding (about
+  1e-6 in the logits) where the loop gathers the tokens still running into smaller matrices.
+  Every row's greedy tokens equal those of `parcae.generate` run alone at its depth (tested,
+  with rows of several depths and an adaptive row in one batch, joining and leaving).
 - not shared with cache sharing `ring:M` / `last:M`: depth. Which slot a step reads there
   depends on T, so rows of another depth would read other steps' keys; such a batcher serves one
   depth, `max_num_steps`, and refuses others (a `PromptError`).
-- not shared: prefill (alone per request, see 2.), sampling (per row: its temperature, top_p and
-  its own `torch.Generator` seeded from its seed, so a seeded request draws the same tokens
-  whatever shares the batch, and the same as `parcae.generate` with that seed), stop tokens and
-  `max_tokens`.
+- not shared: sampling (per row, under its own `SamplingParams`, with its own `torch.Generator`
+  seeded from its seed, so a seeded request draws the same tokens whatever shares the batch, and
+  the same as `parcae.generate` with that seed), stop tokens and `max_new_tokens`.
 
-Rows that are free still run through the forward as padding (the forward is over all
-`max_batch` rows). The stop token that ends a request is not sent as a `TokenEvent`: it is the
-`FinishEvent`'s `stop_token_id`, and it counts in `completion_tokens` (as in `generate`'s
-stats). A request's `mean_loop_steps` is the mean over its generated tokens of the loop steps
-of the forward that produced each one (the prefill's last token for the first); 0 for a GPT.
+The stop token that ends a request is not sent as a `TokenEvent`: it is the `FinishEvent`'s
+`stop_token_id`, and it counts in `completion_tokens` (as in `generate`'s stats). A request's
+`mean_loop_steps` is the mean over its generated tokens of the loop steps of the forward that
+produced each one (the prefill's last token for the first); 0 for a GPT.
 """
 
 from __future__ import annotations
@@ -63,13 +67,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from parcae.errors import ConfigError, ParcaeError, PromptError
-from parcae.infer.engine import exit_rule, sample_next
+from parcae.infer.decoder import ModelDecoder, RowExit, new_generator, sample_rows
+from parcae.infer.generate import prepare_prompts
+from parcae.infer.sampling import SamplingParams
 from parcae.model.base import check_num_steps
-from parcae.model.cache import CacheSharing
-from parcae.model.loop import Readout, relative_update
+from parcae.model.cache import CacheSharing, leading_rows, move_row
 from parcae.serve.requests import GenerationRequest
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -241,22 +245,9 @@ class _Sequence:
     steps_total: int = 0
     stop_ids: frozenset[int] = field(default_factory=frozenset)
 
-
-class RowExit:
-    """Exit rule of a batch: row b stops after `depths[b]` loop steps, or earlier once its
-    loop residual falls below `eps[b]` (0: never; the rule of `ResidualExit`)."""
-
-    def __init__(self, depths: Tensor, eps: Tensor) -> None:
-        self.depths, self.eps = depths, eps
-        self.adaptive = bool((eps > 0).any())
-        self.steps = 0
-
-    def __call__(self, h: Tensor, h_prev: Tensor, readout: Readout) -> Tensor:
-        self.steps += 1
-        stop = (self.depths <= self.steps)[:, None].expand(h.shape[:2])
-        if self.adaptive:
-            stop = stop | (relative_update(h, h_prev) < self.eps[:, None])
-        return stop
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.sampling
 
 
 class ContinuousBatcher:
@@ -268,7 +259,7 @@ class ContinuousBatcher:
     sharing, the mean_recurrence with other sharing, where it is the one depth served; ignored
     for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`; cache_length:
     columns of the shared timeline (at least the context length; default twice it), compacted
-    when full.
+    when full; compile: the fast decode step under `torch.compile`.
     """
 
     def __init__(
@@ -279,6 +270,7 @@ class ContinuousBatcher:
         max_num_steps: int | None = None,
         cache_sharing: str | CacheSharing | None = "full",
         cache_length: int | None = None,
+        compile: bool = False,
     ) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -309,8 +301,9 @@ class ContinuousBatcher:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._waiting: deque[Handle] = deque()
-        self._active: dict[int, _Sequence] = {}
-        self._free = list(range(max_batch))
+        self.decoder = ModelDecoder(model, compile)
+        self.compile = compile
+        self._active: list[_Sequence] = []  # row i holds _active[i]: packed at the front
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -361,7 +354,7 @@ class ContinuousBatcher:
     def step(self) -> bool:
         """One scheduling iteration (module docstring); False when there was nothing to do.
         Call it from one thread at a time (the background thread, or a test)."""
-        cancelled = [s for s in self._active.values() if s.handle.cancelled]
+        cancelled = [s for s in self._active if s.handle.cancelled]
         for sequence in cancelled:
             self._finish(sequence, "cancelled")
         admitted = []
@@ -370,14 +363,16 @@ class ContinuousBatcher:
                 self._waiting.remove(handle)
                 self._finish_waiting(handle, "cancelled")
                 cancelled.append(handle)
-            while self._waiting and len(admitted) < len(self._free):
+            free = self.max_batch - len(self._active)
+            while self._waiting and len(admitted) < free:
                 admitted.append(self._waiting.popleft())
-        for index, handle in enumerate(admitted):
+        if admitted:
             try:
-                self._prefill(handle)
+                self._prefill(admitted)
             except Exception as error:
-                for failed in admitted[index:]:
-                    self._finish_waiting(failed, "error", f"{type(error).__name__}: {error}")
+                for failed in admitted:
+                    if failed.finish is None and not any(s.handle is failed for s in self._active):
+                        self._finish_waiting(failed, "error", f"{type(error).__name__}: {error}")
                 raise
         decoded = bool(self._active)
         if decoded:
@@ -427,82 +422,80 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------ prefill and decode
 
-    def _prefill(self, handle: Handle) -> None:
-        request = handle.request
-        depth = request.depth(self.model)
-        generator = None
-        if request.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        sequence = _Sequence(
-            handle, request, depth, generator, stop_ids=frozenset(request.stop_token_ids)
-        )
-        self._counters["prompt_tokens_total"] += len(request.prompt_ids)
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
-        cache = self.model.new_cache(1, ids.shape[1], depth or None, self.sharing)
-        eps = request.adaptive_eps if self.looped else None
-        out = self.model(ids, cache=cache, last_only=True, exit_rule=exit_rule(eps))
-        steps = [int(out.loop.steps[0, -1])] if out.loop is not None else [0]
-        tokens = self._sample([sequence], out.logits[:, -1])
-        if tokens[0] is None or self._record(sequence, tokens[0], steps[0]):
-            return
-        sequence.row = self._free.pop(0)
-        self.cache.admit(sequence.row, cache)
-        self._active[sequence.row] = sequence
+    def _free_rows(self) -> None:
+        """Hide whatever the rows past the active ones hold (a padding row of a compiled
+        window marks its columns), before a compaction or an admission counts columns."""
+        if len(self._active) < self.max_batch:
+            self.cache.release(list(range(len(self._active), self.max_batch)))
+
+    def _prefill(self, handles: list[Handle]) -> None:
+        """Prefill the prompts of `handles` together (left-padded) and admit each into the next
+        free row."""
+        sequences = [
+            _Sequence(
+                handle,
+                handle.request,
+                handle.request.depth(self.model),
+                new_generator(handle.request.sampling.seed, self.device),
+                stop_ids=frozenset(handle.request.stop_token_ids),
+            )
+            for handle in handles
+        ]
+        prompts = [s.request.prompt_ids for s in sequences]
+        self._counters["prompt_tokens_total"] += sum(len(p) for p in prompts)
+        ids, valid = prepare_prompts(self.model, prompts)
+        depth = max(s.depth for s in sequences)
+        cache = self.model.new_cache(len(prompts), ids.shape[1], depth or None, self.sharing)
+        params = [s.params for s in sequences]
+        rule = RowExit.of(params, depth, self.config, self.device)
+        logits, steps = self.decoder.prefill(cache, ids, valid, rule)
+        tokens = sample_rows(logits, params, [s.generator for s in sequences])
+        self._free_rows()
+        for index, (sequence, token, row_steps) in enumerate(
+            zip(sequences, tokens, steps.tolist())
+        ):
+            if isinstance(token, RuntimeError):
+                self._finish(sequence, "error", error=f"sampling failed: {token}")
+            elif not self._record(sequence, token, row_steps):
+                sequence.row = len(self._active)
+                self.cache.admit(sequence.row, cache, index)
+                self._active.append(sequence)
+
+    def _window(self) -> int:
+        """Rows a decode step runs: the active ones (compiled: rounded up to a power of two)."""
+        active = len(self._active)
+        if not self.compile:
+            return active
+        return min(1 << (active - 1).bit_length(), self.max_batch)
 
     def _decode(self) -> None:
-        cache, batch = self.cache, self.max_batch
-        rows = sorted(self._active)
-        sequences = [self._active[row] for row in rows]
-        tokens = torch.zeros(batch, 1, dtype=torch.long)
-        valid = torch.zeros(batch, 1, dtype=torch.bool)
-        index = torch.tensor(rows, dtype=torch.long)
-        tokens[index, 0] = torch.tensor([s.pending for s in sequences])
-        valid[index, 0] = True
-        rule = None
-        if self.looped:
-            depths = torch.full((batch,), max(s.depth for s in sequences), dtype=torch.long)
-            depths[index] = torch.tensor([s.depth for s in sequences])
-            eps = torch.zeros(batch)
-            eps[index] = torch.tensor([s.request.adaptive_eps or 0.0 for s in sequences])
-            if bool((depths != cache.num_steps).any() or (eps > 0).any()):
-                rule = RowExit(depths.to(self.device), eps.to(self.device))
+        cache, sequences = self.cache, list(self._active)
         if cache.length + 1 > cache.max_length:
+            self._free_rows()
             cache.compact()
             self._counters["compactions_total"] += 1
-        out = self.model(
-            tokens.to(self.device),
-            cache=cache,
-            attention_mask=valid.to(self.device),
-            last_only=True,
-            exit_rule=rule,
-        )
+        rows, window = len(sequences), self._window()
+        depth = max(s.depth for s in sequences)
+        full = self.sharing.kind == "full" and self.looped
+        # eager: attend over the columns in use only; compiled: one column shape for all steps
+        columns = None if self.compile else cache.length + 1
+        view = leading_rows(cache, window, depth if full else None, columns)
+        padding = [sequences[0].params.replace(adaptive=None)] * (window - rows)
+        rule = RowExit.of([s.params for s in sequences] + padding, depth, self.config, self.device)
+        tokens = torch.zeros(window, dtype=torch.long)
+        tokens[:rows] = torch.tensor([s.pending for s in sequences])
+        valid = torch.arange(window) < rows
+        logits, steps = self.decoder.step(view, tokens.to(self.device), rule, valid.to(self.device))
+        cache.length = view.length
         self._counters["decode_steps_total"] += 1
-        steps = out.loop.steps[:, -1].tolist() if out.loop is not None else [0] * batch
-        index = index.to(self.device)
-        sampled = self._sample(sequences, out.logits[index, -1])
-        for sequence, token in zip(sequences, sampled):
-            if token is not None:
-                self._record(sequence, token, steps[sequence.row])
-
-    def _sample(self, sequences: list[_Sequence], logits: Tensor) -> list[int | None]:
-        """Each row's next token from logits (R, V_pad), with its own settings. A row whose
-        draw fails (NaN or inf logits make torch.multinomial raise) ends alone with `error`
-        and gets None; the other rows keep their tokens."""
-        logits = logits[:, : self.config.vocab_size]
-        if all(s.request.temperature == 0 for s in sequences):
-            return logits.argmax(dim=-1).tolist()
-        tokens: list[int | None] = []
-        for i, sequence in enumerate(sequences):
-            request = sequence.request
-            try:
-                token = sample_next(
-                    logits[i : i + 1], request.temperature, None, request.top_p, sequence.generator
-                )
-                tokens.append(int(token))
-            except RuntimeError as error:
-                self._finish(sequence, "error", error=f"sampling failed: {error}")
-                tokens.append(None)
-        return tokens
+        sampled = sample_rows(
+            logits[:rows], [s.params for s in sequences], [s.generator for s in sequences]
+        )
+        for sequence, token, row_steps in zip(sequences, sampled, steps[:rows].tolist()):
+            if isinstance(token, RuntimeError):
+                self._finish(sequence, "error", error=f"sampling failed: {token}")
+            else:
+                self._record(sequence, token, row_steps)
 
     def _record(self, sequence: _Sequence, token: int, steps: int) -> bool:
         """Count and send `token`; finish the request if it is done (True)."""
@@ -534,11 +527,15 @@ class ContinuousBatcher:
         stop_token: int | None = None,
         error: str | None = None,
     ) -> None:
-        if sequence.row is not None:
-            self.cache.release([sequence.row])
-            del self._active[sequence.row]
-            self._free.append(sequence.row)
-            self._free.sort()
+        if sequence.row is not None:  # the last active row moves into the hole
+            row, last = sequence.row, len(self._active) - 1
+            if row != last:
+                move_row(self.cache, last, row)
+                self._active[row] = self._active[last]
+                self._active[row].row = row
+            else:
+                self.cache.release([row])
+            self._active.pop()
             sequence.row = None
         usage = Usage(
             len(sequence.request.prompt_ids),
@@ -564,7 +561,7 @@ class ContinuousBatcher:
             waiting, self._waiting = list(self._waiting), deque()
         for handle in waiting:
             self._finish_waiting(handle, reason, error)
-        for sequence in list(self._active.values()):
+        for sequence in list(self._active):
             self._finish(sequence, reason, error=error)
         self.cache.reset()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from parcae.commands import add_model_argument
@@ -54,6 +53,12 @@ def register(subparsers) -> None:
         metavar="EPS",
         help="default per-token early exit threshold (body field adaptive_eps)",
     )
+    serve.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the decode step under torch.compile (a C++ compiler on CPU; compiling takes "
+        "seconds per batch-size bucket, once per process)",
+    )
     serve.add_argument("--name", default=None, help="model id to serve (default: the path's name)")
     serve.add_argument(
         "--api-key",
@@ -95,6 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """Options, the serve extra, the port and the model are checked before serving; Ctrl-C
     stops the server cleanly (exit code 0)."""
     from parcae.device import resolve_device
+    from parcae.infer.sampling import SamplingParams, restate
     from parcae.model.base import check_num_steps
     from parcae.serve.server import bind, load_state, require_serve_extra, serve
 
@@ -103,10 +109,11 @@ def run_serve(args: argparse.Namespace) -> int:
     for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
         if value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
-    check_num_steps(args.num_steps, "--num-steps", PromptError)
+    restate(  # the request defaults, checked as a request's
+        {"num_steps": "--num-steps", "adaptive": "--adaptive"},
+        lambda: SamplingParams(num_steps=args.num_steps, adaptive=args.adaptive),
+    )
     check_num_steps(args.max_num_steps, "--max-num-steps", PromptError)
-    if args.adaptive is not None and not 0 <= args.adaptive < math.inf:
-        raise PromptError(f"--adaptive must be a finite number >= 0, got {args.adaptive}")
     limits = ServerLimits.from_args(args)
     sock = bind(args.host, args.port)
     try:
@@ -119,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
             adaptive_eps=args.adaptive,
             max_num_steps=args.max_num_steps,
             name=args.name,
+            compile=args.compile,
             limits=limits,
         )
         host, port = sock.getsockname()[:2]

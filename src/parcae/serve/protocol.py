@@ -7,11 +7,12 @@
   parser, or holding a lone surrogate (`"\ud800"`);
 - 400 `missing_required_parameter`: `prompt` / `messages` missing (or null);
 - 422 `invalid_type`: a field of the wrong JSON type (`temperature: "hot"`);
-- 400 `invalid_value`: a value out of range: `max_tokens` <= 0, `temperature` neither 0
-  nor in [MIN_TEMPERATURE = 1e-6, inf), `top_p`
-  outside (0, 1], `seed` outside [0, 2**64), `num_steps` outside [1, the server's maximum]
-  (at most 1024), `adaptive_eps` < 0, `n` != 1, more than 4 `stop` sequences, an empty prompt,
-  a token id outside the vocabulary;
+- 400 `invalid_value`: a value out of range: `max_tokens` <= 0, a sampling value that
+  `SamplingParams` refuses (`parcae.infer.sampling`: `temperature` neither 0 nor >= 1e-6,
+  `top_k` < 1, `top_p` outside (0, 1], `min_p` outside [0, 1], `seed` outside [0, 2**64),
+  `adaptive_eps` < 0, an unknown `adaptive_criterion`; the message names the body field),
+  `num_steps` outside [1, the server's maximum] (at most 1024), `n` != 1, more than 4 `stop`
+  sequences, an empty prompt, a token id outside the vocabulary;
 - 400 `context_length_exceeded`: a prompt that does not fit the context (`param` `prompt` or
   `messages`), or `max_tokens` beyond the room the prompt leaves (`param` `max_tokens`);
 - 404 `model_not_found`: a `model` other than the one served;
@@ -27,10 +28,11 @@ Fields read: `model` (optional; if given, the served model's id), `prompt` (comp
 string, a list of token ids, or a list of one string), `messages` (chat: a list of
 `{"role", "content"}`), `max_tokens` (chat also `max_completion_tokens`; default 16 for a
 completion, the rest of the context for a chat), `temperature` (default 1; 0 is greedy),
-`top_p`, `stop` (a string or up to 4 strings, matched on the decoded text), `seed`, `stream`,
-`stream_options` (accepted; usage always rides on the last chunk), `n` (1 only), and the extra
-fields `num_steps` (loop depth; default the server's `--num-steps`) and `adaptive_eps` (default
-the server's `--adaptive`). Other fields are ignored. A string prompt is encoded with BOS first
+`top_k`, `top_p`, `min_p`, `stop` (a string or up to 4 strings, matched on the decoded text),
+`seed`, `stream`, `stream_options` (accepted; usage always rides on the last chunk), `n` (1
+only), and the extra fields `num_steps` (loop depth; default the server's `--num-steps`),
+`adaptive_eps` (default the server's `--adaptive`) and `adaptive_criterion` (`residual`, the
+default, or `kl`). Other fields are ignored. A string prompt is encoded with BOS first
 (as `parcae generate` does); a list of token ids is used as it is. Generation ends at EOS
 (finish_reason `stop`), at a stop sequence (`stop`) or after `max_tokens` (`length`).
 """
@@ -38,12 +40,11 @@ the server's `--adaptive`). Other fields are ignored. A string prompt is encoded
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from parcae.errors import PromptError
-from parcae.infer.engine import MAX_SEED, check_temperature
+from parcae.infer.sampling import SamplingError, SamplingParams
 from parcae.model.base import MAX_NUM_STEPS
 from parcae.serve.requests import GenerationRequest
 from parcae.values import is_number
@@ -51,7 +52,19 @@ from parcae.values import is_number
 MAX_BODY_BYTES = 1 << 20
 MAX_STOP_SEQUENCES = 4
 DEFAULT_COMPLETION_TOKENS = 16
-FIELDS = ("max_tokens", "temperature", "top_p", "seed", "num_steps", "adaptive_eps", "stop")
+BODY_NAMES = {  # SamplingParams field -> its body field (max_new_tokens: or max_completion_tokens)
+    "max_new_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "seed": "seed",
+    "stop": "stop",
+    "num_steps": "num_steps",
+    "adaptive": "adaptive_eps",
+    "adaptive_criterion": "adaptive_criterion",
+}
+FIELDS = tuple(BODY_NAMES.values())
 
 
 class APIError(Exception):
@@ -143,6 +156,18 @@ def _typed(body: dict, name: str, check, what: str):
     return value
 
 
+SAMPLING_TYPES = {  # body field -> (its JSON type test, what it must be); values: SamplingParams
+    "temperature": (is_number, "a number"),
+    "top_k": (_is_int, "an integer"),
+    "top_p": (is_number, "a number"),
+    "min_p": (is_number, "a number"),
+    "seed": (_is_int, "an integer"),
+    "num_steps": (_is_int, "an integer"),
+    "adaptive_eps": (is_number, "a number"),
+    "adaptive_criterion": (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _invalid(name: str, message: str) -> APIError:
     return APIError(400, f"{name} {message}", name, "invalid_value")
 
@@ -180,7 +205,8 @@ def check_model(body: dict, server: Limits) -> None:
 
 
 def _options(body: dict, server: Limits, prompt_ids: list[int], default_tokens: int) -> Parsed:
-    """Every field but the prompt, checked in order of the table in the module docstring."""
+    """Every field but the prompt: types here (422), values by `SamplingParams` (400, restated
+    under the body's names), then the server's own rules (context room, its depth limit)."""
     context = server.context_length
     n = _typed(body, "n", _is_int, "an integer")
     if n is not None and n != 1:
@@ -192,11 +218,9 @@ def _options(body: dict, server: Limits, prompt_ids: list[int], default_tokens: 
     if max_tokens is None and "max_completion_tokens" in body:
         tokens_field = "max_completion_tokens"
         max_tokens = _typed(body, tokens_field, _is_int, "an integer")
-    temperature = _typed(body, "temperature", is_number, "a number")
-    top_p = _typed(body, "top_p", is_number, "a number")
-    seed = _typed(body, "seed", _is_int, "an integer")
-    num_steps = _typed(body, "num_steps", _is_int, "an integer")
-    adaptive_eps = _typed(body, "adaptive_eps", is_number, "a number")
+    values = {
+        name: _typed(body, name, check, what) for name, (check, what) in SAMPLING_TYPES.items()
+    }
     stop = _typed(
         body,
         "stop",
@@ -219,43 +243,34 @@ def _options(body: dict, server: Limits, prompt_ids: list[int], default_tokens: 
             tokens_field,
             "context_length_exceeded",
         )
-    if temperature is None:
-        temperature = 1.0
-    else:
-        try:
-            check_temperature(temperature)
-        except PromptError as error:
-            raise APIError(400, str(error), "temperature", "invalid_value") from None
-    if top_p is not None and not 0 < top_p <= 1:
-        raise _invalid("top_p", f"must be in (0, 1], got {top_p}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise _invalid("seed", f"must be in [0, 2**64 - 1], got {seed}")
-    if num_steps is not None:
-        limit = min(server.max_num_steps or MAX_NUM_STEPS, MAX_NUM_STEPS)
-        if not 1 <= num_steps <= limit:
-            raise _invalid("num_steps", f"must be in [1, {limit}] on this server, got {num_steps}")
-    else:
-        num_steps = server.num_steps
-    if adaptive_eps is not None:
-        if not 0 <= adaptive_eps < math.inf:
-            raise _invalid("adaptive_eps", f"must be a finite number >= 0, got {adaptive_eps}")
-    else:
-        adaptive_eps = server.adaptive_eps
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOP_SEQUENCES:
         raise _invalid("stop", f"takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}")
+    if values["num_steps"] is None:
+        values["num_steps"] = server.num_steps
+    if values["adaptive_eps"] is None:
+        values["adaptive_eps"] = server.adaptive_eps
+    values["temperature"] = 1.0 if values["temperature"] is None else values["temperature"]
+    values["adaptive_criterion"] = values["adaptive_criterion"] or "residual"
+    names = {**BODY_NAMES, "max_new_tokens": tokens_field}
+    spec = {field: values[name] for field, name in BODY_NAMES.items() if name in values}
+    try:
+        sampling = SamplingParams(max_new_tokens=max_tokens, stop=[s for s in stops if s], **spec)
+    except SamplingError as error:
+        name = names[error.field]
+        raise APIError(400, str(error.restated(name)), name, "invalid_value") from None
+    limit = min(server.max_num_steps or MAX_NUM_STEPS, MAX_NUM_STEPS)
+    if sampling.num_steps is not None and sampling.num_steps > limit:
+        raise _invalid(
+            "num_steps", f"must be in [1, {limit}] on this server, got {sampling.num_steps}"
+        )
     tokenizer = server.tokenizer
     request = GenerationRequest(
         prompt_ids,
-        max_tokens=max_tokens,
-        temperature=float(temperature),
-        top_p=None if top_p is None else float(top_p),
-        seed=seed,
-        num_steps=num_steps,
-        adaptive_eps=None if adaptive_eps is None else float(adaptive_eps),
+        sampling,
         stop_token_ids=frozenset() if tokenizer is None else frozenset([tokenizer.eos_id]),
     )
-    return Parsed(request, stream, [s for s in stops if s])
+    return Parsed(request, stream, list(sampling.stop))
 
 
 def _check_prompt_ids(ids: list[int], server: Limits, param: str) -> list[int]:

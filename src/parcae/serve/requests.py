@@ -1,10 +1,10 @@
 """A generation request as the serving engine takes it, and the checks it must pass.
 
-`GenerationRequest.check(model)` refuses bad values with one `PromptError` before the request
-is queued, through the same checks `parcae.generate` applies (`prepare_prompts`,
-`check_sampling`, `check_seed`, `check_num_steps`, `exit_rule`), plus two rules of a server:
-`max_tokens` is at least 1, and the prompt plus `max_tokens` must fit in the context (a server
-refuses rather than silently truncating).
+A request is a prompt, a `SamplingParams` (checked when it was built: `parcae.infer.sampling`)
+and the stop token ids. `GenerationRequest.check(model)` refuses the rest with one
+`PromptError` before the request is queued: the prompt (`prepare_prompts`, as `parcae.generate`
+checks it), and two rules of a server: `max_new_tokens` is at least 1, and the prompt plus
+`max_new_tokens` must fit in the context (a server refuses rather than silently truncating).
 """
 
 from __future__ import annotations
@@ -13,30 +13,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from parcae.errors import PromptError
-from parcae.infer.engine import check_sampling, check_seed, exit_rule
 from parcae.infer.generate import prepare_prompts
-from parcae.model.base import check_num_steps
-from parcae.values import is_number
+from parcae.infer.sampling import SamplingParams
 
 
 @dataclass
 class GenerationRequest:
-    """One completion: continue `prompt_ids` by up to `max_tokens` tokens.
-
-    temperature 0 is greedy; top_p restricts sampling to the nucleus; seed makes sampling
-    reproducible (a generator of its own, whatever shares the batch). num_steps: loop depth T
-    (None: the model's mean_recurrence; a GPT ignores it); adaptive_eps: per-token early exit
-    on the loop residual (T stays the maximum). Generation stops at the first token in
-    `stop_token_ids` (EOS, say) or after `max_tokens` tokens.
-    """
+    """One completion: continue `prompt_ids` under `sampling` (its seed: a generator of the
+    request's own, whatever shares the batch). Generation stops at the first token in
+    `stop_token_ids` (EOS, say) or after `sampling.max_new_tokens` tokens."""
 
     prompt_ids: list[int]
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float | None = None
-    seed: int | None = None
-    num_steps: int | None = None
-    adaptive_eps: float | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     stop_token_ids: Iterable[int] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -47,29 +35,23 @@ class GenerationRequest:
         elif isinstance(self.stop_token_ids, (list, tuple, set, frozenset)):
             self.stop_token_ids = frozenset(self.stop_token_ids)
 
+    @property
+    def max_tokens(self) -> int:
+        return self.sampling.max_new_tokens
+
     def check(self, model) -> None:
         """Raise one `PromptError` naming the first bad value (see the module docstring)."""
         config = model.config
         prepare_prompts(model, [self.prompt_ids])
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool):
-            raise PromptError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if not isinstance(self.sampling, SamplingParams):
+            raise PromptError(f"sampling must be a SamplingParams, got {self.sampling!r}")
         if self.max_tokens < 1:
-            raise PromptError(f"max_tokens must be a positive integer, got {self.max_tokens}")
-        if not is_number(self.temperature):
-            raise PromptError(f"temperature must be a number, got {self.temperature!r}")
-        if self.top_p is not None and not is_number(self.top_p):
-            raise PromptError(f"top_p must be a number, got {self.top_p!r}")
-        check_sampling(self.temperature, None, self.top_p, self.max_tokens)
-        check_seed(self.seed)
-        check_num_steps(self.num_steps, "num_steps", PromptError)
-        if self.adaptive_eps is not None and not is_number(self.adaptive_eps):
-            raise PromptError(f"adaptive_eps must be a number, got {self.adaptive_eps!r}")
-        exit_rule(self.adaptive_eps)
+            raise PromptError(f"max_new_tokens must be at least 1, got {self.max_tokens}")
         prompt = len(self.prompt_ids)
         if prompt + self.max_tokens > config.context_length:
             raise PromptError(
-                f"max_tokens is {self.max_tokens}, but the prompt has {prompt} tokens and the "
-                f"model's context holds {config.context_length}: at most "
+                f"max_new_tokens is {self.max_tokens}, but the prompt has {prompt} tokens and "
+                f"the model's context holds {config.context_length}: at most "
                 f"{config.context_length - prompt} new tokens fit"
             )
         if not isinstance(self.stop_token_ids, frozenset):
@@ -86,6 +68,4 @@ class GenerationRequest:
 
     def depth(self, model) -> int:
         """The loop steps this request runs (0 for a GPT)."""
-        if not model.config.is_looped:
-            return 0
-        return model.config.mean_recurrence if self.num_steps is None else self.num_steps
+        return self.sampling.depth(model.config)

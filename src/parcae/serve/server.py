@@ -37,9 +37,11 @@ def load_state(
     max_num_steps: int | None = None,
     name: str | None = None,
     limits=None,
+    compile: bool = False,
 ):
     """A `ServingState` for the model at `path` (a model or run directory); `limits`: a
-    `ServerLimits` (default: the defaults)."""
+    `ServerLimits` (default: the defaults); compile: the batcher's decode step under
+    `torch.compile`."""
     from parcae.data.chat_template import ChatTemplate
     from parcae.infer.loading import load_for_inference, resolve_model_dir
     from parcae.serve.app import ServingState
@@ -58,7 +60,7 @@ def load_state(
         max_num_steps = max_num_steps or max(2 * config.mean_recurrence, depth)
         if depth > max_num_steps:
             raise ConfigError(f"--num-steps {depth} is above --max-num-steps {max_num_steps}")
-    batcher = ContinuousBatcher(model, max_batch, max_queue, max_num_steps)
+    batcher = ContinuousBatcher(model, max_batch, max_queue, max_num_steps, compile=compile)
     model_dir = resolve_model_dir(path)
     given = str(path)
     name = name or Path(path).resolve().name
