@@ -145,7 +145,7 @@ def chat_session(
 
     report = None
     if params.adaptive is not None:
-        most = params.num_steps or getattr(model.config, "mean_recurrence", 1)
+        most = params.num_steps or model.config.default_depth or 1
 
         def report(stats: GenerationStats) -> None:
             stderr.write(stats.adaptive_report(most) + "\n")

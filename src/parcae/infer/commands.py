@@ -265,7 +265,7 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(args.prompt)
     run(ids, eos, streamer)
     if args.adaptive is not None:
-        most = params.num_steps or getattr(config, "mean_recurrence", 1)
+        most = params.num_steps or config.default_depth or 1
         print(stats.adaptive_report(most), file=sys.stderr)
     return 0
 

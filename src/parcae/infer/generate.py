@@ -171,7 +171,7 @@ def generate(
 
     The sampling options come either as keywords or as one `sampling=SamplingParams(...)`
     (`parcae.infer.sampling`, where each is explained), not both:
-    num_steps: loop steps T (default the config's mean_recurrence; ignored by a GPT).
+    num_steps: loop steps T (default the config's default_depth; ignored by a GPT).
     temperature (default 1; 0 is greedy); top_k / top_p / min_p restrict sampling; seed makes
     sampling reproducible. adaptive: per-token early-exit threshold eps (T stays the max) on
     `adaptive_criterion`: `residual` ‖h_{t+1} - h_t‖ / ‖h_{t+1}‖ or `kl` between successive

@@ -122,9 +122,9 @@ class SamplingParams:
 
     def depth(self, config) -> int:
         """The loop steps T this spec runs on a model of `config` (0 for a GPT)."""
-        if not config.is_looped:
+        if config.default_depth is None:
             return 0
-        return config.mean_recurrence if self.num_steps is None else self.num_steps
+        return config.default_depth if self.num_steps is None else self.num_steps
 
     def exit_threshold(self, config) -> float | None:
         """The adaptive threshold in effect on a model of `config` (None for a GPT)."""

@@ -107,9 +107,9 @@ class ServingState:
     @property
     def default_depth(self) -> int:
         config = self.model.config
-        if not config.is_looped:
+        if config.default_depth is None:
             return 0
-        return self.num_steps or config.mean_recurrence
+        return self.num_steps or config.default_depth
 
 
 def _error_response(error: APIError) -> JSONResponse:

@@ -255,8 +255,8 @@ class ContinuousBatcher:
 
     max_batch: rows of the cache (requests decoded together); max_queue: waiting requests
     beyond which `submit` raises `QueueFull`; max_num_steps: the deepest loop a request may ask
-    for (the cache holds that many steps; default twice the model's mean_recurrence with full
-    sharing, the mean_recurrence with other sharing, where it is the one depth served; ignored
+    for (the cache holds that many steps; default twice the model's default_depth with full
+    sharing, the default_depth with other sharing, where it is the one depth served; ignored
     for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`; cache_length:
     columns of the shared timeline (at least the context length; default twice it), compacted
     when full; compile: the fast decode step under `torch.compile`.
@@ -282,7 +282,7 @@ class ContinuousBatcher:
         self.looped = config.is_looped
         if self.looped and max_num_steps is None:
             factor = 2 if self.sharing.kind == "full" else 1
-            max_num_steps = factor * config.mean_recurrence
+            max_num_steps = factor * config.default_depth
         self.max_num_steps = max_num_steps if self.looped else 0
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device = next(model.parameters()).device

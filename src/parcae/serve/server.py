@@ -55,9 +55,9 @@ def load_state(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, the model's vocabulary "
             f"{config.vocab_size}"
         )
-    if config.is_looped:
-        depth = num_steps or config.mean_recurrence
-        max_num_steps = max_num_steps or max(2 * config.mean_recurrence, depth)
+    if config.default_depth is not None:
+        depth = num_steps or config.default_depth
+        max_num_steps = max_num_steps or max(2 * config.default_depth, depth)
         if depth > max_num_steps:
             raise ConfigError(f"--num-steps {depth} is above --max-num-steps {max_num_steps}")
     batcher = ContinuousBatcher(model, max_batch, max_queue, max_num_steps, compile=compile)
