@@ -93,6 +93,71 @@ class CacheSharing:
         return self.kind if self.kind == "full" else f"{self.kind}:{self.window}"
 
 
+def new_positions(next_positions: Tensor, valid: Tensor) -> Tensor:
+    """int64 (B, S): positions of S new columns (valid: bool (B, S), False at left padding)
+    after rows whose next position is `next_positions` (B,); a padding column takes its row's
+    last position (clamped at 0)."""
+    return (next_positions[:, None] + valid.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
+def column_mask(valid: Tensor, columns: Tensor, queries: Tensor) -> Tensor:
+    """bool (B, 1, S, L): a query at column queries[s] may attend to key column columns[j]
+    when columns[j] <= queries[s] and it holds a real token (valid: bool (B, L)), and always
+    to its own column (so a padding query is never empty). columns (L,), queries (S,)."""
+    causal = columns[None, :] <= queries[:, None]
+    own = columns[None, :] == queries[:, None]
+    return (causal & (valid[:, None, :] | own))[:, None]
+
+
+def initial_state(state_table: Tensor | None, positions: Tensor, like: Tensor) -> Tensor:
+    """h_0 (B, S, d_r) of tokens at `positions` (B, S), dtype of `like`: rows of the eval-mode
+    state table, or zeros (`zero` init) shaped like `like`."""
+    if state_table is None:
+        return torch.zeros_like(like)
+    return state_table[positions].to(like.dtype)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Which slot each attention site of a forward owns: one per prelude layer, then each core
+    layer's `core_slots` (layer-major, then loop step, through `sharing`), then one per coda
+    layer. A GPT is all prelude (num_steps 0)."""
+
+    prelude: range
+    core: range
+    coda: range
+    num_steps: int
+    sharing: CacheSharing
+
+    @classmethod
+    def of(cls, config, num_steps: int, sharing: str | CacheSharing | None = None) -> CacheLayout:
+        looped = config.is_looped
+        return cls(
+            config.prelude_layers,
+            config.core_layers,
+            config.coda_layers,
+            num_steps if looped else 0,
+            CacheSharing.parse(sharing),
+        )
+
+    @property
+    def core_slots(self) -> int:
+        return self.sharing.num_slots(self.num_steps) if self.num_steps else 0
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.prelude) + len(self.core) * self.core_slots + len(self.coda)
+
+    def slot(self, layer: int, step: int = 0) -> int:
+        """Slot of distinct layer `layer` (a core layer: at loop step `step`)."""
+        if layer in self.core:
+            first = len(self.prelude) + (layer - self.core.start) * self.core_slots
+            return first + self.sharing.slot(step, self.num_steps)
+        if layer in self.coda:
+            return len(self.prelude) + len(self.core) * self.core_slots + layer - self.coda.start
+        return layer
+
+
 def attend_tokens(
     attn: CausalSelfAttention,
     q: Tensor,
@@ -185,14 +250,10 @@ class KVCache:
         parameter = next(model.parameters())
         device = parameter.device if device is None else device
         dtype = parameter.dtype if dtype is None else dtype
-        self.sharing = CacheSharing.parse(sharing)
-        self.num_steps = num_steps if config.is_looped else 0
-        self.core_slots = self.sharing.num_slots(self.num_steps) if config.is_looped else 0
+        self.layout = CacheLayout.of(config, num_steps, sharing)
+        self.sharing, self.num_steps = self.layout.sharing, self.layout.num_steps
         self.core_layers, self.coda_layers = config.core_layers, config.coda_layers
-        self.first_core = len(config.prelude_layers)
-        self.first_coda = self.first_core + len(config.core_layers) * self.core_slots
-        n_slots = self.first_coda + len(config.coda_layers)
-        shape = (n_slots, batch, config.n_kv_heads, max_length, config.head_dim)
+        shape = (self.layout.n_slots, batch, config.n_kv_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
@@ -215,14 +276,7 @@ class KVCache:
 
     def slot(self, layer: int, step: int = 0) -> int:
         """Slot of distinct layer `layer` (a core layer: at loop step `step`)."""
-        if layer in self.core_layers:
-            index = layer - self.core_layers.start
-            return (
-                self.first_core + index * self.core_slots + self.sharing.slot(step, self.num_steps)
-            )
-        if layer in self.coda_layers:
-            return self.first_coda + layer - self.coda_layers.start
-        return layer
+        return self.layout.slot(layer, step)
 
     def site(self, layer: int, active: Active | None = None) -> CacheSite:
         """The site of `layer` for the forward in progress; a core layer's at `active.step`."""
@@ -245,23 +299,20 @@ class KVCache:
             raise PromptError(
                 f"the cache holds {self.max_length} tokens; cannot add {seq} to {self.length}"
             )
-        positions = (self.next_positions()[:, None] + valid.long().cumsum(dim=1) - 1).clamp_min(0)
+        positions = new_positions(self.next_positions(), valid)
         self.valid[:, start:end] = valid
         self.positions[:, start:end] = positions
         columns = torch.arange(end, device=valid.device)
-        query_columns = columns[start:end, None]
-        causal = columns[None, :] <= query_columns
-        allowed = causal & (self.valid[:, None, :end] | (columns[None, :] == query_columns))
-        self.mask, self.new_columns = allowed[:, None], seq
+        self.mask, self.new_columns = (
+            column_mask(self.valid[:, :end], columns, columns[start:]),
+            seq,
+        )
         return positions
 
-    def initial_state(self, positions: Tensor, dtype: torch.dtype) -> Tensor:
-        """h_0 (B, S, d_r) of tokens at `positions` (B, S): rows of `state_table`, or zeros."""
-        if self.state_table is None:
-            return torch.zeros(
-                *positions.shape, self.config.d_model, device=positions.device, dtype=dtype
-            )
-        return self.state_table[positions].to(dtype)
+    def initial_state(self, positions: Tensor, like: Tensor) -> Tensor:
+        """h_0 (B, S, d_r) of tokens at `positions` (B, S), as `like`: rows of `state_table`,
+        or zeros."""
+        return initial_state(self.state_table, positions, like)
 
     def fill_skipped_steps(self, steps_run: int) -> None:
         """After a loop that ended at step `steps_run` < T (every token exited), give the
@@ -396,3 +447,96 @@ class CacheSite:
         keys[rows, :, start + cols] = k[0].transpose(0, 1)
         values[rows, :, start + cols] = v[0].transpose(0, 1)
         return attend_tokens(attn, q, keys, values, cache.mask, tokens, cache.new_columns)
+
+
+class FixedShapeCache:
+    """The fixed-shape mode of a cache: a forward whose every shape is independent of how many
+    columns are filled, so that one graph serves every decode step (`torch.compile`d decoding,
+    the ONNX export) and eager decoding needs no slicing.
+
+    Storage as in `KVCache`: keys, values (n_slots, B, Hkv, L, hd) laid out by `layout`, valid
+    bool (B, L), positions int64 (B, L), state_table (context_length, d_r) or None. `column`:
+    int64 (1,), the first new column, a tensor (a graph input, not a constant). A forward of S
+    tokens writes columns [column, column + S) of every slot it visits, in place, and its
+    queries attend over all L columns under `column_mask`: columns past the new ones are never
+    valid (`KVCache` keeps `valid` False from `length` on), so the mask hides them. Lockstep
+    loops only (no early exit). The owner of the storage commits the columns (`KVCache.length`).
+    """
+
+    def __init__(
+        self,
+        layout: CacheLayout,
+        keys: Tensor,
+        values: Tensor,
+        valid: Tensor,
+        positions: Tensor,
+        state_table: Tensor | None,
+        column: Tensor,
+    ) -> None:
+        self.layout, self.num_steps = layout, layout.num_steps
+        self.keys, self.values, self.valid, self.positions = keys, values, valid, positions
+        self.state_table, self.column = state_table, column
+        slots, batch, kv_heads = keys.shape[:3]
+        # index tensors of the leading dims (slot, row, head), for writes at new columns
+        self.slot_ids = torch.arange(slots, device=keys.device).view(slots, 1, 1, 1)
+        self.rows = torch.arange(batch, device=keys.device).view(1, batch, 1, 1)
+        self.heads = torch.arange(kv_heads, device=keys.device).view(1, 1, kv_heads, 1)
+        self.queries: Tensor | None = None
+        self.mask: Tensor | None = None
+
+    def begin(self, valid: Tensor) -> Tensor:
+        """Register S new columns at `column` (valid: bool (B, S)); returns their positions
+        (B, S) and sets `mask` (B, 1, S, L), as `KVCache.begin`."""
+        self.queries = self.column + torch.arange(valid.shape[1], device=valid.device)
+        positions = new_positions(self.valid.sum(dim=1), valid)
+        at = (self.rows[0, :, :, 0], self.queries[None])  # (B, 1), (1, S)
+        self.valid.index_put_(at, valid)
+        self.positions.index_put_(at, positions)
+        columns = torch.arange(self.valid.shape[1], device=valid.device)
+        self.mask = column_mask(self.valid, columns, self.queries)
+        return positions
+
+    def site(self, layer: int, active: Active | None = None) -> FixedShapeSite:
+        return FixedShapeSite(self, self.layout.slot(layer, 0 if active is None else active.step))
+
+    def initial_state(self, positions: Tensor, like: Tensor) -> Tensor:
+        return initial_state(self.state_table, positions, like)
+
+    def advance(self) -> None:
+        """Nothing to commit here: the storage's owner counts the columns."""
+
+
+@dataclass
+class FixedShapeSite:
+    """Slot `slot` of a `FixedShapeCache`: k, v written at the new columns in place, then
+    attention over every column under the mask. The write indexes the whole storage with one
+    index tensor per leading dim (slot, row, head, column), not a view, so that a compiled graph
+    updates its input in place and an ONNX trace exports it as one ScatterND."""
+
+    cache: FixedShapeCache
+    slot: int
+
+    def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        cache = self.cache
+        slot = cache.slot_ids[self.slot : self.slot + 1]
+        at = (slot, cache.rows, cache.heads, cache.queries.view(1, 1, 1, -1))
+        cache.keys.index_put_(at, k[None])  # k, v (B, Hkv, S, hd)
+        cache.values.index_put_(at, v[None])
+        keys, values = cache.keys[self.slot], cache.values[self.slot]
+        if q.shape[2] == 1 and torch.compiler.is_compiling():
+            return attend_one(q, keys, values, cache.mask)  # SDPA would copy the slot
+        return attn.mix(q, keys, values, cache.mask)
+
+
+def attend_one(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """Softmax attention of one query per row, q (B, H, 1, hd), over keys, values
+    (B, Hkv, L, hd) where mask (B, 1, 1, L) is True -> heads (B, 1, H*hd), as products and
+    sums, which inductor fuses into reductions that read the cache in place."""
+    batch, heads, _, head_dim = q.shape
+    groups = keys.shape[1]
+    q = q.view(batch, groups, heads // groups, 1, head_dim)  # GQA: query heads per kv head
+    scores = (q * keys[:, :, None]).sum(-1) * head_dim**-0.5  # (B, Hkv, rep, L)
+    scores = scores.masked_fill(~mask[:, :, None, 0], float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = (weights[..., None] * values[:, :, None]).sum(-2)  # (B, Hkv, rep, hd)
+    return out.reshape(batch, 1, heads * head_dim)
