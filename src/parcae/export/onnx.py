@@ -48,7 +48,8 @@ from torch import Tensor, nn
 
 from parcae.errors import ConfigError, MissingDependencyError
 from parcae.model.base import LanguageModel, check_num_steps
-from parcae.model.cache import CacheLayout, CacheSharing, FixedShapeCache
+from parcae.model.cache import CacheLayout, CacheSharing
+from parcae.model.decode import FixedShapeCache
 from parcae.outputs import write_atomic
 
 OPSET = 18

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from parcae.errors import ConfigError, ParcaeError, PromptError
-from parcae.model.cache import CacheSharing, FixedShapeCache, KVCache
+from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import MAX_NUM_STEPS, TransformerConfig
+from parcae.model.decode import FixedShapeCache
 from parcae.model.init import init_matrix_, scaled_zero_std
 from parcae.model.layers import Block, RMSNorm, rotary_tables
 from parcae.model.loop import ExitRule, LoopProbe, LoopStats

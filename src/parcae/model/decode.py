@@ -1,13 +1,15 @@
-"""The decode step: one new token per row over a `KVCache`, as the model's own forward in the
-cache's fixed-shape mode (`FixedShapeCache`).
+"""The decode step: one new token per row over a `KVCache`, run by the model's own forward in
+the cache's fixed-shape mode (`FixedShapeCache`, its attention site `FixedShapeSite`).
 
-Every shape is static over the preallocated cache: the new column's keys and values are written
-at a column given as a tensor, and attention runs over all `max_length` columns with the
-cache's `valid` row as the mask (columns past the new one are never valid). The loop runs in
-lockstep (`parcae.model.loop.LockstepSchedule`). The same graph therefore serves every step,
-which is what lets `torch.compile` compile it once (`compile=True`), and eager decoding skips
-the general cached forward's slicing and id range check. The logits are what
-`model(tokens[:, None], cache=cache)` computes, within fp32 rounding.
+In that mode every shape is static over the preallocated cache: the new columns' keys and
+values are written at columns given as a tensor, and attention runs over all `max_length`
+columns under the validity mask (columns past the new ones are never valid), and the loop runs
+in lockstep (`parcae.model.loop.LockstepSchedule`). The same graph therefore serves every step:
+`torch.compile` compiles it once (`DecodeStep(compile=True)`) and the ONNX export traces it
+(`parcae.export.onnx`); eagerly, decoding skips the general cached forward's slicing, per-step
+mask building and id range check. The logits are what `model(tokens[:, None], cache=cache)`
+computes, within fp32 rounding (the same ops; only the attention's summation order over the
+hidden columns differs).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from parcae.model.cache import FixedShapeCache, KVCache
+from parcae.model.cache import CacheLayout, KVCache, column_mask, initial_state, new_positions
+from parcae.model.layers import CausalSelfAttention
+from parcae.model.loop import Active
 
 _WARNED = False
 
@@ -97,3 +102,96 @@ class DecodeStep:
             self.cache.layout, keys, values, valid, positions, state_table, column
         )
         return self.model(tokens[:, None], cache=cache, last_only=True).logits[:, 0]
+
+
+class FixedShapeCache:
+    """The fixed-shape mode of a cache: a forward whose every shape is independent of how many
+    columns are filled, so that one graph serves every decode step (`torch.compile`d decoding,
+    the ONNX export) and eager decoding needs no slicing.
+
+    Storage as in `KVCache`: keys, values (n_slots, B, Hkv, L, hd) laid out by `layout`, valid
+    bool (B, L), positions int64 (B, L), state_table (context_length, d_r) or None. `column`:
+    int64 (1,), the first new column, a tensor (a graph input, not a constant). A forward of S
+    tokens writes columns [column, column + S) of every slot it visits, in place, and its
+    queries attend over all L columns under `column_mask`: columns past the new ones are never
+    valid (`KVCache` keeps `valid` False from `length` on), so the mask hides them. Lockstep
+    loops only (no early exit). The owner of the storage commits the columns (`KVCache.length`).
+    """
+
+    def __init__(
+        self,
+        layout: CacheLayout,
+        keys: Tensor,
+        values: Tensor,
+        valid: Tensor,
+        positions: Tensor,
+        state_table: Tensor | None,
+        column: Tensor,
+    ) -> None:
+        self.layout, self.num_steps = layout, layout.num_steps
+        self.keys, self.values, self.valid, self.positions = keys, values, valid, positions
+        self.state_table, self.column = state_table, column
+        slots, batch, kv_heads = keys.shape[:3]
+        # index tensors of the leading dims (slot, row, head), for writes at new columns
+        self.slot_ids = torch.arange(slots, device=keys.device).view(slots, 1, 1, 1)
+        self.rows = torch.arange(batch, device=keys.device).view(1, batch, 1, 1)
+        self.heads = torch.arange(kv_heads, device=keys.device).view(1, 1, kv_heads, 1)
+        self.queries: Tensor | None = None
+        self.mask: Tensor | None = None
+
+    def begin(self, valid: Tensor) -> Tensor:
+        """Register S new columns at `column` (valid: bool (B, S)); returns their positions
+        (B, S) and sets `mask` (B, 1, S, L), as `KVCache.begin`."""
+        self.queries = self.column + torch.arange(valid.shape[1], device=valid.device)
+        positions = new_positions(self.valid.sum(dim=1), valid)
+        at = (self.rows[0, :, :, 0], self.queries[None])  # (B, 1), (1, S)
+        self.valid.index_put_(at, valid)
+        self.positions.index_put_(at, positions)
+        columns = torch.arange(self.valid.shape[1], device=valid.device)
+        self.mask = column_mask(self.valid, columns, self.queries)
+        return positions
+
+    def site(self, layer: int, active: Active | None = None) -> FixedShapeSite:
+        return FixedShapeSite(self, self.layout.slot(layer, 0 if active is None else active.step))
+
+    def initial_state(self, positions: Tensor, like: Tensor) -> Tensor:
+        return initial_state(self.state_table, positions, like)
+
+    def advance(self) -> None:
+        """Nothing to commit here: the storage's owner counts the columns."""
+
+
+@dataclass
+class FixedShapeSite:
+    """Slot `slot` of a `FixedShapeCache`: k, v written at the new columns in place, then
+    attention over every column under the mask. The write indexes the whole storage with one
+    index tensor per leading dim (slot, row, head, column), not a view, so that a compiled graph
+    updates its input in place and an ONNX trace exports it as one ScatterND."""
+
+    cache: FixedShapeCache
+    slot: int
+
+    def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        cache = self.cache
+        slot = cache.slot_ids[self.slot : self.slot + 1]
+        at = (slot, cache.rows, cache.heads, cache.queries.view(1, 1, 1, -1))
+        cache.keys.index_put_(at, k[None])  # k, v (B, Hkv, S, hd)
+        cache.values.index_put_(at, v[None])
+        keys, values = cache.keys[self.slot], cache.values[self.slot]
+        if q.shape[2] == 1 and torch.compiler.is_compiling():
+            return attend_one(q, keys, values, cache.mask)  # SDPA would copy the slot
+        return attn.mix(q, keys, values, cache.mask)
+
+
+def attend_one(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """Softmax attention of one query per row, q (B, H, 1, hd), over keys, values
+    (B, Hkv, L, hd) where mask (B, 1, 1, L) is True -> heads (B, 1, H*hd), as products and
+    sums, which inductor fuses into reductions that read the cache in place."""
+    batch, heads, _, head_dim = q.shape
+    groups = keys.shape[1]
+    q = q.view(batch, groups, heads // groups, 1, head_dim)  # GQA: query heads per kv head
+    scores = (q * keys[:, :, None]).sum(-1) * head_dim**-0.5  # (B, Hkv, rep, L)
+    scores = scores.masked_fill(~mask[:, :, None, 0], float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = (weights[..., None] * values[:, :, None]).sum(-2)  # (B, Hkv, rep, hd)
+    return out.reshape(batch, 1, heads * head_dim)

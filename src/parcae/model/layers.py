@@ -164,7 +164,7 @@ class CausalSelfAttention(nn.Module):
 
 class AttentionSite(Protocol):
     """Where an attention layer stores its new keys and values and what its queries attend to
-    (implemented in `parcae.model.cache`)."""
+    (implemented in `parcae.model.cache` and `parcae.model.decode`)."""
 
     def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (B, H, S, hd), k, v (B, Hkv, S, hd) of the new tokens -> heads (B, S, H*hd)."""

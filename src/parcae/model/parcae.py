@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from parcae.errors import ConfigError
 from parcae.model.base import LanguageModel, TokenContext
-from parcae.model.cache import FixedShapeCache, KVCache, LoopKV
+from parcae.model.cache import KVCache, LoopKV
 from parcae.model.config import ParcaeConfig
+from parcae.model.decode import FixedShapeCache
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
 from parcae.model.injection import build_injection, spectral_radius
 from parcae.model.layers import Block, RMSNorm
