@@ -164,20 +164,25 @@ class FixedShapeCache:
 @dataclass
 class FixedShapeSite:
     """Slot `slot` of a `FixedShapeCache`: k, v written at the new columns in place, then
-    attention over every column under the mask. The write indexes the whole storage with one
-    index tensor per leading dim (slot, row, head, column), not a view, so that a compiled graph
-    updates its input in place and an ONNX trace exports it as one ScatterND."""
+    attention over every column under the mask. Compiled or exported, the write indexes the
+    whole storage with one index tensor per leading dim (slot, row, head, column), not a view,
+    so that a compiled graph updates its input in place and an ONNX trace exports it as one
+    ScatterND; eagerly it is an `index_copy_` into the slot (4x cheaper)."""
 
     cache: FixedShapeCache
     slot: int
 
     def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         cache = self.cache
-        slot = cache.slot_ids[self.slot : self.slot + 1]
-        at = (slot, cache.rows, cache.heads, cache.queries.view(1, 1, 1, -1))
-        cache.keys.index_put_(at, k[None])  # k, v (B, Hkv, S, hd)
-        cache.values.index_put_(at, v[None])
-        keys, values = cache.keys[self.slot], cache.values[self.slot]
+        if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            slot = cache.slot_ids[self.slot : self.slot + 1]
+            at = (slot, cache.rows, cache.heads, cache.queries.view(1, 1, 1, -1))
+            cache.keys.index_put_(at, k[None])  # k, v (B, Hkv, S, hd)
+            cache.values.index_put_(at, v[None])
+        else:  # eagerly, the same write into the slot's view: one cheap kernel
+            cache.keys[self.slot].index_copy_(2, cache.queries, k)
+            cache.values[self.slot].index_copy_(2, cache.queries, v)
+        keys, values = cache.keys[self.slot], cache.values[self.slot]  # (B, Hkv, L, hd)
         if q.shape[2] == 1 and torch.compiler.is_compiling():
             return attend_one(q, keys, values, cache.mask)  # SDPA would copy the slot
         return attn.mix(q, keys, values, cache.mask)
