@@ -89,7 +89,8 @@ def cache_shape(config, num_steps: int) -> tuple[int, int, int, int, int]:
 class ExportStep(nn.Module):
     """The model's forward at loop depth `num_steps` for one row over the cache's fixed-shape
     mode (`FixedShapeCache`), as a function of the cache: (input_ids (1, S), position (1,),
-    keys, values) -> (logits (1, S, V), keys, values), the cache updated in place.
+    keys, values) -> (logits (1, S, V), keys, values), the columns [position, position + S)
+    of the cache written.
 
     Batch 1 without padding: the columns before `position` are the row's tokens, so `valid` is
     derived from `position` rather than being an input."""
@@ -108,10 +109,16 @@ class ExportStep(nn.Module):
         valid = (torch.arange(config.context_length, device=position.device) < position)[None]
         positions = torch.zeros_like(valid, dtype=torch.long)
         cache = FixedShapeCache(
-            self.layout, keys, values, valid, positions, self.state_table, position
+            self.layout,
+            list(keys.unbind(0)),  # a slot at a time (see `FixedShapeSite`)
+            list(values.unbind(0)),
+            valid,
+            positions,
+            self.state_table,
+            position,
         )
         logits = self.model(input_ids, cache=cache).logits[..., : config.vocab_size]
-        return logits, keys, values
+        return logits, torch.stack(cache.keys), torch.stack(cache.values)
 
 
 def check_export_options(num_steps, cache_sharing: str | None, exporter: str) -> None:

@@ -109,7 +109,9 @@ class FixedShapeCache:
     columns are filled, so that one graph serves every decode step (`torch.compile`d decoding,
     the ONNX export) and eager decoding needs no slicing.
 
-    Storage as in `KVCache`: keys, values (n_slots, B, Hkv, L, hd) laid out by `layout`, valid
+    Storage as in `KVCache`: keys, values (n_slots, B, Hkv, L, hd) laid out by `layout` (or
+    lists of n_slots tensors (B, Hkv, L, hd), each replaced when written, see `FixedShapeSite`),
+    valid
     bool (B, L), positions int64 (B, L), state_table (context_length, d_r) or None. `column`:
     int64 (1,), the first new column, a tensor (a graph input, not a constant). A forward of S
     tokens writes columns [column, column + S) of every slot it visits, in place, and its
@@ -131,11 +133,11 @@ class FixedShapeCache:
         self.layout, self.num_steps = layout, layout.num_steps
         self.keys, self.values, self.valid, self.positions = keys, values, valid, positions
         self.state_table, self.column = state_table, column
-        slots, batch, kv_heads = keys.shape[:3]
+        (batch, kv_heads), device = keys[0].shape[:2], keys[0].device
         # index tensors of the leading dims (slot, row, head), for writes at new columns
-        self.slot_ids = torch.arange(slots, device=keys.device).view(slots, 1, 1, 1)
-        self.rows = torch.arange(batch, device=keys.device).view(1, batch, 1, 1)
-        self.heads = torch.arange(kv_heads, device=keys.device).view(1, 1, kv_heads, 1)
+        self.slot_ids = torch.arange(len(keys), device=device).view(-1, 1, 1, 1)
+        self.rows = torch.arange(batch, device=device).view(1, batch, 1, 1)
+        self.heads = torch.arange(kv_heads, device=device).view(1, 1, kv_heads, 1)
         self.queries: Tensor | None = None
         self.mask: Tensor | None = None
 
@@ -163,18 +165,25 @@ class FixedShapeCache:
 
 @dataclass
 class FixedShapeSite:
-    """Slot `slot` of a `FixedShapeCache`: k, v written at the new columns in place, then
-    attention over every column under the mask. Compiled or exported, the write indexes the
-    whole storage with one index tensor per leading dim (slot, row, head, column), not a view,
-    so that a compiled graph updates its input in place and an ONNX trace exports it as one
-    ScatterND; eagerly it is an `index_copy_` into the slot (4x cheaper)."""
+    """Slot `slot` of a `FixedShapeCache`: k, v written at the new columns, then attention over
+    every column under the mask. The write, by what holds the storage:
+    - eagerly, an `index_copy_` into the slot (4x cheaper than the compiled form);
+    - compiled, one index tensor per leading dim (slot, row, head, column) into the whole
+      storage, not a view, so that the graph updates its input in place;
+    - a list of per-slot tensors (the ONNX export): a new tensor per slot (`scatter`), which
+      onnxruntime writes into a copy of that slot alone; an in-place write into the whole
+      storage would copy all of it at every layer (6x slower decoding)."""
 
     cache: FixedShapeCache
     slot: int
 
     def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         cache = self.cache
-        if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        if isinstance(cache.keys, list):  # one tensor per slot: a new one for each write
+            index = cache.queries.view(1, 1, -1, 1).expand_as(k)
+            cache.keys[self.slot] = cache.keys[self.slot].scatter(2, index, k)
+            cache.values[self.slot] = cache.values[self.slot].scatter(2, index, v)
+        elif torch.compiler.is_compiling():
             slot = cache.slot_ids[self.slot : self.slot + 1]
             at = (slot, cache.rows, cache.heads, cache.queries.view(1, 1, 1, -1))
             cache.keys.index_put_(at, k[None])  # k, v (B, Hkv, S, hd)
