@@ -27,13 +27,14 @@ file per depth you want to run; the depth is recorded in the file's metadata and
 it is loaded. Only `full` cache sharing is exported (the shared / ring / last modes reuse slots
 across steps, which the unrolled graph could express, but no runtime caller needs them yet).
 
-Exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, by default. The wrapper
-below is straight-line tensor code for a fixed T (no data-dependent branch: the model's cached
-forward keeps a Python `length` and slices the cache to it, which tracing would freeze, so the
-wrapper re-expresses the cache as a scatter at `position` and a mask), so tracing captures it
-exactly, in about 2 s for a tiny model; it lacks only `aten::rms_norm`, which `_rms_norm` below
-spells in ONNX ops for the duration of the export. `exporter="dynamo"` (`torch.export` and
-onnxscript) gives the same graph, logits within 1e-6 of each other, but takes ~10x longer.
+Exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, by default. The graph
+is the model's own forward over the cache's fixed-shape mode (`parcae.model.decode`:
+`FixedShapeCache`, the loop in lockstep), the mode the decode step runs: straight-line tensor
+code for a fixed T, every shape known but S, the new columns written at `position` (a scatter
+per slot) and attention over all L columns under the mask, so tracing captures it exactly, in
+about 2 s for a tiny model; it lacks only `aten::rms_norm`, which `_rms_norm` below spells in
+ONNX ops for the duration of the export. `exporter="dynamo"` (`torch.export` and onnxscript)
+gives the same graph, logits within 1e-6 of each other, but takes ~10x longer.
 """
 
 from __future__ import annotations
