@@ -25,7 +25,7 @@ T = 8, fp32; a 200-token prompt + 50 new tokens, greedy, batch 1 and 8. Prints p
 decode tok/s (49 decode steps: time(50 new) - time(1 new)) for eager and compiled generation
 (`generate(..., compile=True)`; compile time apart), and the ratio to a matmul-bound estimate
 (FLOPs per token from `parcae.model.flops` over the measured fp32 matmul peak). The official
-implementation (`parcae_lm`) is timed only if it is importable; the project does not need it.
+implementation is timed beside ours by `benchmarks/official_decode.py`.
 
     OMP_NUM_THREADS=2 python benchmarks/decode.py --edge --threads 2 --repeats 3
 """
@@ -148,7 +148,6 @@ EDGE = dict(
 
 
 def bench_edge(args: argparse.Namespace) -> None:
-    import importlib.util
     import inspect
 
     from parcae.model.flops import forward_flops_per_token
@@ -204,10 +203,7 @@ def bench_edge(args: argparse.Namespace) -> None:
                 reference[batch] = tokens
             elif not torch.equal(tokens, reference[batch]):
                 print("  WARNING: compiled tokens differ from eager")
-    if importlib.util.find_spec("parcae_lm") is None:
-        print("  official implementation (parcae_lm) not importable: not timed")
-    else:  # the PyPI wheel of parcae-lm 0.1.0 holds no code; nothing to write against yet
-        print("  official implementation importable, but this script does not time it yet")
+    print("  the official implementation: benchmarks/official_decode.py --official PATH")
 
 
 def validation_rows(data_dir: str, rows: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,13 +27,14 @@ file per depth you want to run; the depth is recorded in the file's metadata and
 it is loaded. Only `full` cache sharing is exported (the shared / ring / last modes reuse slots
 across steps, which the unrolled graph could express, but no runtime caller needs them yet).
 
-Exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, by default. The wrapper
-below is straight-line tensor code for a fixed T (no data-dependent branch: the model's cached
-forward keeps a Python `length` and slices the cache to it, which tracing would freeze, so the
-wrapper re-expresses the cache as a scatter at `position` and a mask), so tracing captures it
-exactly, in about 2 s for a tiny model; it lacks only `aten::rms_norm`, which `_rms_norm` below
-spells in ONNX ops for the duration of the export. `exporter="dynamo"` (`torch.export` and
-onnxscript) gives the same graph, logits within 1e-6 of each other, but takes ~10x longer.
+Exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, by default. The graph
+is the model's own forward over the cache's fixed-shape mode (`parcae.model.decode`:
+`FixedShapeCache`, the loop in lockstep), the mode the decode step runs: straight-line tensor
+code for a fixed T, every shape known but S, the new columns written at `position` (a scatter
+per slot) and attention over all L columns under the mask, so tracing captures it exactly, in
+about 2 s for a tiny model; it lacks only `aten::rms_norm`, which `_rms_norm` below spells in
+ONNX ops for the duration of the export. `exporter="dynamo"` (`torch.export` and onnxscript)
+gives the same graph, logits within 1e-6 of each other, but takes ~10x longer.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from torch import Tensor, nn
 
 from parcae.errors import ConfigError, MissingDependencyError
 from parcae.model.base import LanguageModel, check_num_steps
-from parcae.model.cache import CacheSharing
+from parcae.model.cache import CacheLayout, CacheSharing
+from parcae.model.decode import FixedShapeCache
 from parcae.outputs import write_atomic
 
 OPSET = 18
@@ -71,8 +73,7 @@ def require_onnx(feature: str = "parcae export onnx"):
 
 def num_slots(config, num_steps: int) -> int:
     """Cache slots of a `full`-sharing cache at loop depth T (a GPT ignores T)."""
-    core = len(config.core_layers) * num_steps if config.is_looped else 0
-    return len(config.prelude_layers) + core + len(config.coda_layers)
+    return CacheLayout.of(config, num_steps).n_slots
 
 
 def cache_shape(config, num_steps: int) -> tuple[int, int, int, int, int]:
@@ -86,89 +87,39 @@ def cache_shape(config, num_steps: int) -> tuple[int, int, int, int, int]:
     )
 
 
-class _Site:
-    """An attention site over one slot of the explicit cache: the new keys and values are
-    scattered at their columns, and the queries attend to the whole slot under `mask`."""
-
-    def __init__(self, step: ExportStep, slot: int) -> None:
-        self.step, self.slot = step, slot
-
-    def attend(self, attn, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        state = self.step.state
-        index = state["index"].expand(*k.shape)
-        keys = state["keys"][self.slot].scatter(2, index, k)
-        values = state["values"][self.slot].scatter(2, index, v)
-        state["keys"][self.slot], state["values"][self.slot] = keys, values
-        return attn.mix(q, keys, values, state["mask"])
-
-
 class ExportStep(nn.Module):
-    """The model's cached forward at loop depth `num_steps` for one row, as a function of the
-    cache: (input_ids (1, S), position (1,), keys, values) -> (logits (1, S, V), keys, values).
+    """The model's forward at loop depth `num_steps` for one row over the cache's fixed-shape
+    mode (`FixedShapeCache`), as a function of the cache: (input_ids (1, S), position (1,),
+    keys, values) -> (logits (1, S, V), keys, values), the columns [position, position + S)
+    of the cache written.
 
-    It runs the model's own blocks, injection, C, norm and head; what it re-expresses is the
-    cache bookkeeping of `KVCache` (positions, mask, slots) and the loop of `Parcae.recur` at a
-    fixed depth without early exit (`run_loop` with a lockstep schedule)."""
+    Batch 1 without padding: the columns before `position` are the row's tokens, so `valid` is
+    derived from `position` rather than being an input."""
 
     def __init__(self, model: LanguageModel, num_steps: int) -> None:
         super().__init__()
         self.model = model
-        config = model.config
-        self.num_steps = num_steps if config.is_looped else 0
-        self.length = config.context_length
-        self.first_core = len(config.prelude_layers)
-        self.first_coda = self.first_core + len(config.core_layers) * self.num_steps
-        table = model.eval_state_table() if config.is_looped else None
+        self.layout = CacheLayout.of(model.config, num_steps)
+        table = model.eval_state_table() if model.config.is_looped else None
         self.register_buffer("state_table", table, persistent=False)
-        self.state: dict = {}
-
-    def site(self, layer: int, step: int = 0) -> _Site:
-        config = self.model.config
-        if layer in config.core_layers:
-            index = layer - config.core_layers.start
-            return _Site(self, self.first_core + index * self.num_steps + step)
-        if layer in config.coda_layers:
-            return _Site(self, self.first_coda + layer - config.coda_layers.start)
-        return _Site(self, layer)
-
-    def run(self, x: Tensor, layers: range, rope, embeds: dict, step: int = 0) -> Tensor:
-        blocks = self.model.blocks()
-        for layer in layers:
-            x = blocks[layer](x, rope, embeds.get(layer), self.site(layer, step))
-        return x
 
     def forward(
         self, input_ids: Tensor, position: Tensor, keys: Tensor, values: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        model, config = self.model, self.model.config
-        seq = input_ids.shape[1]
-        positions = position + torch.arange(seq, device=input_ids.device)  # (S,)
-        columns = torch.arange(self.length, device=input_ids.device)
-        self.state = {
-            "keys": list(keys.unbind(0)),
-            "values": list(values.unbind(0)),
-            "index": positions.view(1, 1, seq, 1),
-            "mask": (columns[None, :] <= positions[:, None])[None, None],  # (1, 1, S, L)
-        }
-        rope = (model.rope_cos[positions][None], model.rope_sin[positions][None])
-        embeds = model.value_embeddings(input_ids)
-        x = self.run(model.transformer.wte(input_ids), config.prelude_layers, rope, embeds)
-        if config.is_looped:
-            t = model.transformer
-            e = t.ln_prelude(x) if config.prelude_norm else x
-            prepared = t.adapter.prepare(e)
-            if self.state_table is None:
-                h = torch.zeros_like(e)
-            else:
-                h = self.state_table[positions][None].to(e.dtype)
-            for step in range(self.num_steps):
-                h = self.run(t.adapter.step(h, prepared), config.core_layers, rope, embeds, step)
-            x = t.C(h)
-        x = self.run(x, config.coda_layers, rope, embeds)
-        logits = model.head(x, None)[0][..., : config.vocab_size]
-        keys_out, values_out = torch.stack(self.state["keys"]), torch.stack(self.state["values"])
-        self.state = {}
-        return logits, keys_out, values_out
+        config = self.model.config
+        valid = (torch.arange(config.context_length, device=position.device) < position)[None]
+        positions = torch.zeros_like(valid, dtype=torch.long)
+        cache = FixedShapeCache(
+            self.layout,
+            list(keys.unbind(0)),  # a slot at a time (see `FixedShapeSite`)
+            list(values.unbind(0)),
+            valid,
+            positions,
+            self.state_table,
+            position,
+        )
+        logits = self.model(input_ids, cache=cache).logits[..., : config.vocab_size]
+        return logits, torch.stack(cache.keys), torch.stack(cache.values)
 
 
 def check_export_options(num_steps, cache_sharing: str | None, exporter: str) -> None:
@@ -237,7 +188,7 @@ def export_onnx(
         metadata = {
             "format": FORMAT_VERSION,
             "architecture": type(model).__name__.lower(),
-            "num_steps": str(step.num_steps),
+            "num_steps": str(step.layout.num_steps),
             "vocab_size": str(config.vocab_size),
             "context_length": str(config.context_length),
             "n_slots": str(num_slots(config, num_steps)),

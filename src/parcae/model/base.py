@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from parcae.errors import ConfigError, ParcaeError, PromptError
 from parcae.model.cache import CacheSharing, KVCache
 from parcae.model.config import MAX_NUM_STEPS, TransformerConfig
+from parcae.model.decode import FixedShapeCache
 from parcae.model.init import init_matrix_, scaled_zero_std
 from parcae.model.layers import Block, RMSNorm, rotary_tables
 from parcae.model.loop import ExitRule, LoopProbe, LoopStats
@@ -105,7 +106,7 @@ class TokenContext:
 
     rope: tuple[Tensor, Tensor]
     value_embeds: dict[int, Tensor]
-    cache: KVCache | None
+    cache: KVCache | FixedShapeCache | None
 
 
 def _embedding(rows: int, width: int) -> nn.Embedding:
@@ -207,7 +208,7 @@ class LanguageModel(nn.Module):
         labels: Tensor | None = None,
         num_steps: int | None = None,
         depth_plan: DepthPlan | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | FixedShapeCache | None = None,
         attention_mask: Tensor | None = None,
         exit_rule: ExitRule | None = None,
         last_only: bool = False,
@@ -220,11 +221,12 @@ class LanguageModel(nn.Module):
         and `mean_recurrence` steps in eval. `exit_rule` lets a token stop early after a step
         (see `parcae.model.loop`).
         cache: a `KVCache` (`new_cache`): the S tokens are the next columns of its rows, the
-        loop runs `cache.num_steps` steps, and nothing takes gradient. attention_mask: bool
-        (B, S), False at left padding (with a cache only). last_only: logits of the last
-        column only. probe: called after every loop step of a fixed depth (`num_steps` or a
-        cache) with the state and a readout to logits (`parcae.model.loop.LoopProbe`); a GPT
-        has no loop and never calls it.
+        loop runs `cache.num_steps` steps, and nothing takes gradient; or its fixed-shape mode,
+        a `FixedShapeCache` (the decode step and the ONNX export, see `parcae.model.decode`).
+        attention_mask: bool (B, S), False at left padding (with a cache only). last_only:
+        logits of the last column only. probe: called after every loop step of a fixed depth
+        (`num_steps` or a cache) with the state and a readout to logits
+        (`parcae.model.loop.LoopProbe`); a GPT has no loop and never calls it.
 
         Checked first (a `PromptError` or `ConfigError`, not an error from inside the
         embedding): input_ids and labels are non-empty integer (B, S) tensors of ids in
@@ -232,7 +234,8 @@ class LanguageModel(nn.Module):
         [1, MAX_NUM_STEPS] (for every model; a GPT then ignores it). The id range is read on
         every forward except a one-token step over a cache on an accelerator, where it would
         cost a host sync per generated token (`generate` checks its prompt and samples only ids
-        in the vocabulary).
+        in the vocabulary), and a step over a `FixedShapeCache` (a compiled or exported graph,
+        which a host read would break; its callers feed ids they checked or sampled).
         """
         check_num_steps(num_steps)
         decoding = (
@@ -241,11 +244,12 @@ class LanguageModel(nn.Module):
             and input_ids.dim() == 2
             and input_ids.shape[1] == 1
         )
+        graph = isinstance(cache, FixedShapeCache)
         check_token_ids(
             input_ids,
             self.config.vocab_size,
             labels,
-            check_range=not (decoding and input_ids.device.type != "cpu"),
+            check_range=not (graph or decoding and input_ids.device.type != "cpu"),
         )
         if cache is None:
             if attention_mask is not None:
@@ -271,7 +275,7 @@ class LanguageModel(nn.Module):
         labels: Tensor | None,
         num_steps: int | None,
         depth_plan: DepthPlan | None,
-        cache: KVCache | None,
+        cache: KVCache | FixedShapeCache | None,
         valid: Tensor | None,
         exit_rule: ExitRule | None,
         last_only: bool,

@@ -1,7 +1,8 @@
 """Attention sites: where a block's attention stores keys and values and what its queries read.
 
 A block called with a site (`Block.forward(..., site=...)`) hands it the new q, k, v; the site
-stores k, v and attends. Two kinds:
+stores k, v and attends. Two kinds here (and the cache's fixed-shape mode for decode steps and
+exported graphs, `parcae.model.decode.FixedShapeCache`):
 
 - `KVCache` (inference): preallocated keys and values for every attention site of a forward:
   each prelude and coda layer (each GPT layer) one *slot*, each core layer one per loop step (the
@@ -91,6 +92,71 @@ class CacheSharing:
 
     def __str__(self) -> str:
         return self.kind if self.kind == "full" else f"{self.kind}:{self.window}"
+
+
+def new_positions(next_positions: Tensor, valid: Tensor) -> Tensor:
+    """int64 (B, S): positions of S new columns (valid: bool (B, S), False at left padding)
+    after rows whose next position is `next_positions` (B,); a padding column takes its row's
+    last position (clamped at 0)."""
+    return (next_positions[:, None] + valid.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
+def column_mask(valid: Tensor, columns: Tensor, queries: Tensor) -> Tensor:
+    """bool (B, 1, S, L): a query at column queries[s] may attend to key column columns[j]
+    when columns[j] <= queries[s] and it holds a real token (valid: bool (B, L)), and always
+    to its own column (so a padding query is never empty). columns (L,), queries (S,)."""
+    causal = columns[None, :] <= queries[:, None]
+    own = columns[None, :] == queries[:, None]
+    return (causal & (valid[:, None, :] | own))[:, None]
+
+
+def initial_state(state_table: Tensor | None, positions: Tensor, like: Tensor) -> Tensor:
+    """h_0 (B, S, d_r) of tokens at `positions` (B, S), dtype of `like`: rows of the eval-mode
+    state table, or zeros (`zero` init) shaped like `like`."""
+    if state_table is None:
+        return torch.zeros_like(like)
+    return state_table[positions].to(like.dtype)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Which slot each attention site of a forward owns: one per prelude layer, then each core
+    layer's `core_slots` (layer-major, then loop step, through `sharing`), then one per coda
+    layer. A GPT is all prelude (num_steps 0)."""
+
+    prelude: range
+    core: range
+    coda: range
+    num_steps: int
+    sharing: CacheSharing
+
+    @classmethod
+    def of(cls, config, num_steps: int, sharing: str | CacheSharing | None = None) -> CacheLayout:
+        looped = config.is_looped
+        return cls(
+            config.prelude_layers,
+            config.core_layers,
+            config.coda_layers,
+            num_steps if looped else 0,
+            CacheSharing.parse(sharing),
+        )
+
+    @property
+    def core_slots(self) -> int:
+        return self.sharing.num_slots(self.num_steps) if self.num_steps else 0
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.prelude) + len(self.core) * self.core_slots + len(self.coda)
+
+    def slot(self, layer: int, step: int = 0) -> int:
+        """Slot of distinct layer `layer` (a core layer: at loop step `step`)."""
+        if layer in self.core:
+            first = len(self.prelude) + (layer - self.core.start) * self.core_slots
+            return first + self.sharing.slot(step, self.num_steps)
+        if layer in self.coda:
+            return len(self.prelude) + len(self.core) * self.core_slots + layer - self.coda.start
+        return layer
 
 
 def attend_tokens(
@@ -185,14 +251,10 @@ class KVCache:
         parameter = next(model.parameters())
         device = parameter.device if device is None else device
         dtype = parameter.dtype if dtype is None else dtype
-        self.sharing = CacheSharing.parse(sharing)
-        self.num_steps = num_steps if config.is_looped else 0
-        self.core_slots = self.sharing.num_slots(self.num_steps) if config.is_looped else 0
+        self.layout = CacheLayout.of(config, num_steps, sharing)
+        self.sharing, self.num_steps = self.layout.sharing, self.layout.num_steps
         self.core_layers, self.coda_layers = config.core_layers, config.coda_layers
-        self.first_core = len(config.prelude_layers)
-        self.first_coda = self.first_core + len(config.core_layers) * self.core_slots
-        n_slots = self.first_coda + len(config.coda_layers)
-        shape = (n_slots, batch, config.n_kv_heads, max_length, config.head_dim)
+        shape = (self.layout.n_slots, batch, config.n_kv_heads, max_length, config.head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
@@ -215,14 +277,7 @@ class KVCache:
 
     def slot(self, layer: int, step: int = 0) -> int:
         """Slot of distinct layer `layer` (a core layer: at loop step `step`)."""
-        if layer in self.core_layers:
-            index = layer - self.core_layers.start
-            return (
-                self.first_core + index * self.core_slots + self.sharing.slot(step, self.num_steps)
-            )
-        if layer in self.coda_layers:
-            return self.first_coda + layer - self.coda_layers.start
-        return layer
+        return self.layout.slot(layer, step)
 
     def site(self, layer: int, active: Active | None = None) -> CacheSite:
         """The site of `layer` for the forward in progress; a core layer's at `active.step`."""
@@ -245,23 +300,20 @@ class KVCache:
             raise PromptError(
                 f"the cache holds {self.max_length} tokens; cannot add {seq} to {self.length}"
             )
-        positions = (self.next_positions()[:, None] + valid.long().cumsum(dim=1) - 1).clamp_min(0)
+        positions = new_positions(self.next_positions(), valid)
         self.valid[:, start:end] = valid
         self.positions[:, start:end] = positions
         columns = torch.arange(end, device=valid.device)
-        query_columns = columns[start:end, None]
-        causal = columns[None, :] <= query_columns
-        allowed = causal & (self.valid[:, None, :end] | (columns[None, :] == query_columns))
-        self.mask, self.new_columns = allowed[:, None], seq
+        self.mask, self.new_columns = (
+            column_mask(self.valid[:, :end], columns, columns[start:]),
+            seq,
+        )
         return positions
 
-    def initial_state(self, positions: Tensor, dtype: torch.dtype) -> Tensor:
-        """h_0 (B, S, d_r) of tokens at `positions` (B, S): rows of `state_table`, or zeros."""
-        if self.state_table is None:
-            return torch.zeros(
-                *positions.shape, self.config.d_model, device=positions.device, dtype=dtype
-            )
-        return self.state_table[positions].to(dtype)
+    def initial_state(self, positions: Tensor, like: Tensor) -> Tensor:
+        """h_0 (B, S, d_r) of tokens at `positions` (B, S), as `like`: rows of `state_table`,
+        or zeros."""
+        return initial_state(self.state_table, positions, like)
 
     def fill_skipped_steps(self, steps_run: int) -> None:
         """After a loop that ended at step `steps_run` < T (every token exited), give the

@@ -61,6 +61,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad):
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one call, not three
         return rms_norm(x, self.eps) * self.weight
 
 
@@ -141,10 +143,11 @@ class CausalSelfAttention(nn.Module):
         if self.ve_gate is not None:
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VALUE_EMBED_GATE_CHANNELS]))
             v = v + gate.unsqueeze(-1) * value_embed.view_as(v)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        # q and k heads rotated and normed together: the same values, half the kernel calls
+        qk = apply_rotary(torch.cat([q, k], dim=2), *rope)  # (B, S, H + Hkv, hd)
         if self.qk_norm:
-            eps = torch.finfo(q.dtype).eps  # F.rms_norm's default, as the official code
-            q, k = rms_norm(q, eps), rms_norm(k, eps)
+            qk = rms_norm(qk, torch.finfo(qk.dtype).eps)  # F.rms_norm's default, as official
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def mix(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -164,7 +167,7 @@ class CausalSelfAttention(nn.Module):
 
 class AttentionSite(Protocol):
     """Where an attention layer stores its new keys and values and what its queries attend to
-    (implemented in `parcae.model.cache`)."""
+    (implemented in `parcae.model.cache` and `parcae.model.decode`)."""
 
     def attend(self, attn: CausalSelfAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q (B, H, S, hd), k, v (B, Hkv, S, hd) of the new tokens -> heads (B, S, H*hd)."""
@@ -197,7 +200,10 @@ class MLP(nn.Module):
         self.proj = nn.Linear(config.ffn_dim, config.d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(HalfReluSquared.apply(self.fc(x)))
+        hidden = self.fc(x)
+        if torch.is_grad_enabled():
+            return self.proj(HalfReluSquared.apply(hidden))
+        return self.proj(torch.relu(hidden).square_().mul_(0.5))  # no autograd.Function call
 
 
 class Block(nn.Module):

@@ -10,6 +10,9 @@ Each step, a schedule names the *active* units and whether gradients flow throug
   t < total_i and it has not exited; a token in step t < n_i takes no gradient. Tokens attend to
   each other, so they move in lockstep, and a token that stopped keeps the keys and values of its
   last step (an attention site holds them, see `parcae.model.cache`).
+- every token, every step (`LockstepSchedule`: inference at a fixed depth without early exit,
+  prefill and decoding alike): the same Python at every call, so a compiled or exported decode
+  step unrolls the loop.
 
 `run_loop` gathers the active part of the state, applies one loop step to it, scatters the
 result back and records the loop residual, whose one definition is, per token,
@@ -159,8 +162,11 @@ class TokenSchedule:
     @classmethod
     def fixed(
         cls, shape: torch.Size, steps: int, device: torch.device, exit_rule: ExitRule | None
-    ) -> TokenSchedule:
-        """`steps` for every token (inference), fewer where `exit_rule` stops one."""
+    ) -> TokenSchedule | LockstepSchedule:
+        """`steps` for every token (inference), fewer where `exit_rule` stops one; without an
+        exit rule, the `LockstepSchedule`."""
+        if exit_rule is None:
+            return LockstepSchedule(shape, steps, device)
         return cls(torch.full(shape, steps, device=device), exit_rule=exit_rule)
 
     def __iter__(self) -> Iterator[Active]:
@@ -190,6 +196,27 @@ class TokenSchedule:
 
     def steps_taken(self, shape: torch.Size) -> Tensor:
         return self.total if self.lockstep else torch.minimum(self.total, self.stop_step)
+
+
+class LockstepSchedule:
+    """Every token of `shape` runs all `steps` steps, together (inference at a fixed depth
+    without early exit): nothing is masked or gathered and nothing is read back from the
+    device, so a compiled or traced forward unrolls the loop into one fixed-shape graph."""
+
+    def __init__(self, shape: torch.Size, steps: int, device: torch.device) -> None:
+        self.shape, self.steps, self.device = tuple(shape), steps, device
+        self.count = self.shape[0] * self.shape[1]
+        self.sampled_steps = steps * self.count
+
+    def __iter__(self) -> Iterator[Active]:
+        for t in range(self.steps):
+            yield Active(step=t, count=self.count)
+
+    def observe(self, h: Tensor, h_prev: Tensor, readout: Readout | None) -> None:
+        pass
+
+    def steps_taken(self, shape: torch.Size) -> Tensor:
+        return torch.full(shape, self.steps, device=self.device)
 
 
 @dataclass

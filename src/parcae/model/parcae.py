@@ -19,6 +19,7 @@ from parcae.errors import ConfigError
 from parcae.model.base import LanguageModel, TokenContext
 from parcae.model.cache import KVCache, LoopKV
 from parcae.model.config import ParcaeConfig
+from parcae.model.decode import FixedShapeCache
 from parcae.model.init import init_block_, init_matrix_, scaled_zero_std
 from parcae.model.injection import build_injection, spectral_radius
 from parcae.model.layers import Block, RMSNorm
@@ -145,7 +146,9 @@ class Parcae(LanguageModel):
     ) -> tuple[Tensor, LoopStats]:
         """C h_T (B, S, d) from the prelude output x (B, S, d): e = ln_prelude(x), h_0, then
         the loop (see `parcae.model.loop` for the schedules and `LanguageModel.forward` for the
-        arguments)."""
+        arguments). Over a cache without an exit rule, every token runs the cache's T steps in
+        lockstep (`LockstepSchedule`): with a `FixedShapeCache` that is the decode step's and the
+        ONNX export's loop, unrolled into their graphs."""
         config, t = self.config, self.transformer
         batch, seq = x.shape[:2]
         e = t.ln_prelude(x) if config.prelude_norm else x
@@ -153,13 +156,15 @@ class Parcae(LanguageModel):
         cache = context.cache
         if probe is not None and num_steps is None and cache is None:
             raise ConfigError("a loop probe reads a fixed depth: pass num_steps")
-        sites: KVCache | LoopKV | None = cache  # None: dense causal attention within each row
+        sites: KVCache | FixedShapeCache | LoopKV | None = cache  # None: dense causal attention
         if cache is not None:
             if num_steps is not None and num_steps != cache.num_steps:
                 raise ConfigError(
                     f"num_steps={num_steps} but the cache was made for {cache.num_steps} loop steps"
                 )
-            h = cache.initial_state(positions, e.dtype)
+            if exit_rule is not None and isinstance(cache, FixedShapeCache):
+                raise ConfigError("a fixed-shape cache runs every token T steps: no exit rule")
+            h = cache.initial_state(positions, e)
             schedule = TokenSchedule.fixed((batch, seq), cache.num_steps, e.device, exit_rule)
         else:
             plan = self._depth_plan(batch, seq, num_steps, depth_plan)
