@@ -177,7 +177,7 @@ def export_onnx(
     onnx = require_onnx()
     config = model.config
     if num_steps is None:
-        num_steps = getattr(config, "mean_recurrence", 0)
+        num_steps = config.default_depth or 0
     model = model.float().cpu().eval()
     step = ExportStep(model, num_steps).eval()
     prompt = [i % config.vocab_size for i in range(1, 4)]

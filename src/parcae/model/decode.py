@@ -98,8 +98,9 @@ class DecodeStep:
     def _step(self, tokens, column, keys, values, valid, positions, state_table) -> Tensor:
         """The model's forward of tokens (B,) at `column` over the cache's tensors (graph
         inputs, so that a compiled step follows `reserve`, which replaces them)."""
+        owner = self.cache
         cache = FixedShapeCache(
-            self.cache.layout, keys, values, valid, positions, state_table, column
+            owner.layout, keys, values, valid, positions, state_table, column, owner.num_steps
         )
         return self.model(tokens[:, None], cache=cache, last_only=True).logits[:, 0]
 
@@ -113,7 +114,9 @@ class FixedShapeCache:
     lists of n_slots tensors (B, Hkv, L, hd), each replaced when written, see `FixedShapeSite`),
     valid
     bool (B, L), positions int64 (B, L), state_table (context_length, d_r) or None. `column`:
-    int64 (1,), the first new column, a tensor (a graph input, not a constant). A forward of S
+    int64 (1,), the first new column, a tensor (a graph input, not a constant). `num_steps`: the
+    loop depth (default the layout's; fewer runs a shallower loop over a `full` layout's first
+    slots, as a `leading_rows` view of a deeper cache does). A forward of S
     tokens writes columns [column, column + S) of every slot it visits, in place, and its
     queries attend over all L columns under `column_mask`: columns past the new ones are never
     valid (`KVCache` keeps `valid` False from `length` on), so the mask hides them. Lockstep
@@ -129,8 +132,10 @@ class FixedShapeCache:
         positions: Tensor,
         state_table: Tensor | None,
         column: Tensor,
+        num_steps: int | None = None,
     ) -> None:
-        self.layout, self.num_steps = layout, layout.num_steps
+        self.layout = layout
+        self.num_steps = layout.num_steps if num_steps is None else num_steps
         self.keys, self.values, self.valid, self.positions = keys, values, valid, positions
         self.state_table, self.column = state_table, column
         (batch, kv_heads), device = keys[0].shape[:2], keys[0].device
