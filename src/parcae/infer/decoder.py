@@ -29,11 +29,11 @@ import torch
 from torch import Tensor
 
 from parcae.errors import PromptError
-from parcae.infer.engine import KLExit, exit_rule, sample_next
+from parcae.infer.engine import KLExit, ResidualExit, exit_rule, sample_next
 from parcae.infer.sampling import SamplingParams
 from parcae.model.cache import KVCache
 from parcae.model.decode import decode_step
-from parcae.model.loop import ExitRule, Readout, relative_update
+from parcae.model.loop import ExitRule, Readout
 
 
 class RowExit:
@@ -51,7 +51,8 @@ class RowExit:
     ) -> None:
         self.depths, self.eps = depths, eps
         self.kl = torch.zeros_like(depths, dtype=torch.bool) if kl is None else kl
-        self.residual_rows = bool(((eps > 0) & ~self.kl).any())
+        residual_rows = bool(((eps > 0) & ~self.kl).any())
+        self.residual_rule = ResidualExit(eps[:, None]) if residual_rows else None
         self.kl_rule = (
             KLExit(eps[:, None], vocab_size) if bool((self.kl & (eps > 0)).any()) else None
         )
@@ -60,9 +61,8 @@ class RowExit:
     def __call__(self, h: Tensor, h_prev: Tensor, readout: Readout) -> Tensor:
         self.steps += 1
         stop = (self.depths <= self.steps)[:, None].expand(h.shape[:2])
-        if self.residual_rows:
-            early = relative_update(h, h_prev) < self.eps[:, None]
-            stop = stop | (early & ~self.kl[:, None])
+        if self.residual_rule is not None:
+            stop = stop | (self.residual_rule(h, h_prev, readout) & ~self.kl[:, None])
         if self.kl_rule is not None:
             stop = stop | (self.kl_rule(h, h_prev, readout) & self.kl[:, None])
         return stop
