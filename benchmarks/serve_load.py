@@ -15,11 +15,13 @@ each continued by `--max-tokens` tokens at temperature 0. Phases, in order:
 For 2 and 3: successes, p50/p95 latency and time to first token (TTFT), aggregate generated
 tokens/s (completion tokens over wall time); then both as multiples of generate alone, and
 whether the lone phase's texts equal the concurrent phase's. Every request and each phase are
-bounded in time (`--timeout`). On a shared machine, run it several times and alternate with the
-code it is compared to.
+bounded in time (`--timeout`). `--rounds N` runs the three phases N times in turn against one
+server and ends with the median of each figure over the rounds (a 2-core machine's speed
+drifts by tens of percent within minutes); on a shared machine, also alternate with the code
+it is compared to.
 
     python benchmarks/serve_load.py [--model PATH] [--requests 64] [--max-tokens 32]
-        [--max-batch 32] [--lone 8] [--compile] [--timeout 600]
+        [--max-batch 32] [--lone 8] [--rounds 1] [--compile] [--timeout 600]
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def percentile(values: list[float], q: float) -> float:
     )
 
 
-def report(name: str, results, wall: float) -> float:
+def report(name: str, results, wall: float) -> dict[str, float]:
+    """Print one phase's line; its tokens/s and TTFT p50."""
     ok = [r for r in results if r[0]]
     latencies = [r[1] for r in ok]
     ttfts = [r[2] for r in ok]
@@ -158,18 +161,16 @@ def report(name: str, results, wall: float) -> float:
     )
     for failure in [r for r in results if not r[0]][:3]:
         print(f"{'':>16}failure: {failure[4]}")
-    return rate
+    return {"rate": rate, "ttft": percentile(ttfts, 50)}
 
 
-def generate_alone(model_dir: Path, prompts, max_tokens: int) -> float:
-    """Tokens/s of `parcae.generate` in this process, greedy, one prompt at a time (the first
-    request of each prompt warms up nothing: one throwaway call comes first)."""
+def generate_alone(model, prompts, max_tokens: int) -> float:
+    """Tokens/s of `parcae.generate` in this process, greedy, one prompt at a time (one
+    throwaway call first)."""
     import torch
 
     import parcae
-    from parcae.infer.loading import load_for_inference
 
-    model, _ = load_for_inference(str(model_dir))
     with torch.no_grad():
         parcae.generate(model, prompts[0], max_tokens, temperature=0)
         start, tokens = time.perf_counter(), 0
@@ -186,49 +187,76 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32, help="the server's --max-batch")
     parser.add_argument("--lone", type=int, default=8, help="requests of the lone phases")
+    parser.add_argument("--rounds", type=int, default=1, help="times to run the three phases")
     parser.add_argument("--timeout", type=float, default=600, help="bound on each phase, s")
     parser.add_argument("--compile", action="store_true", help="parcae serve --compile")
     args = parser.parse_args()
     if not 1 <= args.requests <= 1000:
         raise SystemExit("--requests must be in [1, 1000]")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     rng = random.Random(0)
     prompts = [
         [rng.randrange(3, 256) for _ in range(rng.randint(8, 32))] for _ in range(args.requests)
     ]
     lone = prompts[: args.lone]
+    rounds = []
     with tempfile.TemporaryDirectory() as scratch:
-        model = args.model or tiny_model_dir(Path(scratch))
-        alone = generate_alone(model, lone, args.max_tokens)
+        model_dir = args.model or tiny_model_dir(Path(scratch))
+        from parcae.infer.loading import load_for_inference
+
+        model, _ = load_for_inference(str(model_dir))
         extra = ["--compile"] if args.compile else []
-        process, url = start_server(model, args.max_batch, args.requests, extra)
+        process, url = start_server(model_dir, args.max_batch, args.requests, extra)
         try:
             import httpx
 
             name = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
             print(
                 f"{args.requests} streamed greedy completions of {args.max_tokens} tokens, "
-                f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), {model}; "
+                f"{os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f}), {model_dir}; "
                 f"server --max-batch {args.max_batch}{' --compile' if args.compile else ''}"
             )
             asyncio.run(run(url, name, lone[:1], args.max_tokens, 1, args.timeout))  # warm-up
-            serial, serial_wall = asyncio.run(
-                run(url, name, lone, args.max_tokens, 1, args.timeout)
-            )
-            batched, batched_wall = asyncio.run(
-                run(url, name, prompts, args.max_tokens, args.requests, args.timeout)
-            )
+            for index in range(args.rounds):
+                print(f"round {index + 1}/{args.rounds}")
+                alone = generate_alone(model, lone, args.max_tokens)
+                serial, serial_wall = asyncio.run(
+                    run(url, name, lone, args.max_tokens, 1, args.timeout)
+                )
+                batched, batched_wall = asyncio.run(
+                    run(url, name, prompts, args.max_tokens, args.requests, args.timeout)
+                )
+                rounds.append(summarise(alone, lone, serial, serial_wall, batched, batched_wall))
         finally:
             process.terminate()
             process.wait(timeout=30)
+    if args.rounds > 1:
+        medians = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+        print(
+            f"median of {args.rounds} rounds: "
+            + ", ".join(f"{key} {value:.3g}" for key, value in medians.items())
+        )
+
+
+def summarise(alone, lone, serial, serial_wall, batched, batched_wall) -> dict[str, float]:
+    """Print one round's lines; its figures."""
     print(f"{'generate alone':>14}: {alone:7.1f} tokens/s (parcae.generate, {len(lone)} prompts)")
     slow = report("lone request", serial, serial_wall)
     fast = report("concurrent", batched, batched_wall)
     same = sum(a[0] and b[0] and a[4] == b[4] for a, b in zip(batched, serial))
     print(
-        f"lone request / generate alone: {slow / alone:.2f}x; "
-        f"concurrent / generate alone: {fast / alone:.2f}x aggregate tokens/s"
+        f"lone request / generate alone: {slow['rate'] / alone:.2f}x; "
+        f"concurrent / generate alone: {fast['rate'] / alone:.2f}x aggregate tokens/s"
     )
     print(f"identical texts lone and concurrent: {same}/{len(serial)}")
+    return {
+        "generate_tok_s": alone,
+        "lone_ratio": slow["rate"] / alone,
+        "concurrent_ratio": fast["rate"] / alone,
+        "concurrent_tok_s": fast["rate"],
+        "ttft_p50_s": fast["ttft"],
+    }
 
 
 if __name__ == "__main__":

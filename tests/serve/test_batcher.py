@@ -13,6 +13,7 @@ import torch
 import parcae
 from parcae.errors import PromptError
 from parcae.infer.sampling import SamplingParams
+from parcae.model.cache import first_live_column, leading_rows
 from parcae.serve import (
     ContinuousBatcher,
     FinishEvent,
@@ -168,6 +169,29 @@ def test_cache_admit_and_compact(model):
     assert shared.length == 5  # row 2: 4 prompt tokens and one step
 
 
+def test_a_step_skips_the_columns_no_row_holds(model):
+    """A decode step over the columns from `first_live_column` on computes what a step over
+    every column computes (the skipped ones are hidden from every row; float32 rounding of the
+    attention's sums apart) and leaves the timeline as long."""
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    valid = torch.arange(12)[None] >= torch.tensor([[7], [4]])  # 5 and 8 real tokens
+    caches = [model.new_cache(2, 32, 4) for _ in range(2)]
+    for cache in caches:
+        model(ids, cache=cache, attention_mask=valid)
+    assert first_live_column(caches[0], 2) == 4
+    assert first_live_column(caches[0], 1) == 7
+    step = torch.tensor([[5], [6]])
+    logits = []
+    for cache, first in zip(caches, (0, 4)):
+        view = leading_rows(cache, 2, columns=cache.length + 1, first=first)
+        logits.append(model(step, cache=view).logits)
+        cache.length = first + view.length
+    torch.testing.assert_close(logits[1], logits[0])
+    assert caches[0].length == caches[1].length == 13
+    caches[0].release([0, 1])
+    assert first_live_column(caches[0], 2) == 13
+
+
 def test_seeds_reproducible_whatever_shares_the_batch(model):
     """A seeded request draws the same tokens alone, among other sampled requests, and in
     `generate` with that seed."""
@@ -311,6 +335,29 @@ def test_background_thread_and_async_consumers(model):
         assert isinstance(finish, FinishEvent) and finish.finish_reason == "length"
         assert tokens == alone(model, request)
     assert not any(t.name == "parcae-batcher" for t in threading.enumerate())
+
+
+def test_async_batches_and_time_limit(model):
+    """An asyncio consumer gets, in one batch, every event that arrived while it was away (the
+    steps ran before it listened: the tokens then the finish); a consumer whose time limit
+    passes gets `TimeoutError`, and its request is cancelled."""
+    request = req([4, 5, 6], max_tokens=5, temperature=0)
+    batcher = ContinuousBatcher(model, max_batch=2, max_num_steps=4)
+    handle = batcher.submit(request)
+    batcher.run_until_idle()
+
+    async def batches(handle, timeout=None):
+        return [batch async for batch in handle.batches_async(timeout)]
+
+    (batch,) = asyncio.run(batches(handle))
+    assert [e.token_id for e in batch[:-1]] == alone(model, request)
+    assert isinstance(batch[-1], FinishEvent) and batch[-1].finish_reason == "length"
+
+    waiting = batcher.submit(req([4, 5], max_tokens=5))
+    with pytest.raises(TimeoutError):
+        asyncio.run(batches(waiting, timeout=0))
+    batcher.run_until_idle()
+    assert waiting.result(timeout=0).finish.finish_reason == "cancelled"
 
 
 def test_ring_sharing_serves_one_depth(model):

@@ -451,25 +451,38 @@ class CacheSite:
 
 
 def leading_rows(
-    cache: KVCache, rows: int, num_steps: int | None = None, columns: int | None = None
+    cache: KVCache,
+    rows: int,
+    num_steps: int | None = None,
+    columns: int | None = None,
+    first: int = 0,
 ) -> KVCache:
-    """A cache over rows [0, rows) and columns [0, columns) of `cache` (default: all) that
+    """A cache over rows [0, rows) and columns [first, columns) of `cache` (default: all) that
     shares its memory: a forward over it writes there, and computes only those rows
     (continuous batching keeps its active rows packed at the front) and attends over only those
-    columns (a decode step needs length + 1). `num_steps` (full sharing only) runs a shallower
-    loop over the same slots. The view keeps its own `length`: copy it back after a forward
-    (`cache.length = view.length`)."""
+    columns (a decode step needs up to length + 1, from the first column any of the rows still
+    holds: `first_live_column`). `num_steps` (full sharing only) runs a shallower loop over the
+    same slots. The view keeps its own `length`, counted from `first`: copy it back after a
+    forward (`cache.length = first + view.length`)."""
     view = object.__new__(KVCache)
     view.__dict__.update(cache.__dict__)
     end = cache.max_length if columns is None else columns
-    view.keys, view.values = cache.keys[:, :rows, :, :end], cache.values[:, :rows, :, :end]
-    view.valid, view.positions = cache.valid[:rows, :end], cache.positions[:rows, :end]
-    view.max_length = end
+    view.keys = cache.keys[:, :rows, :, first:end]
+    view.values = cache.values[:, :rows, :, first:end]
+    view.valid, view.positions = cache.valid[:rows, first:end], cache.positions[:rows, first:end]
+    view.max_length, view.length = end - first, cache.length - first
     if num_steps is not None:
         if cache.sharing.kind != "full" and num_steps != cache.num_steps:
             raise ValueError(f"a {cache.sharing} cache serves {cache.num_steps} loop steps only")
         view.num_steps = num_steps
     return view
+
+
+def first_live_column(cache: KVCache, rows: int) -> int:
+    """The first column that any of rows [0, rows) holds (`cache.length` if none): the columns
+    before it are padding or released for all of them, so attention can skip them."""
+    live = cache.valid[:rows, : cache.length].any(dim=0)
+    return int(live.int().argmax()) if bool(live.any()) else cache.length
 
 
 def move_row(cache: KVCache, source: int, target: int) -> None:

@@ -202,42 +202,43 @@ class Generation:
         self.deadline = time.monotonic() + state.limits.request_timeout
 
     async def deltas(self):
-        """The text as it becomes final (strings), until the request ends or its time limit
-        passes (then `timed_out`: the engine may be busy, so the wait itself is bounded)."""
+        """The text as it becomes final (strings, one per batch of events: the tokens that
+        arrived together are sent together), until the request ends or its time limit passes
+        (then `timed_out`: the engine may be busy, so the wait itself is bounded)."""
+        left = self.deadline - time.monotonic()
         try:
-            async with aclosing(self.handle.events_async()) as events:
-                while True:
-                    try:
-                        left = self.deadline - time.monotonic()
-                        event = await asyncio.wait_for(anext(events), left)
-                    except asyncio.TimeoutError:
-                        self.timed_out = True
-                        self.state.limits.counters["request_timeouts"] += 1
+            async with aclosing(self.handle.batches_async(left)) as batches:
+                async for batch in batches:
+                    text = "".join(self._take(event) for event in batch if not self.done)
+                    if text:
+                        yield text
+                    if self.done:
                         return
-                    if isinstance(event, TokenEvent):
-                        self.steps.append(event.loop_steps)
-                        text = self.assembler.feed(event.token_id)
-                        if text:
-                            yield text
-                        if self.assembler.stopped:  # a stop sequence: end the request here
-                            self.finish_reason = "stop"
-                            return
-                    else:
-                        self.finish = event
-                        text = self.assembler.finish()
-                        if text:
-                            yield text
-                        self.finish_reason = {"stop": "stop", "length": "length"}.get(
-                            event.finish_reason
-                        )
-                        if event.finish_reason == "error":
-                            logger.error(
-                                "request %s failed in the engine: %s", self.id, event.error
-                            )
-                        return
+        except TimeoutError:
+            self.timed_out = True
+            self.state.limits.counters["request_timeouts"] += 1
         finally:
             if not self.handle.done:
                 self.handle.cancel()
+
+    @property
+    def done(self) -> bool:
+        """Whether the request has ended: a stop sequence, or the engine's finish event."""
+        return self.finish is not None or self.assembler.stopped
+
+    def _take(self, event: TokenEvent | FinishEvent) -> str:
+        """The final text that `event` adds; records its loop steps or the finish."""
+        if isinstance(event, TokenEvent):
+            self.steps.append(event.loop_steps)
+            text = self.assembler.feed(event.token_id)
+            if self.assembler.stopped:  # a stop sequence: the request ends here
+                self.finish_reason = "stop"
+            return text
+        self.finish = event
+        self.finish_reason = {"stop": "stop", "length": "length"}.get(event.finish_reason)
+        if event.finish_reason == "error":
+            logger.error("request %s failed in the engine: %s", self.id, event.error)
+        return self.assembler.finish()
 
     def usage(self) -> dict:
         prompt = len(self.parsed.request.prompt_ids)

@@ -17,9 +17,9 @@ are the request's tokens as they come, then one `FinishEvent`. Each scheduling i
 
 Nothing runs as padding: the active rows are kept packed at the front of the cache (a row that
 leaves takes the last active row's sequence, `move_row`), and a decode step runs over the
-leading window of the active rows only, over the columns in use (`leading_rows`; with
-`compile`, the window is rounded up to a power of two and spans the whole timeline, so that at
-most log2(max_batch) + 1 shapes are compiled). Prefill, the steps
+leading window of the active rows only, over the columns they hold (`leading_rows`, from
+`first_live_column`; with `compile`, the window is rounded up to a power of two and spans the
+whole timeline, so that at most log2(max_batch) + 1 shapes are compiled). Prefill, the steps
 and sampling are those of the one decoder (`parcae.infer.decoder`: `ModelDecoder`,
 `sample_rows`, `RowExit`), which `parcae.generate` drives too. When the cache's column timeline
 fills, it is compacted (`KVCache.compact`: each row's real columns moved to the right end;
@@ -64,6 +64,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import torch
@@ -73,7 +74,7 @@ from parcae.infer.decoder import ModelDecoder, RowExit, new_generator, sample_ro
 from parcae.infer.generate import prepare_prompts
 from parcae.infer.sampling import SamplingParams
 from parcae.model.base import check_num_steps
-from parcae.model.cache import CacheSharing, leading_rows, move_row
+from parcae.model.cache import CacheSharing, first_live_column, leading_rows, move_row
 from parcae.serve.requests import GenerationRequest
 
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -127,12 +128,16 @@ class Completion:
     finish: FinishEvent
 
 
+_EXPIRED = object()  # put in an asyncio consumer's queue when its time limit passes
+
+
 class Handle:
     """A submitted request's events (thread-safe). Consume them once, either synchronously
     (`for event in handle`, `handle.get()`, `handle.result()`) or from asyncio
-    (`async for event in handle.events_async()`: events reach the event loop through
-    `call_soon_threadsafe`, no thread waits per request). `cancel()` ends the request at the
-    next step boundary (a `FinishEvent` with finish_reason `cancelled`)."""
+    (`async for batch in handle.batches_async()`, or one event at a time with
+    `events_async()`: the events of each scheduling iteration reach the event loop in one
+    `call_soon_threadsafe` per loop (`_Outbox`), no thread waits per request). `cancel()` ends
+    the request at the next step boundary (a `FinishEvent` with finish_reason `cancelled`)."""
 
     def __init__(self, request_id: int, request: GenerationRequest, batcher: ContinuousBatcher):
         self.id = request_id
@@ -149,7 +154,9 @@ class Handle:
 
     # ------------------------------------------------------------ producer side (engine)
 
-    def _put(self, event: Event) -> None:
+    def _put(self, event: Event, outbox: _Outbox | None = None) -> None:
+        """Record `event` and pass it on: to the thread-side queue, or to the asyncio consumer
+        through `outbox` (sent when the batcher flushes it) or at once without one."""
         with self._lock:
             if isinstance(event, TokenEvent):
                 self._token_ids.append(event.token_id)
@@ -161,10 +168,12 @@ class Handle:
                 self._queue.put(event)
                 return
             loop, sink = self._sink
-        try:
-            loop.call_soon_threadsafe(sink.put_nowait, event)
-        except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-            self.cancel()
+        if outbox is None:
+            outbox = _Outbox()
+            outbox.add(loop, self, sink, event)
+            outbox.flush()
+        else:
+            outbox.add(loop, self, sink, event)
 
     # ------------------------------------------------------------ consumer side
 
@@ -202,33 +211,80 @@ class Handle:
         with self._lock:
             return Completion(list(self._token_ids), list(self._loop_steps), self.finish)
 
-    async def events_async(self) -> AsyncIterator[Event]:
-        """The events on the running asyncio loop; the request is cancelled if the consumer
-        stops early (a client that disconnects)."""
-        sink: asyncio.Queue[Event] = asyncio.Queue()
+    async def batches_async(self, timeout: float | None = None) -> AsyncIterator[list[Event]]:
+        """The events on the running asyncio loop, in batches: each batch holds every event
+        that has arrived since the last (at least one; a consumer that keeps up gets one token
+        per scheduling iteration, one that falls behind gets them together). `TimeoutError`
+        once `timeout` seconds have passed. The request is cancelled if the consumer stops
+        early (a client that disconnects) or times out."""
+        loop = asyncio.get_running_loop()
+        sink: asyncio.Queue = asyncio.Queue()
         with self._lock:
             while True:
                 try:
                     sink.put_nowait(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._sink = (asyncio.get_running_loop(), sink)
+            self._sink = (loop, sink)
+        timer = None if timeout is None else loop.call_later(timeout, sink.put_nowait, _EXPIRED)
         finished = False
         try:
-            while True:
-                event = await sink.get()
-                if isinstance(event, FinishEvent):
-                    finished = True
-                yield event
-                if finished:
-                    return
+            while not finished:
+                batch = [await sink.get()]
+                while not sink.empty():
+                    batch.append(sink.get_nowait())
+                if _EXPIRED in batch:
+                    raise TimeoutError(f"request {self.id} ran past {timeout} s")
+                finished = isinstance(batch[-1], FinishEvent)
+                yield batch
         finally:
+            if timer is not None:
+                timer.cancel()
             with self._lock:  # later events (the cancellation's) go to the thread-side queue
                 self._sink = None
                 while not sink.empty():
-                    self._queue.put(sink.get_nowait())
+                    event = sink.get_nowait()
+                    if event is not _EXPIRED:
+                        self._queue.put(event)
             if not finished:
                 self.cancel()
+
+    async def events_async(self, timeout: float | None = None) -> AsyncIterator[Event]:
+        """`batches_async`, one event at a time."""
+        async with aclosing(self.batches_async(timeout)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+
+class _Outbox:
+    """Events bound for asyncio consumers, held during a scheduling iteration and sent at its
+    end: one `call_soon_threadsafe` per event loop (a wake-up of the loop and a write to its
+    self-pipe) rather than one per token. A loop that has closed cancels its requests (nobody
+    is listening)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+        self._handles: dict[asyncio.AbstractEventLoop, list[Handle]] = {}
+
+    def add(self, loop, handle: Handle, sink: asyncio.Queue, event: Event) -> None:
+        self._pending.setdefault(loop, []).append((sink, event))
+        self._handles.setdefault(loop, []).append(handle)
+
+    def flush(self) -> None:
+        pending, handles = self._pending, self._handles
+        self._pending, self._handles = {}, {}
+        for loop, items in pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the consumer's event loop is closed
+                for handle in handles[loop]:
+                    handle.cancel()
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:
+    for sink, event in items:
+        sink.put_nowait(event)
 
 
 @dataclass
@@ -304,6 +360,7 @@ class ContinuousBatcher:
         self.decoder = ModelDecoder(model, compile)
         self.compile = compile
         self._active: list[_Sequence] = []  # row i holds _active[i]: packed at the front
+        self._outbox = _Outbox()  # the events of the iteration in progress (batcher thread)
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -350,10 +407,17 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------ the loop
 
-    @torch.no_grad()
     def step(self) -> bool:
         """One scheduling iteration (module docstring); False when there was nothing to do.
-        Call it from one thread at a time (the background thread, or a test)."""
+        Call it from one thread at a time (the background thread, or a test). Its events reach
+        asyncio consumers together when it ends."""
+        try:
+            return self._iterate()
+        finally:
+            self._outbox.flush()
+
+    @torch.no_grad()
+    def _iterate(self) -> bool:
         cancelled = [s for s in self._active if s.handle.cancelled]
         for sequence in cancelled:
             self._finish(sequence, "cancelled")
@@ -477,16 +541,17 @@ class ContinuousBatcher:
         rows, window = len(sequences), self._window()
         depth = max(s.depth for s in sequences)
         full = self.sharing.kind == "full" and self.looped
-        # eager: attend over the columns in use only; compiled: one column shape for all steps
+        # eager: attend over the columns the rows hold only; compiled: one shape for all steps
         columns = None if self.compile else cache.length + 1
-        view = leading_rows(cache, window, depth if full else None, columns)
+        first = 0 if self.compile else first_live_column(cache, rows)
+        view = leading_rows(cache, window, depth if full else None, columns, first)
         padding = [sequences[0].params.replace(adaptive=None)] * (window - rows)
         rule = RowExit.of([s.params for s in sequences] + padding, depth, self.config, self.device)
         tokens = torch.zeros(window, dtype=torch.long)
         tokens[:rows] = torch.tensor([s.pending for s in sequences])
         valid = torch.arange(window) < rows
         logits, steps = self.decoder.step(view, tokens.to(self.device), rule, valid.to(self.device))
-        cache.length = view.length
+        cache.length = first + view.length
         self._counters["decode_steps_total"] += 1
         sampled = sample_rows(
             logits[:rows], [s.params for s in sequences], [s.generator for s in sequences]
@@ -511,7 +576,7 @@ class ContinuousBatcher:
         if token in sequence.stop_ids:
             self._finish(sequence, "stop", token)
             return True
-        sequence.handle._put(TokenEvent(token, steps))
+        sequence.handle._put(TokenEvent(token, steps), self._outbox)
         sequence.pending = token
         if sequence.generated >= sequence.request.max_tokens:
             self._finish(sequence, "length")
@@ -543,12 +608,12 @@ class ContinuousBatcher:
             sequence.steps_total / sequence.generated if sequence.generated else 0.0,
         )
         self._count_end(reason)
-        sequence.handle._put(FinishEvent(reason, usage, stop_token, error))
+        sequence.handle._put(FinishEvent(reason, usage, stop_token, error), self._outbox)
 
     def _finish_waiting(self, handle: Handle, reason: str, error: str | None = None) -> None:
         self._count_end(reason)
         usage = Usage(len(handle.request.prompt_ids), 0, 0.0)
-        handle._put(FinishEvent(reason, usage, None, error))
+        handle._put(FinishEvent(reason, usage, None, error), self._outbox)
 
     def _count_end(self, reason: str) -> None:
         self._counters["requests_finished_total"] += 1
@@ -563,6 +628,7 @@ class ContinuousBatcher:
             self._finish_waiting(handle, reason, error)
         for sequence in list(self._active):
             self._finish(sequence, reason, error=error)
+        self._outbox.flush()
         self.cache.reset()
 
     # ------------------------------------------------------------ metrics
