@@ -1,12 +1,12 @@
 """Study S5, depth on reasoning: does looping buy what depth buys on a task that needs depth?
 
 Models, all of width d with the same blocks (so the first two have equal parameters):
-- `parcae-mu4`: 1 prelude, 1 core and 1 coda layer, the core looped μ_rec = 4 times in training
-  (truncated backprop through μ_rec / 2); RECURRENCES lists the μ_rec of each mode (μ_rec = 8
-  was dropped from the full mode to fit three seeds in the compute budget);
+- `parcae-mu4`, `parcae-mu8`: 1 prelude, 1 core and 1 coda layer, the core looped μ_rec = 4
+  or 8 times in training (truncated backprop through μ_rec / 2); RECURRENCES lists the μ_rec of
+  each mode;
 - `gpt-same-layers`: a GPT with the same 3 unique layers (parameter-matched);
-- `gpt-flops-mu4`: a GPT as deep as the unrolled Parcae (2 + μ_rec layers), the same forward
-  FLOPs per token at T = μ_rec (and more parameters).
+- `gpt-flops-mu4`, `gpt-flops-mu8`: a GPT as deep as the unrolled Parcae (2 + μ_rec layers),
+  the same forward FLOPs per token at T = μ_rec (and more parameters).
 
 Every model trains on the synthetic task TRAIN_TASK (`parcae.data.synth`) with the official
 optimizer recipe, one run per model and seed; a run's record holds the greedy-answer accuracy on
@@ -53,7 +53,7 @@ FULL = dict(
     d_model=64, ffn_dim=256, n_heads=4, steps=1500, batch_size=32, items=200, eval_batches=4
 )
 QUICK = dict(d_model=32, ffn_dim=32, n_heads=1, steps=2, batch_size=4, items=2, eval_batches=1)
-RECURRENCES = {"full": (4,), "quick": (2,)}
+RECURRENCES = {"full": (4, 8), "quick": (2,)}
 SEQ_LEN = max(parse_spec(TRAIN_TASK).max_tokens, parse_spec(EVAL_TASK).max_tokens)
 
 
