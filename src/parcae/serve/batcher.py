@@ -168,12 +168,10 @@ class Handle:
                 self._queue.put(event)
                 return
             loop, sink = self._sink
-        if outbox is None:
-            outbox = _Outbox()
-            outbox.add(loop, self, sink, event)
-            outbox.flush()
-        else:
-            outbox.add(loop, self, sink, event)
+        pending = _Outbox() if outbox is None else outbox
+        pending.add(loop, self, sink, event)
+        if outbox is None:  # no iteration to send it with: at once
+            pending.flush()
 
     # ------------------------------------------------------------ consumer side
 
@@ -264,26 +262,24 @@ class _Outbox:
     is listening)."""
 
     def __init__(self) -> None:
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
-        self._handles: dict[asyncio.AbstractEventLoop, list[Handle]] = {}
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Handle, asyncio.Queue, Event]]]
+        self._pending = {}
 
     def add(self, loop, handle: Handle, sink: asyncio.Queue, event: Event) -> None:
-        self._pending.setdefault(loop, []).append((sink, event))
-        self._handles.setdefault(loop, []).append(handle)
+        self._pending.setdefault(loop, []).append((handle, sink, event))
 
     def flush(self) -> None:
-        pending, handles = self._pending, self._handles
-        self._pending, self._handles = {}, {}
+        pending, self._pending = self._pending, {}
         for loop, items in pending.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # the consumer's event loop is closed
-                for handle in handles[loop]:
+                for handle, _, _ in items:
                     handle.cancel()
 
 
-def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:
-    for sink, event in items:
+def _deliver(items: list[tuple[Handle, asyncio.Queue, Event]]) -> None:
+    for _, sink, event in items:
         sink.put_nowait(event)
 
 
