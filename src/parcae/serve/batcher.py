@@ -62,10 +62,12 @@ import itertools
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -145,7 +147,7 @@ class Handle:
         self._batcher = batcher
         self._lock = threading.Lock()
         self._queue: queue.Queue[Event] = queue.Queue()
-        self._sink: tuple[asyncio.AbstractEventLoop, asyncio.Queue] | None = None
+        self._sink: tuple[Destination, object] | None = None  # where events go, and its key
         self._cancelled = threading.Event()
         self._finished = threading.Event()
         self._token_ids: list[int] = []
@@ -167,11 +169,24 @@ class Handle:
             if self._sink is None:
                 self._queue.put(event)
                 return
-            loop, sink = self._sink
+            destination, sink = self._sink
         pending = _Outbox() if outbox is None else outbox
-        pending.add(loop, self, sink, event)
+        pending.add(destination, (self, sink, event))
         if outbox is None:  # no iteration to send it with: at once
             pending.flush()
+
+    def _redirect(self, destination: Destination, key: object) -> list[Event]:
+        """Send later events to `destination` (each with `key`, see `Destination`); returns
+        those already queued, which the caller delivers before any later one."""
+        with self._lock:
+            early = []
+            while True:
+                try:
+                    early.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._sink = (destination, key)
+            return early
 
     # ------------------------------------------------------------ consumer side
 
@@ -179,7 +194,7 @@ class Handle:
         """Cancel the request (a no-op once it has finished)."""
         if not self._cancelled.is_set():
             self._cancelled.set()
-            self._batcher._wake.set()
+            self._batcher.cancel_requested(self)
 
     @property
     def cancelled(self) -> bool:
@@ -217,13 +232,8 @@ class Handle:
         early (a client that disconnects) or times out."""
         loop = asyncio.get_running_loop()
         sink: asyncio.Queue = asyncio.Queue()
-        with self._lock:
-            while True:
-                try:
-                    sink.put_nowait(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._sink = (loop, sink)
+        for event in self._redirect(LoopDestination.of(loop), sink):
+            sink.put_nowait(event)
         timer = None if timeout is None else loop.call_later(timeout, sink.put_nowait, _EXPIRED)
         finished = False
         try:
@@ -255,32 +265,61 @@ class Handle:
                     yield event
 
 
-class _Outbox:
-    """Events bound for asyncio consumers, held during a scheduling iteration and sent at its
-    end: one `call_soon_threadsafe` per event loop (a wake-up of the loop and a write to its
-    self-pipe) rather than one per token. A loop that has closed cancels its requests (nobody
-    is listening)."""
+class Destination(Protocol):
+    """Where a batch of events goes at the end of a scheduling iteration: `post(items)`, items
+    (handle, key, event) in the order they were produced (key: what the destination needs to
+    route each, see `Handle._sink`)."""
 
-    def __init__(self) -> None:
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Handle, asyncio.Queue, Event]]]
-        self._pending = {}
+    def post(self, items: list[tuple[Handle, object, Event]]) -> None: ...
 
-    def add(self, loop, handle: Handle, sink: asyncio.Queue, event: Event) -> None:
-        self._pending.setdefault(loop, []).append((handle, sink, event))
 
-    def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for loop, items in pending.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # the consumer's event loop is closed
-                for handle, _, _ in items:
-                    handle.cancel()
+class LoopDestination:
+    """Events for consumers on one asyncio event loop (`Handle.batches_async`), the key each
+    consumer's `asyncio.Queue`: one `call_soon_threadsafe` per batch (a wake-up of the loop and
+    a write to its self-pipe), not one per token. A loop that has closed cancels its requests
+    (nobody is listening). One per loop (`of`), so that an outbox groups by loop."""
+
+    _of_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    _lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopDestination:
+        with cls._lock:
+            destination = cls._of_loop.get(loop)
+            if destination is None:
+                destination = cls._of_loop[loop] = cls(loop)
+            return destination
+
+    def post(self, items: list[tuple[Handle, object, Event]]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # the consumer's event loop is closed
+            for handle, _, _ in items:
+                handle.cancel()
 
 
 def _deliver(items: list[tuple[Handle, asyncio.Queue, Event]]) -> None:
     for _, sink, event in items:
         sink.put_nowait(event)
+
+
+class _Outbox:
+    """Events bound for destinations (`Destination`), held during a scheduling iteration and
+    posted at its end, one batch per destination."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Destination, list[tuple[Handle, object, Event]]] = {}
+
+    def add(self, destination: Destination, item: tuple[Handle, object, Event]) -> None:
+        self._pending.setdefault(destination, []).append(item)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for destination, items in pending.items():
+            destination.post(items)
 
 
 @dataclass
@@ -302,6 +341,59 @@ class _Sequence:
         return self.request.sampling
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """What a serving engine admits, resolved and checked once (`resolve`): max_batch rows,
+    max_queue waiting requests, the deepest loop `max_num_steps` (0 for a GPT) and the cache
+    sharing; `check(model, request)` refuses a request with one `PromptError`."""
+
+    max_batch: int
+    max_queue: int
+    max_num_steps: int
+    sharing: CacheSharing
+
+    @classmethod
+    def resolve(
+        cls,
+        model,
+        max_batch: int,
+        max_queue: int,
+        max_num_steps: int | None,
+        cache_sharing,
+        threads: int | None = None,
+    ) -> EngineSettings:
+        """max_num_steps defaults to twice the model's default_depth with full sharing, the
+        default_depth with other sharing (where it is the one depth served). `threads` (the
+        engine's intra-op threads) is checked here too: None or a positive integer."""
+        counts = {"max_batch": max_batch, "max_queue": max_queue, "threads": threads or 1}
+        for name, value in counts.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_num_steps(max_num_steps, "max_num_steps")
+        config = model.config
+        sharing = CacheSharing.parse(cache_sharing)
+        if config.is_looped and max_num_steps is None:
+            max_num_steps = (2 if sharing.kind == "full" else 1) * config.default_depth
+        return cls(max_batch, max_queue, max_num_steps if config.is_looped else 0, sharing)
+
+    def check(self, model, request: GenerationRequest) -> None:
+        """The request's own checks (`GenerationRequest.check`), and its depth against this
+        engine's."""
+        request.check(model)
+        depth = request.depth(model)
+        if not model.config.is_looped:
+            return
+        if depth > self.max_num_steps:
+            raise PromptError(
+                f"num_steps is {depth}; this server runs at most {self.max_num_steps} loop steps"
+            )
+        if self.sharing.kind != "full" and depth != self.max_num_steps:
+            raise PromptError(
+                f"num_steps is {depth}; with cache sharing {self.sharing} this server runs "
+                f"{self.max_num_steps} loop steps only"
+            )
+
+
 class ContinuousBatcher:
     """One decode loop serving many requests over one `KVCache` (module docstring).
 
@@ -311,7 +403,8 @@ class ContinuousBatcher:
     sharing, the default_depth with other sharing, where it is the one depth served; ignored
     for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`; cache_length:
     columns of the shared timeline (at least the context length; default twice it), compacted
-    when full; compile: the fast decode step under `torch.compile`.
+    when full; compile: the fast decode step under `torch.compile`; threads: the process's
+    intra-op threads from `start()` (default: unchanged).
     """
 
     def __init__(
@@ -323,19 +416,16 @@ class ContinuousBatcher:
         cache_sharing: str | CacheSharing | None = "full",
         cache_length: int | None = None,
         compile: bool = False,
+        threads: int | None = None,
     ) -> None:
-        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        check_num_steps(max_num_steps, "max_num_steps")
+        settings = self.settings = EngineSettings.resolve(
+            model, max_batch, max_queue, max_num_steps, cache_sharing, threads
+        )
+        self.threads = threads
         self.model = model
         config = self.config = model.config
-        self.sharing = CacheSharing.parse(cache_sharing)
-        self.looped = config.is_looped
-        if self.looped and max_num_steps is None:
-            factor = 2 if self.sharing.kind == "full" else 1
-            max_num_steps = factor * config.default_depth
-        self.max_num_steps = max_num_steps if self.looped else 0
+        self.sharing, self.looped = settings.sharing, config.is_looped
+        self.max_num_steps = settings.max_num_steps
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device = next(model.parameters()).device
         # compacted rows hold < context_length columns: a timeline of twice the context is
@@ -378,17 +468,7 @@ class ContinuousBatcher:
     def submit(self, request: GenerationRequest) -> Handle:
         """Check and queue `request` (thread-safe): a `PromptError` for a bad request, a
         `QueueFull` when `max_queue` requests are waiting."""
-        request.check(self.model)
-        depth = request.depth(self.model)
-        if self.looped and depth > self.max_num_steps:
-            raise PromptError(
-                f"num_steps is {depth}; this server runs at most {self.max_num_steps} loop steps"
-            )
-        if self.looped and self.sharing.kind != "full" and depth != self.max_num_steps:
-            raise PromptError(
-                f"num_steps is {depth}; with cache sharing {self.sharing} this server runs "
-                f"{self.max_num_steps} loop steps only"
-            )
+        self.settings.check(self.model, request)
         with self._lock:
             if len(self._waiting) >= self.max_queue:
                 self._counters["requests_rejected_total"] += 1
@@ -400,6 +480,10 @@ class ContinuousBatcher:
             self._counters["requests_total"] += 1
         self._wake.set()
         return handle
+
+    def cancel_requested(self, handle: Handle) -> None:
+        """`handle.cancel()` was called: the next iteration ends it."""
+        self._wake.set()
 
     # ------------------------------------------------------------ the loop
 
@@ -449,6 +533,8 @@ class ContinuousBatcher:
         """Run the loop in a background thread (daemon) until `stop()`."""
         if self._thread is not None:
             return
+        if self.threads is not None:  # the intra-op pool is the process's
+            torch.set_num_threads(self.threads)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="parcae-batcher", daemon=True)
         self._thread.start()

@@ -59,6 +59,20 @@ def register(subparsers) -> None:
         help="run the decode step under torch.compile (a C++ compiler on CPU; compiling takes "
         "seconds per batch-size bucket, once per process)",
     )
+    serve.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        default="process",
+        help="where the decode loop runs: a process of its own (default; the HTTP loop then "
+        "keeps its interpreter to itself) or a thread of the server's",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of the decode loop (default: with --engine process, the cores "
+        "less one, which the HTTP loop keeps; with --engine thread, torch's default)",
+    )
     serve.add_argument("--name", default=None, help="model id to serve (default: the path's name)")
     serve.add_argument(
         "--api-key",
@@ -106,7 +120,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     require_serve_extra()
     device = resolve_device(args.device, "--device")
-    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
+    for flag, value in (
+        ("--max-batch", args.max_batch),
+        ("--max-queue", args.max_queue),
+        ("--threads", 1 if args.threads is None else args.threads),
+    ):
         if value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")
     restate(  # the request defaults, checked as a request's
@@ -127,6 +145,8 @@ def run_serve(args: argparse.Namespace) -> int:
             max_num_steps=args.max_num_steps,
             name=args.name,
             compile=args.compile,
+            engine=args.engine,
+            threads=args.threads,
             limits=limits,
         )
         host, port = sock.getsockname()[:2]

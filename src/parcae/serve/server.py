@@ -17,6 +17,8 @@ from pathlib import Path
 
 from parcae.errors import ConfigError, MissingDependencyError, ParcaeError
 
+ENGINES = ("process", "thread")
+
 
 def require_serve_extra() -> None:
     """MissingDependencyError naming `parcae[serve]` unless fastapi and uvicorn import."""
@@ -38,14 +40,21 @@ def load_state(
     name: str | None = None,
     limits=None,
     compile: bool = False,
+    engine: str = "thread",
+    threads: int | None = None,
 ):
     """A `ServingState` for the model at `path` (a model or run directory); `limits`: a
     `ServerLimits` (default: the defaults); compile: the batcher's decode step under
-    `torch.compile`."""
+    `torch.compile`; engine: `thread` (the `ContinuousBatcher` on a thread of this process)
+    or `process` (on a process of its own, `EngineProcess`: faster under load, as the HTTP
+    loop then has its interpreter to itself; a second or so more to start); threads: the
+    engine's intra-op threads (a process engine's default: this process's less one; a
+    thread engine sets this process's, default unchanged)."""
     from parcae.data.chat_template import ChatTemplate
     from parcae.infer.loading import load_for_inference, resolve_model_dir
     from parcae.serve.app import ServingState
     from parcae.serve.batcher import ContinuousBatcher
+    from parcae.serve.engine_process import EngineProcess
     from parcae.serve.guard import ServerLimits
 
     model, tokenizer = load_for_inference(path, device)
@@ -60,7 +69,12 @@ def load_state(
         max_num_steps = max_num_steps or max(2 * config.default_depth, depth)
         if depth > max_num_steps:
             raise ConfigError(f"--num-steps {depth} is above --max-num-steps {max_num_steps}")
-    batcher = ContinuousBatcher(model, max_batch, max_queue, max_num_steps, compile=compile)
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    engine_class = EngineProcess if engine == "process" else ContinuousBatcher
+    batcher = engine_class(
+        model, max_batch, max_queue, max_num_steps, compile=compile, threads=threads
+    )
     model_dir = resolve_model_dir(path)
     given = str(path)
     name = name or Path(path).resolve().name
