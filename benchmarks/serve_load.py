@@ -21,7 +21,8 @@ drifts by tens of percent within minutes); on a shared machine, also alternate w
 it is compared to.
 
     python benchmarks/serve_load.py [--model PATH] [--requests 64] [--max-tokens 32]
-        [--max-batch 32] [--lone 8] [--rounds 1] [--compile] [--timeout 600]
+        [--max-batch 32] [--lone 8] [--rounds 1] [--compile] [--engine process|thread]
+        [--threads N] [--timeout 600]
 """
 
 from __future__ import annotations
@@ -190,6 +191,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="times to run the three phases")
     parser.add_argument("--timeout", type=float, default=600, help="bound on each phase, s")
     parser.add_argument("--compile", action="store_true", help="parcae serve --compile")
+    parser.add_argument(
+        "--engine", choices=("process", "thread"), default=None, help="parcae serve --engine"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="parcae serve --threads")
     args = parser.parse_args()
     if not 1 <= args.requests <= 1000:
         raise SystemExit("--requests must be in [1, 1000]")
@@ -207,6 +212,8 @@ def main() -> None:
 
         model, _ = load_for_inference(str(model_dir))
         extra = ["--compile"] if args.compile else []
+        extra += ["--engine", args.engine] if args.engine else []
+        extra += ["--threads", str(args.threads)] if args.threads else []
         process, url = start_server(model_dir, args.max_batch, args.requests, extra)
         try:
             import httpx

@@ -1,6 +1,6 @@
 """Fixtures of the server tests: a saved tiny Parcae with its tokenizer, a reference copy of the
-model for `parcae.generate`, and the real server (uvicorn in a background thread) on 127.0.0.1
-at a free port, shared by the whole session."""
+model for `parcae.generate`, and the real server (uvicorn in a background thread, its engine in
+a child process) on 127.0.0.1 at a free port, shared by the whole session."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def start_server(model_dir, **options):
 
 @pytest.fixture(scope="session")
 def server(serve_model_dir):
-    """The server: a batch of 4 rows, a queue of 64."""
-    running = start_server(serve_model_dir, max_batch=4, max_queue=64)
+    """The server as `parcae serve` runs it (the engine in a process of its own): a batch of
+    4 rows, a queue of 64."""
+    running = start_server(serve_model_dir, max_batch=4, max_queue=64, engine="process")
     yield running
     running.stop()

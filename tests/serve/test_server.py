@@ -337,10 +337,12 @@ def test_disconnect_while_waiting_for_a_completion_cancels_it(server):
     assert after["parcae_tokens_generated_total"] - before["parcae_tokens_generated_total"] < 100
 
 
-def test_full_queue_answers_429_with_retry_after(serve_model_dir):
+@pytest.mark.parametrize("engine", ["process", "thread"])
+def test_full_queue_answers_429_with_retry_after(serve_model_dir, engine):
     """One row and a queue of one: a running stream holds the row, a second request waits, a
-    third is refused with 429 and Retry-After; the server serves again once they end."""
-    small = start_server(serve_model_dir, max_batch=1, max_queue=1)
+    third is refused with 429 and Retry-After; the server serves again once they end. Both
+    engines (the thread one counts its queue, the process one the requests in flight)."""
+    small = start_server(serve_model_dir, max_batch=1, max_queue=1, engine=engine)
     url = f"{small.url}/v1/chat/completions"
     try:
         with httpx.stream("POST", url, json=_stream_body()) as first:

@@ -154,12 +154,14 @@ def test_serve_missing_model_and_port_in_use(capsys, tmp_path, serve_model_dir):
 
 def test_serve_process(serve_model_dir):
     """`parcae serve` as a real process: it announces its address, answers, and stops on
-    Ctrl-C (SIGINT) with exit code 0."""
+    Ctrl-C with exit code 0 and no traceback. Ctrl-C in a terminal signals the whole process
+    group (the server and its engine process), as here."""
     process = subprocess.Popen(
         [sys.executable, "-m", "parcae", "serve", "--model", str(serve_model_dir), "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -179,8 +181,10 @@ def test_serve_process(serve_model_dir):
         body = {"model": "parcae-served", "prompt": "To be", "max_tokens": 3, "temperature": 0}
         response = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
         assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 3
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+        assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP server (FastAPI) in front of a `ContinuousBatcher`.
+"""The OpenAI-compatible HTTP server (FastAPI) in front of a serving engine (`EngineProcess`, or
+a `ContinuousBatcher` on a thread).
 
 Endpoints:
 
@@ -52,6 +53,7 @@ from parcae.data.chat_template import ChatTemplate
 from parcae.errors import PromptError
 from parcae.serve.batcher import ContinuousBatcher, FinishEvent, QueueFull, TokenEvent
 from parcae.serve.detokenize import TextAssembler
+from parcae.serve.engine_process import EngineProcess, EngineStopped
 from parcae.serve.guard import RequireApiKey, ServerLimits
 from parcae.serve.metrics import CountResponses, metrics_text
 from parcae.serve.protocol import (
@@ -77,7 +79,7 @@ class ServingState:
 
     model: object
     tokenizer: object
-    batcher: ContinuousBatcher
+    batcher: ContinuousBatcher | EngineProcess
     name: str
     template: ChatTemplate = field(default_factory=ChatTemplate)
     aliases: tuple[str, ...] = ()
@@ -199,6 +201,8 @@ class Generation:
             ) from None
         except PromptError as error:
             raise from_prompt_error(error) from None
+        except EngineStopped as error:
+            raise APIError(503, str(error), None, "engine_stopped") from None
         self.deadline = time.monotonic() + state.limits.request_timeout
 
     async def deltas(self):

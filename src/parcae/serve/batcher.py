@@ -138,7 +138,7 @@ class Handle:
     (`for event in handle`, `handle.get()`, `handle.result()`) or from asyncio
     (`async for batch in handle.batches_async()`, or one event at a time with
     `events_async()`: the events of each scheduling iteration reach the event loop in one
-    `call_soon_threadsafe` per loop (`_Outbox`), no thread waits per request). `cancel()` ends
+    `call_soon_threadsafe` per loop (`Outbox`), no thread waits per request). `cancel()` ends
     the request at the next step boundary (a `FinishEvent` with finish_reason `cancelled`)."""
 
     def __init__(self, request_id: int, request: GenerationRequest, batcher: ContinuousBatcher):
@@ -156,7 +156,7 @@ class Handle:
 
     # ------------------------------------------------------------ producer side (engine)
 
-    def _put(self, event: Event, outbox: _Outbox | None = None) -> None:
+    def _put(self, event: Event, outbox: Outbox | None = None) -> None:
         """Record `event` and pass it on: to the thread-side queue, or to the asyncio consumer
         through `outbox` (sent when the batcher flushes it) or at once without one."""
         with self._lock:
@@ -170,7 +170,7 @@ class Handle:
                 self._queue.put(event)
                 return
             destination, sink = self._sink
-        pending = _Outbox() if outbox is None else outbox
+        pending = Outbox() if outbox is None else outbox
         pending.add(destination, (self, sink, event))
         if outbox is None:  # no iteration to send it with: at once
             pending.flush()
@@ -306,7 +306,7 @@ def _deliver(items: list[tuple[Handle, asyncio.Queue, Event]]) -> None:
         sink.put_nowait(event)
 
 
-class _Outbox:
+class Outbox:
     """Events bound for destinations (`Destination`), held during a scheduling iteration and
     posted at its end, one batch per destination."""
 
@@ -365,7 +365,9 @@ class EngineSettings:
         """max_num_steps defaults to twice the model's default_depth with full sharing, the
         default_depth with other sharing (where it is the one depth served). `threads` (the
         engine's intra-op threads) is checked here too: None or a positive integer."""
-        counts = {"max_batch": max_batch, "max_queue": max_queue, "threads": threads or 1}
+        counts = {"max_batch": max_batch, "max_queue": max_queue}
+        if threads is not None:
+            counts["threads"] = threads
         for name, value in counts.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -446,7 +448,7 @@ class ContinuousBatcher:
         self.decoder = ModelDecoder(model, compile)
         self.compile = compile
         self._active: list[_Sequence] = []  # row i holds _active[i]: packed at the front
-        self._outbox = _Outbox()  # the events of the iteration in progress (batcher thread)
+        self._outbox = Outbox()  # the events of the iteration in progress (batcher thread)
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False

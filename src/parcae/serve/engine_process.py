@@ -21,15 +21,17 @@ the batcher does: `submit(request) -> Handle` (the same checks, `EngineSettings`
 - The queue bound is kept here: a request is refused (`QueueFull`) when `max_batch + max_queue`
   requests are in flight (submitted, not finished), which is when the batcher would hold
   `max_queue` waiting with every row busy.
-- `stats()`: the child's counters as of its latest report (sent with every message that ends a
-  request, and at least every `STATS_INTERVAL_S` while it works), with this side's rejections.
+- `stats()` asks the child for its batcher's (a round trip), and adds this side's rejections.
 - If the child dies, every request in flight ends with finish_reason `error` and `submit`
   raises `EngineStopped`.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import queue
+import signal
 import threading
 import time
 from typing import Any
@@ -43,13 +45,13 @@ from parcae.serve.batcher import (
     Event,
     FinishEvent,
     Handle,
+    Outbox,
     QueueFull,
     Usage,
-    _Outbox,
 )
 from parcae.serve.requests import GenerationRequest
 
-STATS_INTERVAL_S = 0.2
+STATS_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 600.0  # importing torch and building the cache; compiling happens later
 
 
@@ -88,11 +90,13 @@ class EngineProcess:
             cache_sharing=str(self.settings.sharing),
             compile=compile,
         )
-        self._lock = threading.Lock()  # the requests in flight, the stats, the pipe's send end
+        self._lock = threading.Lock()  # the requests in flight and the pipe's send end
         self._handles: dict[int, Handle] = {}
         self._ids = itertools.count()
         self._rejected = 0
-        self._stats: dict[str, float] = {}
+        self._stats: dict[str, float] = {}  # the engine's last answer to `stats`
+        self._stats_lock = threading.Lock()  # one question at a time
+        self._stats_replies: queue.Queue[dict[str, float]] = queue.Queue()
         self._process = None
         self._requests = None  # the pipe to the child
         self._reader: threading.Thread | None = None
@@ -104,12 +108,14 @@ class EngineProcess:
         """Spawn the engine and wait until it serves (`EngineStopped` if it fails to)."""
         if self._process is not None:
             return
+        shipped = copy.copy(self.model)  # the same modules and tensors, without
+        shipped.__dict__.pop("_decode_steps", None)  # this process's decode steps and caches
         context = torch.multiprocessing.get_context("spawn")
         requests_in, requests_out = context.Pipe(duplex=False)
         events_in, events_out = context.Pipe(duplex=False)
         process = context.Process(
             target=_engine_main,
-            args=(self.model, self._options, self.threads, requests_in, events_out),
+            args=(shipped, self._options, self.threads, requests_in, events_out),
             name="parcae-engine",
             daemon=True,
         )
@@ -121,7 +127,9 @@ class EngineProcess:
             if not process.is_alive() or time.monotonic() > deadline:
                 process.kill()
                 process.join()
-                raise EngineStopped(f"the engine process did not start (exit code {process.exitcode})")
+                raise EngineStopped(
+                    f"the engine process did not start (exit code {process.exitcode})"
+                )
         try:
             kind, detail = events_in.recv()
         except EOFError:
@@ -188,12 +196,22 @@ class EngineProcess:
             pass  # the engine is gone: the request ends with it
 
     def stats(self) -> dict[str, float]:
-        """`ContinuousBatcher.stats()` of the engine as of its latest report, with the
-        requests this side refused counted in requests_total and requests_rejected_total."""
-        with self._lock:
+        """`ContinuousBatcher.stats()`, asked of the engine (a round trip of a millisecond or
+        so; its last answer once it has stopped), with the requests this side refused in
+        requests_rejected_total."""
+        with self._stats_lock:
+            while not self._stats_replies.empty():  # a late answer to an earlier question
+                self._stats_replies.get_nowait()
+            try:
+                self._send(("stats",))
+                self._stats = self._stats_replies.get(timeout=STATS_TIMEOUT_S)
+            except (EngineStopped, queue.Empty):
+                pass  # not running (or not answering): the last answer
             stats = dict(self._stats)
-            rejected = self._rejected
-        stats["requests_rejected_total"] = stats.get("requests_rejected_total", 0) + rejected
+        with self._lock:
+            stats["requests_rejected_total"] = (
+                stats.get("requests_rejected_total", 0) + self._rejected
+            )
         stats["max_queue"] = self.max_queue
         return stats
 
@@ -210,17 +228,19 @@ class EngineProcess:
 
     def _read(self, events) -> None:
         """The reader thread: each message's events to their handles, until the child ends."""
-        outbox = _Outbox()
+        outbox = Outbox()
         while True:
             try:
-                items, stats = events.recv()
+                kind, payload = events.recv()
             except (EOFError, OSError):
                 break
+            if kind == "stats":
+                self._stats_replies.put(payload)
+                continue
+            items = payload
             with self._lock:
-                if stats is not None:
-                    self._stats = stats
                 handles = [self._handles.get(request_id) for request_id, _ in items]
-                for (request_id, event) in items:
+                for request_id, event in items:
                     if isinstance(event, FinishEvent):
                         self._handles.pop(request_id, None)
             for handle, (_, event) in zip(handles, items):
@@ -238,26 +258,26 @@ class EngineProcess:
         """End every request in flight here (the engine can no longer)."""
         with self._lock:
             handles, self._handles = list(self._handles.values()), {}
-        outbox = _Outbox()
+        outbox = Outbox()
         for handle in handles:
             steps = handle._loop_steps
             usage = Usage(
-                len(handle.request.prompt_ids), len(steps), sum(steps) / len(steps) if steps else 0.0
+                len(handle.request.prompt_ids),
+                len(steps),
+                sum(steps) / len(steps) if steps else 0.0,
             )
             handle._put(FinishEvent(reason, usage, None, error), outbox)
         outbox.flush()
 
 
 class _PipeDestination:
-    """The child's events, each (request id, event), to the parent: one message per batch,
-    with the batcher's stats when the batch ends a request or `STATS_INTERVAL_S` has passed.
-    `attach` routes a new request's events here."""
+    """The child's messages to the parent: ("events", [(request id, event), ...]) for each
+    batch, ("stats", dict) for each question. `attach` routes a new request's events here."""
 
-    def __init__(self, connection, batcher: ContinuousBatcher) -> None:
-        self.connection, self.batcher = connection, batcher
+    def __init__(self, connection) -> None:
+        self.connection = connection
         self.handles: dict[int, Handle] = {}  # the parent's request id -> the child's handle
         self.lock = threading.Lock()  # the batcher's thread and the main thread both send
-        self.last_stats = 0.0
 
     def attach(self, handle: Handle, request_id: int) -> None:
         """Route `handle`'s events here: those already produced first (no later one can be
@@ -266,36 +286,40 @@ class _PipeDestination:
             self.handles[request_id] = handle
             early = handle._redirect(self, request_id)
             if early:
-                self._send([(handle, request_id, event) for event in early])
+                self._send_events([(handle, request_id, event) for event in early])
 
     def post(self, items: list[tuple[Handle, Any, Event]]) -> None:
         with self.lock:
-            self._send(items)
+            self._send_events(items)
 
-    def _send(self, items: list[tuple[Handle, Any, Event]]) -> None:
-        ended = False
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.connection.send(message)
+
+    def _send_events(self, items: list[tuple[Handle, Any, Event]]) -> None:
         for _, request_id, event in items:
             if isinstance(event, FinishEvent):
                 self.handles.pop(request_id, None)
-                ended = True
-        now, stats = time.monotonic(), None
-        if ended or now - self.last_stats >= STATS_INTERVAL_S:
-            stats, self.last_stats = self.batcher.stats(), now
         try:
-            self.connection.send(([(request_id, event) for _, request_id, event in items], stats))
+            self.connection.send(
+                ("events", [(request_id, event) for _, request_id, event in items])
+            )
         except (OSError, ValueError):  # the parent is gone: nobody is listening
             for handle, _, _ in items:
                 handle.cancel()
 
 
 def _engine_main(model, options: dict, threads: int, requests, events) -> None:
-    """The child: a `ContinuousBatcher` on its own thread, fed from `requests` by this one."""
+    """The child: a `ContinuousBatcher` on its own thread, fed from `requests` by this one.
+    Ctrl-C in a terminal signals it too: it ignores SIGINT and ends when the parent says stop
+    (or goes: the pipe closes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         batcher = ContinuousBatcher(model, **options, threads=threads)
     except Exception as error:  # noqa: BLE001 - reported to the parent in one line
         events.send(("failed", f"{type(error).__name__}: {error}"))
         return
-    destination = _PipeDestination(events, batcher)
+    destination = _PipeDestination(events)
     batcher.start()
     events.send(("ready", batcher.stats()))
     while True:
@@ -312,12 +336,16 @@ def _engine_main(model, options: dict, threads: int, requests, events) -> None:
                 handle = batcher.submit(request)
             except ParcaeError as error:  # the parent checked it: not expected
                 usage = Usage(len(request.prompt_ids), 0, 0.0)
-                refused = Handle(-1, request, batcher)
-                destination.post([(refused, request_id, FinishEvent("error", usage, None, str(error)))])
+                destination.send(
+                    ("events", [(request_id, FinishEvent("error", usage, None, str(error)))])
+                )
                 continue
             destination.attach(handle, request_id)
         elif kind == "cancel":
-            handle = destination.handles.get(message[1])
+            with destination.lock:
+                handle = destination.handles.get(message[1])
             if handle is not None:
                 handle.cancel()
+        elif kind == "stats":
+            destination.send(("stats", batcher.stats()))
     batcher.stop()
