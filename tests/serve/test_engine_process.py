@@ -5,6 +5,7 @@ bound, stop, and a child that dies end requests as they should."""
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 
@@ -135,3 +136,15 @@ def test_a_child_that_dies_ends_its_requests_with_an_error(model):
 def test_bad_settings_are_refused_before_a_process_starts(model, options, message):
     with pytest.raises(ConfigError, match=message):
         EngineProcess(model, **options)
+
+
+def test_a_model_that_cannot_be_sent_is_one_error(model):
+    """A model that does not pickle (here: a lambda on it) cannot reach a child: one
+    `EngineStopped` that names the way out, and no process is left behind."""
+    unpicklable = copy.copy(model)
+    unpicklable.hook = lambda: None
+    engine = EngineProcess(unpicklable, max_batch=1, threads=1)
+    with pytest.raises(EngineStopped, match="--engine thread"):
+        engine.start()
+    with pytest.raises(EngineStopped, match="not running"):
+        engine.submit(req([5], temperature=0))

@@ -127,6 +127,7 @@ def test_serve_without_the_extra_is_one_line(monkeypatch, capsys, serve_model_di
     [
         (["--port", "70000"], "--port must be in [0, 65535]"),
         (["--max-batch", "0"], "--max-batch must be a positive integer"),
+        (["--threads", "0"], "--threads must be a positive integer"),
         (["--num-steps", "0"], "--num-steps must be an integer in [1, 1024], got 0"),
         (["--num-steps", "5000"], "--num-steps must be an integer in [1, 1024], got 5000"),
         (["--num-steps", "40", "--max-num-steps", "8"], "--num-steps 40 is above --max-num-steps"),

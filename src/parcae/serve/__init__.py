@@ -5,7 +5,9 @@ The engine (importable without the `serve` extra):
 - `requests`: `GenerationRequest`, one completion's settings, and its checks (`PromptError`);
 - `batcher`: `ContinuousBatcher`, continuous batching over the one `KVCache`: requests join
   between decode steps after their prefill and leave as soon as they finish, each `Handle`
-  streams its tokens then a `FinishEvent` (see the module's docstring for what a step shares).
+  streams its tokens then a `FinishEvent` (see the module's docstring for what a step shares);
+- `engine_process`: `EngineProcess`, the same batcher in a child process (what `parcae serve`
+  runs: the decode loop and the HTTP event loop then share no interpreter lock).
 
 The server (FastAPI + uvicorn, `pip install 'parcae[serve]'`):
 
@@ -29,12 +31,15 @@ from parcae.serve.batcher import (
     TokenEvent,
     Usage,
 )
+from parcae.serve.engine_process import EngineProcess, EngineStopped
 from parcae.serve.requests import GenerationRequest
 
 __all__ = [
     "FINISH_REASONS",
     "Completion",
     "ContinuousBatcher",
+    "EngineProcess",
+    "EngineStopped",
     "FinishEvent",
     "GenerationRequest",
     "Handle",

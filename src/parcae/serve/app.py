@@ -51,9 +51,9 @@ from starlette.requests import ClientDisconnect
 
 from parcae.data.chat_template import ChatTemplate
 from parcae.errors import PromptError
-from parcae.serve.batcher import ContinuousBatcher, FinishEvent, QueueFull, TokenEvent
+from parcae.serve.batcher import Engine, FinishEvent, QueueFull, TokenEvent
 from parcae.serve.detokenize import TextAssembler
-from parcae.serve.engine_process import EngineProcess, EngineStopped
+from parcae.serve.engine_process import EngineStopped
 from parcae.serve.guard import RequireApiKey, ServerLimits
 from parcae.serve.metrics import CountResponses, metrics_text
 from parcae.serve.protocol import (
@@ -79,7 +79,7 @@ class ServingState:
 
     model: object
     tokenizer: object
-    batcher: ContinuousBatcher | EngineProcess
+    batcher: Engine
     name: str
     template: ChatTemplate = field(default_factory=ChatTemplate)
     aliases: tuple[str, ...] = ()

@@ -141,7 +141,7 @@ class Handle:
     `call_soon_threadsafe` per loop (`Outbox`), no thread waits per request). `cancel()` ends
     the request at the next step boundary (a `FinishEvent` with finish_reason `cancelled`)."""
 
-    def __init__(self, request_id: int, request: GenerationRequest, batcher: ContinuousBatcher):
+    def __init__(self, request_id: int, request: GenerationRequest, batcher: Engine):
         self.id = request_id
         self.request = request
         self._batcher = batcher
@@ -396,7 +396,28 @@ class EngineSettings:
             )
 
 
-class ContinuousBatcher:
+class Engine:
+    """What a server drives: `submit(request) -> Handle`, `cancel_requested(handle)` (from
+    `Handle.cancel`), `stats()`, `start()`, `stop()`, and `max_batch`, `max_queue`,
+    `max_num_steps`. A context manager that starts and stops it. Two implement it: the
+    `ContinuousBatcher` (on a thread of this process) and `parcae.serve.engine_process`'s
+    `EngineProcess` (the batcher in a child process)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ContinuousBatcher(Engine):
     """One decode loop serving many requests over one `KVCache` (module docstring).
 
     max_batch: rows of the cache (requests decoded together); max_queue: waiting requests
@@ -549,13 +570,6 @@ class ContinuousBatcher:
             self._thread.join()
             self._thread = None
         self._end_all("cancelled")
-
-    def __enter__(self) -> ContinuousBatcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def _run(self) -> None:
         while not self._stopping:

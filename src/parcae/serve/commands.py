@@ -134,6 +134,7 @@ def run_serve(args: argparse.Namespace) -> int:
     check_num_steps(args.max_num_steps, "--max-num-steps", PromptError)
     limits = ServerLimits.from_args(args)
     sock = bind(args.host, args.port)
+    state = None
     try:
         state = load_state(
             args.model,
@@ -149,6 +150,7 @@ def run_serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             limits=limits,
         )
+        state.batcher.start()  # here, so that an engine that cannot start is one line
         host, port = sock.getsockname()[:2]
         print(
             f"parcae: serving {state.name} on http://{args.host}:{port} "
@@ -161,5 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the signal
             print("parcae: server stopped", file=sys.stderr)
     finally:
+        if state is not None:
+            state.batcher.stop()  # (the app's shutdown stopped it already, if it ran)
         sock.close()
     return 0

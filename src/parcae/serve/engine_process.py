@@ -41,6 +41,7 @@ import torch
 from parcae.errors import ParcaeError
 from parcae.serve.batcher import (
     ContinuousBatcher,
+    Engine,
     EngineSettings,
     Event,
     FinishEvent,
@@ -59,7 +60,7 @@ class EngineStopped(ParcaeError):
     """The engine process is not running (not started, stopped, or it died)."""
 
 
-class EngineProcess:
+class EngineProcess(Engine):
     """A `ContinuousBatcher` in a child process (module docstring); the arguments are the
     batcher's, and threads: the engine's intra-op threads (default: this process's less one,
     at least one, so that the HTTP loop keeps a core; on a small model more threads under load
@@ -119,7 +120,13 @@ class EngineProcess:
             name="parcae-engine",
             daemon=True,
         )
-        process.start()
+        try:
+            process.start()  # pickles the model: its tensors move to shared memory
+        except Exception as error:
+            raise EngineStopped(
+                f"the model cannot be sent to an engine process ({type(error).__name__}: "
+                f"{error}); serve it with the engine on a thread (--engine thread)"
+            ) from None
         requests_in.close()
         events_out.close()
         deadline = time.monotonic() + timeout
@@ -133,7 +140,8 @@ class EngineProcess:
         try:
             kind, detail = events_in.recv()
         except EOFError:
-            kind, detail = "failed", f"exit code {process.join() or process.exitcode}"
+            process.join()
+            kind, detail = "failed", f"exit code {process.exitcode}"
         if kind != "ready":
             process.join(5)
             raise EngineStopped(f"the engine process did not start: {detail}")
@@ -161,13 +169,6 @@ class EngineProcess:
         self._process = self._requests = self._reader = None
         self._end_all("cancelled")
 
-    def __enter__(self) -> EngineProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # ------------------------------------------------------------ requests
 
     def submit(self, request: GenerationRequest) -> Handle:
@@ -176,16 +177,14 @@ class EngineProcess:
         running."""
         self.settings.check(self.model, request)
         with self._lock:
-            if self._process is None:
-                raise EngineStopped("the engine is not running")
             if len(self._handles) >= self.max_batch + self.max_queue:
                 self._rejected += 1
                 raise QueueFull(
                     f"the queue is full ({self.max_queue} requests waiting); retry later"
                 )
             handle = Handle(next(self._ids), request, self)
+            self._send_locked(("submit", handle.id, request))
             self._handles[handle.id] = handle
-        self._send(("submit", handle.id, request))
         return handle
 
     def cancel_requested(self, handle: Handle) -> None:
@@ -219,12 +218,15 @@ class EngineProcess:
 
     def _send(self, message: tuple) -> None:
         with self._lock:
-            if self._requests is None:
-                raise EngineStopped("the engine is not running")
-            try:
-                self._requests.send(message)
-            except (OSError, ValueError) as error:
-                raise EngineStopped(f"the engine process is gone: {error}") from None
+            self._send_locked(message)
+
+    def _send_locked(self, message: tuple) -> None:
+        if self._requests is None:
+            raise EngineStopped("the engine is not running")
+        try:
+            self._requests.send(message)
+        except (OSError, ValueError) as error:
+            raise EngineStopped(f"the engine process is gone: {error}") from None
 
     def _read(self, events) -> None:
         """The reader thread: each message's events to their handles, until the child ends."""
@@ -248,11 +250,12 @@ class EngineProcess:
                     handle._put(event, outbox)
             outbox.flush()
         events.close()
-        if not self._stopping:
+        if not self._stopping:  # the child died: nothing will end these requests but us
             with self._lock:
                 self._requests = None
-            code = self._process.exitcode if self._process is not None else None
-            self._end_all("error", f"the engine process exited (exit code {code})")
+            process = self._process
+            process.join(5)
+            self._end_all("error", f"the engine process exited (exit code {process.exitcode})")
 
     def _end_all(self, reason: str, error: str | None = None) -> None:
         """End every request in flight here (the engine can no longer)."""
