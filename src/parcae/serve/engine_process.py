@@ -120,6 +120,9 @@ class EngineProcess(Engine):
             name="parcae-engine",
             daemon=True,
         )
+        # the child starts with SIGINT blocked (a signal mask survives fork and exec) until it
+        # ignores it: a Ctrl-C to the process group while it imports torch is the parent's
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()  # pickles the model: its tensors move to shared memory
         except Exception as error:
@@ -127,6 +130,8 @@ class EngineProcess(Engine):
                 f"the model cannot be sent to an engine process ({type(error).__name__}: "
                 f"{error}); serve it with the engine on a thread (--engine thread)"
             ) from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         requests_in.close()
         events_out.close()
         deadline = time.monotonic() + timeout
@@ -317,6 +322,7 @@ def _engine_main(model, options: dict, threads: int, requests, events) -> None:
     Ctrl-C in a terminal signals it too: it ignores SIGINT and ends when the parent says stop
     (or goes: the pipe closes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     try:
         batcher = ContinuousBatcher(model, **options, threads=threads)
     except Exception as error:  # noqa: BLE001 - reported to the parent in one line
