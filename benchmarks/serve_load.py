@@ -84,15 +84,18 @@ def start_server(
         *extra,
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    wait = 3600 if "--compile" in extra else 120  # a compiled server compiles before it serves
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
             raise SystemExit(f"parcae serve exited: {process.wait()}")
+        if line.startswith("parcae: compiled"):
+            print(line, end="", file=sys.stderr, flush=True)
         match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
         if match:
             return process, match.group(1)
-    raise SystemExit("parcae serve did not start in 120 s")
+    raise SystemExit(f"parcae serve did not start in {wait} s")
 
 
 async def one(client, model: str, prompt: list[int], max_tokens: int, timeout: float):

@@ -467,6 +467,34 @@ def test_padded_windows_change_nothing(model, monkeypatch):
         assert served(handle) == alone(model, request)
 
 
+def test_a_compiled_batcher_compiles_every_window_before_serving(model, monkeypatch, capsys):
+    """With compile, `warm_up` (run by `start`) steps each window a step can run (1, 2, 4 and
+    max_batch 5 rows) at the default depth before any request, says so on stderr, leaves the
+    cache empty and runs once; the requests then get what `parcae.generate` gives (eager
+    here: which shapes get compiled is the point, not compiling them)."""
+    batcher = ContinuousBatcher(model, max_batch=5, max_num_steps=8, compile=True)
+    monkeypatch.setattr(batcher.decoder, "compile", False)
+    stepped, step = [], batcher.decoder.step
+
+    def recording_step(cache, tokens, *rest):
+        stepped.append((tokens.shape[0], cache.num_steps))
+        return step(cache, tokens, *rest)
+
+    monkeypatch.setattr(batcher.decoder, "step", recording_step)
+    batcher.warm_up()
+    assert stepped == [(1, 4), (2, 4), (4, 4), (5, 4)]  # mean_recurrence 4
+    assert batcher.cache.length == 0 and not bool(batcher.cache.valid.any())
+    err = capsys.readouterr().err
+    assert err.count("parcae: compiled the decode step for") == 4 and "5 rows" in err
+    batcher.warm_up()
+    assert len(stepped) == 4
+    requests = [req([5, 6, 7], max_tokens=6, temperature=0), req([9], max_tokens=4, temperature=0)]
+    handles = [batcher.submit(request) for request in requests]
+    batcher.run_until_idle()
+    for request, handle in zip(requests, handles):
+        assert served(handle) == alone(model, request)
+
+
 def test_top_k_min_p_and_kl_rows_equal_generate(model):
     """The server's rows take every option of `SamplingParams`: top_k and min_p sampling and
     the KL exit, each equal to `parcae.generate` with the same params, in one batch."""

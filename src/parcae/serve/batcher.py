@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -426,8 +427,9 @@ class ContinuousBatcher(Engine):
     sharing, the default_depth with other sharing, where it is the one depth served; ignored
     for a GPT); cache_sharing: `full` (exact), `shared`, `ring:M` or `last:M`; cache_length:
     columns of the shared timeline (at least the context length; default twice it), compacted
-    when full; compile: the fast decode step under `torch.compile`; threads: the process's
-    intra-op threads from `start()` (default: unchanged).
+    when full; compile: the fast decode step under `torch.compile`, compiled by `start()` for
+    every window at `compile_depth` (default: the model's default depth; see `warm_up`);
+    threads: the process's intra-op threads from `start()` (default: unchanged).
     """
 
     def __init__(
@@ -440,11 +442,14 @@ class ContinuousBatcher(Engine):
         cache_length: int | None = None,
         compile: bool = False,
         threads: int | None = None,
+        compile_depth: int | None = None,
     ) -> None:
         settings = self.settings = EngineSettings.resolve(
             model, max_batch, max_queue, max_num_steps, cache_sharing, threads
         )
+        check_num_steps(compile_depth, "compile_depth")
         self.threads = threads
+        self.compile_depth = compile_depth
         self.model = model
         config = self.config = model.config
         self.sharing, self.looped = settings.sharing, config.is_looped
@@ -473,6 +478,7 @@ class ContinuousBatcher(Engine):
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._warm = False  # the compiled windows are compiled (`warm_up`)
         self._rate: deque[float] = deque()  # when each recent token was generated
         self._counters = dict(
             requests_total=0,
@@ -558,9 +564,37 @@ class ContinuousBatcher(Engine):
             return
         if self.threads is not None:  # the intra-op pool is the process's
             torch.set_num_threads(self.threads)
+        self.warm_up()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="parcae-batcher", daemon=True)
         self._thread.start()
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """With `compile`, compile the fast decode step for every window a step runs (1, 2, 4,
+        ..., max_batch rows, `_window`) at `compile_depth`, before any request: each compiles
+        once per process (tens of seconds on a CPU; torch's compile cache makes a restart
+        quicker), which would otherwise stall the requests that first need it. Each window is
+        reported on stderr as it compiles. Another depth still compiles when first asked for.
+        A no-op without compile, once done, or with rows in use. Called by `start()`."""
+        if not self.compile or self._warm or self._active:
+            return
+        depth = self.compile_depth or self.config.default_depth
+        full = self.sharing.kind == "full" and self.looped
+        windows = sorted({self._window_of(rows) for rows in range(1, self.max_batch + 1)})
+        for window in windows:
+            began = time.monotonic()
+            view = leading_rows(self.cache, window, depth if full else None)
+            self.decoder.step(view, torch.zeros(window, dtype=torch.long, device=self.device))
+            rows = "row" if window == 1 else "rows"
+            print(
+                f"parcae: compiled the decode step for {window} {rows} "
+                f"({time.monotonic() - began:.0f} s; {windows.index(window) + 1}/{len(windows)})",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.cache.reset()
+        self._warm = True
 
     def stop(self) -> None:
         """Stop the background loop; every waiting or active request ends `cancelled`."""
@@ -625,7 +659,9 @@ class ContinuousBatcher(Engine):
 
     def _window(self) -> int:
         """Rows a decode step runs: the active ones (compiled: rounded up to a power of two)."""
-        active = len(self._active)
+        return self._window_of(len(self._active))
+
+    def _window_of(self, active: int) -> int:
         if not self.compile:
             return active
         return min(1 << (active - 1).bit_length(), self.max_batch)

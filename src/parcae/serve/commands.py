@@ -56,8 +56,9 @@ def register(subparsers) -> None:
     serve.add_argument(
         "--compile",
         action="store_true",
-        help="run the decode step under torch.compile (a C++ compiler on CPU; compiling takes "
-        "seconds per batch-size bucket, once per process)",
+        help="run the decode step under torch.compile (a C++ compiler on CPU): before serving, "
+        "it compiles for 1, 2, 4, ... --max-batch rows at the default depth, each shown as it "
+        "ends (tens of seconds each on a CPU; a restart reuses torch's compile cache)",
     )
     serve.add_argument(
         "--engine",

@@ -53,7 +53,7 @@ from parcae.serve.batcher import (
 from parcae.serve.requests import GenerationRequest
 
 STATS_TIMEOUT_S = 10.0
-READY_TIMEOUT_S = 600.0  # importing torch and building the cache; compiling happens later
+READY_TIMEOUT_S = 3600.0  # importing torch, building the cache; with compile, every window
 
 
 class EngineStopped(ParcaeError):
@@ -75,6 +75,7 @@ class EngineProcess(Engine):
         cache_sharing: str | None = "full",
         compile: bool = False,
         threads: int | None = None,
+        compile_depth: int | None = None,
     ) -> None:
         self.settings = EngineSettings.resolve(
             model, max_batch, max_queue, max_num_steps, cache_sharing, threads
@@ -90,6 +91,7 @@ class EngineProcess(Engine):
             max_num_steps=self.max_num_steps or None,
             cache_sharing=str(self.settings.sharing),
             compile=compile,
+            compile_depth=compile_depth,
         )
         self._lock = threading.Lock()  # the requests in flight and the pipe's send end
         self._handles: dict[int, Handle] = {}

@@ -73,7 +73,13 @@ def load_state(
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     engine_class = EngineProcess if engine == "process" else ContinuousBatcher
     batcher = engine_class(
-        model, max_batch, max_queue, max_num_steps, compile=compile, threads=threads
+        model,
+        max_batch,
+        max_queue,
+        max_num_steps,
+        compile=compile,
+        threads=threads,
+        compile_depth=num_steps,  # the requests' default depth (None: the model's)
     )
     model_dir = resolve_model_dir(path)
     given = str(path)
