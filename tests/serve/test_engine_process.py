@@ -131,6 +131,7 @@ def test_a_child_that_dies_ends_its_requests_with_an_error(model):
     [
         (dict(threads=0), "threads must be a positive integer, got 0"),
         (dict(max_batch=0), "max_batch must be a positive integer, got 0"),
+        (dict(compile_depth=0), "compile_depth must be"),
     ],
 )
 def test_bad_settings_are_refused_before_a_process_starts(model, options, message):

@@ -362,10 +362,12 @@ class EngineSettings:
         max_num_steps: int | None,
         cache_sharing,
         threads: int | None = None,
+        compile_depth: int | None = None,
     ) -> EngineSettings:
         """max_num_steps defaults to twice the model's default_depth with full sharing, the
-        default_depth with other sharing (where it is the one depth served). `threads` (the
-        engine's intra-op threads) is checked here too: None or a positive integer."""
+        default_depth with other sharing (where it is the one depth served). The engine's
+        `threads` (None or a positive integer) and `compile_depth` (None or a depth) are
+        checked here too."""
         counts = {"max_batch": max_batch, "max_queue": max_queue}
         if threads is not None:
             counts["threads"] = threads
@@ -373,6 +375,7 @@ class EngineSettings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         check_num_steps(max_num_steps, "max_num_steps")
+        check_num_steps(compile_depth, "compile_depth")
         config = model.config
         sharing = CacheSharing.parse(cache_sharing)
         if config.is_looped and max_num_steps is None:
@@ -445,9 +448,8 @@ class ContinuousBatcher(Engine):
         compile_depth: int | None = None,
     ) -> None:
         settings = self.settings = EngineSettings.resolve(
-            model, max_batch, max_queue, max_num_steps, cache_sharing, threads
+            model, max_batch, max_queue, max_num_steps, cache_sharing, threads, compile_depth
         )
-        check_num_steps(compile_depth, "compile_depth")
         self.threads = threads
         self.compile_depth = compile_depth
         self.model = model

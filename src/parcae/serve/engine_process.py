@@ -78,7 +78,7 @@ class EngineProcess(Engine):
         compile_depth: int | None = None,
     ) -> None:
         self.settings = EngineSettings.resolve(
-            model, max_batch, max_queue, max_num_steps, cache_sharing, threads
+            model, max_batch, max_queue, max_num_steps, cache_sharing, threads, compile_depth
         )
         self.threads = threads or max(1, torch.get_num_threads() - 1)
         self.model = model
