@@ -28,6 +28,7 @@ the batcher does: `submit(request) -> Handle` (the same checks, `EngineSettings`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import queue
@@ -122,18 +123,14 @@ class EngineProcess(Engine):
             name="parcae-engine",
             daemon=True,
         )
-        # the child starts with SIGINT blocked (a signal mask survives fork and exec) until it
-        # ignores it: a Ctrl-C to the process group while it imports torch is the parent's
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            process.start()  # pickles the model: its tensors move to shared memory
+            with _sigint_blocked():  # until the child ignores it (`_engine_main`)
+                process.start()  # pickles the model: its tensors move to shared memory
         except Exception as error:
             raise EngineStopped(
                 f"the model cannot be sent to an engine process ({type(error).__name__}: "
                 f"{error}); serve it with the engine on a thread (--engine thread)"
             ) from None
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         requests_in.close()
         events_out.close()
         deadline = time.monotonic() + timeout
@@ -319,12 +316,29 @@ class _PipeDestination:
                 handle.cancel()
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread meanwhile, and so in a child started meanwhile (a signal
+    mask survives fork and exec): a Ctrl-C to the process group while the child imports torch
+    waits until it ignores SIGINT, rather than killing it with a traceback. POSIX; elsewhere
+    nothing is blocked."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _engine_main(model, options: dict, threads: int, requests, events) -> None:
     """The child: a `ContinuousBatcher` on its own thread, fed from `requests` by this one.
     Ctrl-C in a terminal signals it too: it ignores SIGINT and ends when the parent says stop
     (or goes: the pipe closes)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the parent (`_sigint_blocked`)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         batcher = ContinuousBatcher(model, **options, threads=threads)
     except Exception as error:  # noqa: BLE001 - reported to the parent in one line
