@@ -7,9 +7,10 @@ event loop may hold the interpreter to parse a request or write a stream chunk (
 way round). Under load neither runs at its speed (docs/PERFORMANCE.md). Here the batcher runs
 in a child process and the two exchange messages over pipes, as vLLM's engine core does.
 
-`EngineProcess(model, max_batch, max_queue, max_num_steps, cache_sharing, compile)` serves as
-the batcher does: `submit(request) -> Handle` (the same checks, `EngineSettings`, and the same
-`Handle`: thread-side or asyncio consumers, `cancel()`), `stats()`, `start()`, `stop()`.
+`EngineProcess(model, max_batch, max_queue, max_num_steps, cache_sharing, compile, threads,
+compile_depth)` serves as the batcher does: `submit(request) -> Handle` (the same checks,
+`EngineSettings`, and the same `Handle`: thread-side or asyncio consumers, `cancel()`),
+`stats()`, `start()`, `stop()`.
 
 - `start()` spawns the child (`torch.multiprocessing`, spawn) and waits until it is ready. The
   model reaches it through shared memory (its tensors are moved there, not copied); the child
